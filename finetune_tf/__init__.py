@@ -1,0 +1,36 @@
+"""finetune_tf: fine-tune pretrained TensorFlow models with a Keras-style API.
+
+Example:
+
+>>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+>>> head = Head.classifier(num_classes=5, dropout=0.2)
+>>> policy = FreezePolicy.bottom(100)
+"""
+
+from finetune_tf.backbone import Backbone, BackboneLayer
+from finetune_tf.finetuner import FineTuner
+from finetune_tf.freeze import FreezePolicy, FreezeReport
+from finetune_tf.head import Head
+from finetune_tf.hub import HubLayer
+from finetune_tf.losses import LabelCrossentropy
+from finetune_tf.metrics import LabelAccuracy
+from finetune_tf.preprocessing import ApplicationPreprocessing, InputAdapter
+from finetune_tf.saving import load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApplicationPreprocessing",
+    "Backbone",
+    "BackboneLayer",
+    "FineTuner",
+    "FreezePolicy",
+    "FreezeReport",
+    "Head",
+    "HubLayer",
+    "InputAdapter",
+    "LabelAccuracy",
+    "LabelCrossentropy",
+    "__version__",
+    "load_model",
+]

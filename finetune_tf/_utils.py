@@ -1,0 +1,29 @@
+"""Small private helpers shared by the public modules."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Returns " Did you mean 'a' or 'b'?" for close matches of `name`, else ""."""
+    matches = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
+    if not matches:
+        return ""
+    quoted = [f"'{m}'" for m in matches]
+    return " Did you mean " + " or ".join(quoted) + "?"
+
+
+def short_list(items: Iterable[str], limit: int = 12) -> str:
+    """Formats up to `limit` names for an error message."""
+    items = list(items)
+    shown = ", ".join(f"'{i}'" for i in items[:limit])
+    if len(items) > limit:
+        shown += f", ... ({len(items) - limit} more)"
+    return shown
+
+
+def shape_tuple(shape) -> tuple:
+    """A shape as a plain tuple of ints/None (drops nothing)."""
+    return tuple(None if d is None else int(d) for d in shape)

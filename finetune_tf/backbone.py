@@ -1,0 +1,509 @@
+"""`Backbone`: a pretrained feature extractor, from wherever it comes.
+
+Sources: a `keras.applications` name, a `.keras` / `.h5` file, a TF
+SavedModel directory, a TF Hub handle, or a live `keras.Model`; each can be
+cut at a named layer. A backbone knows its input and output shapes, its
+ordered (flattened) list of layers, and the preprocessing its weights expect.
+
+`BackboneLayer` is how a backbone sits inside a FineTuner's model: it runs
+the backbone in inference mode while BatchNorm statistics must stay fixed.
+(Keras 3 propagates the outer `training=True` into a nested model even when
+the graph was built with `base_model(x, training=False)`, so the Keras
+guide's recipe does not hold inside a functional model; this layer makes it
+hold.)
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+from finetune_tf._utils import did_you_mean, shape_tuple, short_list
+from finetune_tf.hub import HubLayer, _is_url
+from finetune_tf.preprocessing import ApplicationPreprocessing
+from finetune_tf.saving import H5_SUFFIXES, KERAS_SUFFIXES, load_keras_file
+
+
+def application_names() -> list[str]:
+    """All model constructors in `keras.applications` (e.g. `"ResNet50"`)."""
+    return sorted(
+        name
+        for name in dir(keras.applications)
+        if name[:1].isupper() and callable(getattr(keras.applications, name))
+    )
+
+
+def flatten_layers(model: keras.Model) -> list:
+    """A model's layers in order, with nested models replaced by their layers."""
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            layers.extend(flatten_layers(layer))
+        else:
+            layers.append(layer)
+    return layers
+
+
+def _is_tf_keras_model(obj) -> bool:
+    module = type(obj).__module__ or ""
+    return module.startswith(("tf_keras", "keras.src.engine", "tensorflow.python.keras"))
+
+
+def _cut(model: keras.Model, output_layer: str | None, source: str) -> keras.Model:
+    if output_layer is None:
+        return model
+    if not isinstance(output_layer, str):
+        raise TypeError(
+            f"`output_layer` must be a layer name (str). Received: output_layer={output_layer!r}."
+        )
+    names = [layer.name for layer in model.layers]
+    if output_layer not in names:
+        raise ValueError(
+            f"`output_layer`={output_layer!r} is not a layer of {source}."
+            f"{did_you_mean(output_layer, names)} Its top-level layers are: "
+            f"{short_list(names[-12:])} (last 12 shown; see model.summary())."
+        )
+    layer = model.get_layer(output_layer)
+    try:
+        output = layer.output
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            f"Cannot cut {source} at `output_layer`={output_layer!r}: {error}. Pick a layer "
+            "that is used once in the model's graph."
+        ) from error
+    return keras.Model(model.inputs, output, name=f"{model.name}_to_{output_layer}")
+
+
+class Backbone:
+    """A pretrained feature extractor for `FineTuner`.
+
+    Build one with a constructor: `from_keras_applications`, `from_file`,
+    `from_hub`, `from_model`, or `load`, which picks the right one.
+
+    Weights are shared: every `FineTuner` built on the same `Backbone`
+    trains the same variables. Build a new `Backbone` for an independent run.
+
+    Args:
+        model: keras.Model. A single-input Keras 3 model.
+        preprocessing: `keras.layers.Layer`, str or None. What the
+            FineTuner applies to raw inputs before the backbone: a Keras layer
+            (e.g. `keras.layers.Rescaling(1 / 255)`), a `keras.applications`
+            module name (`"mobilenet_v2"`), or an ImageNet mode (`"tf"`,
+            `"torch"`, `"caffe"`). Defaults to `None` (inputs go in as given).
+        source: str, optional. A description of where it came from.
+
+    Example:
+
+    >>> import keras
+    >>> from finetune_tf import Backbone
+    >>> inputs = keras.Input((16, 16, 3))
+    >>> x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    >>> backbone = Backbone.from_model(keras.Model(inputs, x))
+    >>> backbone.input_shape, backbone.output_shape
+    ((16, 16, 3), (14, 14, 4))
+    """
+
+    def __init__(self, model: keras.Model, *, preprocessing=None, source: str | None = None):
+        if _is_tf_keras_model(model):
+            raise TypeError(
+                "`model` is a tf_keras (Keras 2) model, which cannot enter a Keras 3 model. "
+                "Save it with tf.saved_model.save(model, path) and use "
+                "Backbone.from_file(path), or save it as .h5 and load that."
+            )
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                "`model` must be a keras.Model (Keras 3). "
+                f"Received: model={model!r} of type {type(model).__name__}."
+            )
+        try:
+            inputs = model.inputs
+        except (AttributeError, ValueError):
+            inputs = None
+        if not inputs:
+            raise ValueError(
+                f"`model` {model.name!r} has no defined inputs (a subclassed or unbuilt "
+                "model). Use a functional or Sequential model that starts with keras.Input."
+            )
+        if len(inputs) != 1 or len(model.outputs) != 1:
+            raise ValueError(
+                f"`model` {model.name!r} has {len(inputs)} inputs and {len(model.outputs)} "
+                "outputs; a Backbone needs exactly one of each. Cut it with output_layer=."
+            )
+        if isinstance(model._inputs_struct, list | tuple) or isinstance(
+            model._outputs_struct, list | tuple
+        ):
+            # e.g. Keras 2 .h5 files: one input and output, but held in lists.
+            model = keras.Model(inputs[0], model.outputs[0], name=model.name)
+        if isinstance(preprocessing, str):
+            preprocessing = ApplicationPreprocessing(preprocessing, name="preprocessing")
+        elif preprocessing is not None and not isinstance(preprocessing, keras.layers.Layer):
+            raise TypeError(
+                "`preprocessing` must be a keras.layers.Layer, a keras.applications module "
+                "name, or one of 'tf', 'torch', 'caffe' (a plain function cannot be saved "
+                f"in a .keras file). Received: preprocessing={preprocessing!r}."
+            )
+        self.model = model
+        self.preprocessing = preprocessing
+        self.source = source or f"model {model.name!r}"
+
+    # --- Properties -------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def input_shape(self) -> tuple:
+        """The input shape without the batch axis (None for flexible axes)."""
+        return shape_tuple(self.model.inputs[0].shape[1:])
+
+    @property
+    def input_dtype(self) -> str:
+        return self.model.inputs[0].dtype
+
+    @property
+    def output_shape(self) -> tuple:
+        """The feature shape without the batch axis."""
+        return shape_tuple(self.model.outputs[0].shape[1:])
+
+    @property
+    def layers(self) -> list:
+        """The ordered layers that `FreezePolicy` counts.
+
+        For a flat model this is exactly `model.layers` (input layer
+        included), so `FreezePolicy.bottom(100)` means what
+        `base_model.layers[:100]` means in the TensorFlow tutorial. Nested
+        models are replaced by their own layers, in order.
+        """
+        return flatten_layers(self.model)
+
+    def __repr__(self):
+        return (
+            f"<Backbone {self.name!r} from {self.source}: input {self.input_shape} -> "
+            f"features {self.output_shape}, {len(self.layers)} layers>"
+        )
+
+    # --- Constructors -----------------------------------------------------
+
+    @classmethod
+    def from_model(cls, model: keras.Model, *, output_layer: str | None = None, preprocessing=None):
+        """A backbone from a live Keras 3 model, optionally cut at `output_layer`.
+
+        Example:
+
+        >>> import keras
+        >>> from finetune_tf import Backbone
+        >>> inputs = keras.Input((8,))
+        >>> hidden = keras.layers.Dense(4, name="hidden")(inputs)
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+        >>> Backbone.from_model(model, output_layer="hidden").output_shape
+        (4,)
+        """
+        if isinstance(model, keras.Model) and not _is_tf_keras_model(model):
+            source = f"model {model.name!r}"
+            return cls(
+                _cut(model, output_layer, source), preprocessing=preprocessing, source=source
+            )
+        return cls(model, preprocessing=preprocessing)  # raises the right TypeError
+
+    @classmethod
+    def from_keras_applications(
+        cls,
+        name: str,
+        *,
+        weights: str | None = "imagenet",
+        input_shape: tuple | None = None,
+        output_layer: str | None = None,
+        **kwargs,
+    ) -> Backbone:
+        """A `keras.applications` architecture without its top, with its preprocessing.
+
+        Args:
+            name: str. A `keras.applications` constructor, e.g. `"ResNet50"`,
+                `"MobileNetV3Small"`, `"EfficientNetB0"`.
+            weights: `"imagenet"`, `None` (random init), or the path of a local
+                no-top weights file. `"imagenet"` downloads once into
+                `~/.keras/models`. Defaults to `"imagenet"`.
+            input_shape: tuple, optional. `(height, width, 3)`; defaults to the
+                architecture's default (flexible height and width).
+            output_layer: str, optional. Cut the network at this layer.
+            **kwargs: passed to the constructor (e.g. `alpha=0.75`).
+                `include_top` is always `False`.
+
+        Example:
+
+        >>> from finetune_tf import Backbone
+        >>> backbone = Backbone.from_keras_applications(
+        ...     "MobileNetV3Small", weights=None, input_shape=(96, 96, 3))
+        >>> backbone.output_shape
+        (3, 3, 576)
+        """
+        names = application_names()
+        if not isinstance(name, str) or name not in names:
+            raise ValueError(
+                f"Unknown keras.applications name={name!r}.{did_you_mean(str(name), names)} "
+                f"Expected one of: {', '.join(names)}."
+            )
+        if "include_top" in kwargs:
+            raise ValueError(
+                "`include_top` is always False for a Backbone (the FineTuner adds its own "
+                "head). Remove include_top= from the call."
+            )
+        if weights not in ("imagenet", None):
+            if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
+                raise FileNotFoundError(
+                    f"`weights`={weights!r} is neither 'imagenet', None, nor an existing "
+                    "weights file. Pass the path of a no-top weights file for "
+                    f"{name}, 'imagenet' to download them, or None for random weights."
+                )
+            weights = os.fspath(weights)
+        constructor = getattr(keras.applications, name)
+        model = constructor(include_top=False, weights=weights, input_shape=input_shape, **kwargs)
+        module = constructor.__module__.rsplit(".", 1)[-1]
+        source = f"keras.applications.{name}(weights={weights!r})"
+        return cls(
+            _cut(model, output_layer, source),
+            preprocessing=ApplicationPreprocessing(module, name="preprocessing"),
+            source=source,
+        )
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        output_layer: str | None = None,
+        preprocessing=None,
+        input_shape: tuple | None = None,
+        safe_mode: bool = True,
+        signature: str | None = None,
+        output_key: str | None = None,
+    ) -> Backbone:
+        """A backbone from a `.keras` file, a Keras `.h5` file or a SavedModel directory.
+
+        `.h5` files from Keras 2 (tf_keras) load too. A TF SavedModel
+        directory is wrapped in a trainable `HubLayer` (Keras 3 cannot
+        `load_model` it); `input_shape`, `signature` and `output_key` apply
+        to SavedModels only.
+
+        Args:
+            path: str or path. The model file or SavedModel directory.
+            output_layer: str, optional. Cut the model at this layer
+                (`.keras` / `.h5` only).
+            preprocessing: see `Backbone`.
+            input_shape: tuple, optional. For a SavedModel that does not
+                declare a fixed input shape.
+            safe_mode: bool. Refuse files that would run Python code on load.
+                Defaults to `True`.
+            signature, output_key: see `HubLayer`.
+
+        Example:
+
+        >>> import os, tempfile, keras
+        >>> from finetune_tf import Backbone
+        >>> inputs = keras.Input((8,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+        >>> path = os.path.join(tempfile.mkdtemp(), "pretrained.keras")
+        >>> model.save(path)
+        >>> Backbone.from_file(path).output_shape
+        (4,)
+        """
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(
+                "`path` must be a path to a .keras/.h5 file or a SavedModel directory. "
+                f"Received: path={path!r} of type {type(path).__name__}."
+            )
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"`path`={path!r} does not exist. Expected a .keras or .h5 model file or a "
+                "SavedModel directory."
+            )
+        if os.path.isdir(path):
+            if output_layer is not None:
+                raise ValueError(
+                    "`output_layer` cannot cut a SavedModel (its graph has no Keras layers). "
+                    "Export the SavedModel at the layer you want instead."
+                )
+            return cls._from_saved_model(
+                path,
+                input_shape=input_shape,
+                preprocessing=preprocessing,
+                signature=signature,
+                output_key=output_key,
+                source=f"SavedModel {path!r}",
+            )
+        if not path.lower().endswith(KERAS_SUFFIXES + H5_SUFFIXES):
+            raise ValueError(
+                f"`path`={path!r} is not a supported model file. Expected a .keras, .h5 or "
+                ".hdf5 file, or a SavedModel directory (containing saved_model.pb)."
+            )
+        model = load_keras_file(path, safe_mode=safe_mode, compile=False, argname="path")
+        source = f"file {os.path.basename(path)!r}"
+        return cls(_cut(model, output_layer, source), preprocessing=preprocessing, source=source)
+
+    @classmethod
+    def from_hub(
+        cls,
+        handle: str,
+        *,
+        input_shape: tuple | None = None,
+        preprocessing=None,
+        signature: str | None = None,
+        output_key: str | None = None,
+        trainable: bool = True,
+    ) -> Backbone:
+        """A backbone from a TF Hub handle: a https URL or a local SavedModel directory.
+
+        URLs are resolved by tensorflow_hub's resolver and cache
+        (`TFHUB_CACHE_DIR`). The model runs in a trainable Keras 3
+        `HubLayer`.
+
+        Example:
+
+        >>> import tempfile, tensorflow as tf
+        >>> from finetune_tf import Backbone
+        >>> class Features(tf.Module):
+        ...     def __init__(self):
+        ...         self.w = tf.Variable(tf.ones((3, 5)))
+        ...         self.trainable_variables = [self.w]
+        ...     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        ...     def __call__(self, x):
+        ...         return tf.matmul(x, self.w)
+        >>> path = tempfile.mkdtemp()
+        >>> tf.saved_model.save(Features(), path)
+        >>> Backbone.from_hub(path).output_shape
+        (5,)
+        """
+        if isinstance(handle, os.PathLike):
+            handle = os.fspath(handle)
+        return cls._from_saved_model(
+            handle,
+            input_shape=input_shape,
+            preprocessing=preprocessing,
+            signature=signature,
+            output_key=output_key,
+            trainable=trainable,
+            source=f"hub handle {handle!r}",
+        )
+
+    @classmethod
+    def _from_saved_model(
+        cls, handle, *, input_shape, preprocessing, signature, output_key, source, trainable=True
+    ):
+        layer = HubLayer(
+            handle,
+            signature=signature,
+            output_key=output_key,
+            trainable=trainable,
+            name="saved_model",
+        )
+        declared = layer.input_spec_from_saved_model()
+        dtype = declared[1] if declared else "float32"
+        if input_shape is None:
+            if declared is None:
+                raise ValueError(
+                    f"The SavedModel {handle!r} does not declare its input shape. Pass "
+                    "input_shape=, e.g. input_shape=(224, 224, 3)."
+                )
+            input_shape = declared[0]
+        inputs = keras.Input(shape_tuple(input_shape), dtype=dtype, name="inputs")
+        model = keras.Model(inputs, layer(inputs), name="saved_model_backbone")
+        return cls(model, preprocessing=preprocessing, source=source)
+
+    @classmethod
+    def load(cls, source, **kwargs) -> Backbone:
+        """Picks the right constructor for `source`.
+
+        `source` may be a `keras.Model`, a `keras.applications` name, a
+        `.keras` / `.h5` file, a SavedModel directory or a Hub URL.
+        `kwargs` go to that constructor.
+
+        Example:
+
+        >>> from finetune_tf import Backbone
+        >>> Backbone.load("MobileNetV3Small", weights=None,
+        ...               input_shape=(64, 64, 3)).source
+        "keras.applications.MobileNetV3Small(weights=None)"
+        """
+        if isinstance(source, Backbone):
+            return source
+        if isinstance(source, keras.Model) or _is_tf_keras_model(source):
+            return cls.from_model(source, **kwargs)
+        if isinstance(source, os.PathLike):
+            source = os.fspath(source)
+        if not isinstance(source, str):
+            raise TypeError(
+                "`source` must be a keras.Model, a keras.applications name, a model file "
+                f"path or a Hub handle. Received: source={source!r} of type "
+                f"{type(source).__name__}."
+            )
+        if _is_url(source):
+            return cls.from_hub(source, **kwargs)
+        if os.path.exists(source):
+            return cls.from_file(source, **kwargs)
+        if source in application_names():
+            return cls.from_keras_applications(source, **kwargs)
+        looks_like_path = os.sep in source or "." in source
+        hint = did_you_mean(source, application_names())
+        raise (FileNotFoundError if looks_like_path else ValueError)(
+            f"`source`={source!r} is not a keras.applications name, an existing file or "
+            f"directory, or a Hub URL.{hint} Check the path or the spelling."
+        )
+
+
+@keras.saving.register_keras_serializable(package="finetune_tf")
+class BackboneLayer(keras.layers.Layer):
+    """Runs a backbone model inside a FineTuner's model.
+
+    With `inference_mode=True` the backbone always runs with
+    `training=False`: BatchNorm uses and keeps its moving statistics (the
+    Keras transfer-learning guide's rule, which nested functional models no
+    longer honour by themselves in Keras 3), and the backbone's own dropout is
+    off. With `inference_mode=False`, `training` passes through, so unfrozen
+    BatchNorm layers update their statistics.
+
+    Args:
+        backbone: keras.Model. The backbone model.
+        inference_mode: bool. Defaults to `True`.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from finetune_tf import BackboneLayer
+    >>> inputs = keras.Input((4,))
+    >>> bn = keras.layers.BatchNormalization()
+    >>> layer = BackboneLayer(keras.Model(inputs, bn(inputs)))
+    >>> _ = layer(np.random.rand(8, 4) * 10, training=True)
+    >>> float(bn.moving_mean.numpy().max())  # statistics untouched
+    0.0
+    """
+
+    def __init__(self, backbone: keras.Model, inference_mode: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.inference_mode = bool(inference_mode)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if self.inference_mode:
+            training = False
+        return self.backbone(inputs, training=training)
+
+    def compute_output_spec(self, inputs, training=None):
+        return self.backbone.compute_output_spec(inputs)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "inference_mode": self.inference_mode,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)

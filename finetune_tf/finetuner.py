@@ -1,0 +1,427 @@
+"""`FineTuner`: backbone + head + freeze policy as one `keras.Model`.
+
+The model is functional: inputs -> input adapter (if the data's shape
+differs from the backbone's) -> the backbone's preprocessing -> the backbone
+(in a `BackboneLayer`) -> the head. `compile/fit/evaluate/predict` take what
+Keras takes and return what Keras returns. Changing the freeze policy after
+`compile()` recompiles with the trained weights kept, because Keras ignores
+a change of `trainable` until the next `compile()`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from finetune_tf._utils import did_you_mean, shape_tuple
+from finetune_tf.backbone import Backbone, BackboneLayer
+from finetune_tf.freeze import FreezePolicy, FreezeReport
+from finetune_tf.head import Head
+from finetune_tf.preprocessing import InputAdapter
+from finetune_tf.saving import save_model_atomically
+
+
+def _optimizer_names() -> list[str]:
+    return sorted(
+        name.lower()
+        for name in dir(keras.optimizers)
+        if isinstance(getattr(keras.optimizers, name), type)
+        and issubclass(getattr(keras.optimizers, name), keras.optimizers.Optimizer)
+        and name not in ("Optimizer", "LossScaleOptimizer")
+    )
+
+
+def _shapes_compatible(data_shape: tuple, model_shape: tuple) -> bool:
+    return len(data_shape) == len(model_shape) and all(
+        m is None or d is None or d == m for d, m in zip(data_shape, model_shape, strict=True)
+    )
+
+
+def _first_array(data):
+    """The array-like inside `x` (numpy/tensor), or None for generators etc."""
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        return data
+    if isinstance(data, (list, tuple)) and data and isinstance(data[0], (int, float)):
+        return np.asarray(data)
+    return None
+
+
+class FineTuner:
+    """Fine-tunes a pretrained `Backbone` with a new `Head`.
+
+    Args:
+        backbone: `Backbone`, or anything `Backbone.load` accepts (a
+            `keras.Model`, a `keras.applications` name, a model file, a
+            SavedModel directory or a Hub URL).
+        head: `Head`. The task layers.
+        freeze: `FreezePolicy`. Which backbone layers train. Defaults to
+            `FreezePolicy.all()`: only the head trains, the safe first stage.
+        input_shape: tuple, optional. The shape of your raw inputs, without
+            the batch axis, if it differs from the backbone's: images are then
+            resized and their channels repeated or projected inside the model
+            (e.g. `(28, 28, 1)` digits into a `(96, 96, 3)` network).
+        input_channels: str. How to adapt channels: `"auto"`, `"repeat"` or
+            `"project"` (see `InputAdapter`). Defaults to `"auto"`.
+        name: str. The model's name. Defaults to `"fine_tuner"`.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+    >>> inputs = keras.Input((8, 8, 1))
+    >>> x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    >>> backbone = Backbone.from_model(keras.Model(inputs, x))
+    >>> tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.none())
+    >>> tuner.compile(optimizer="adam", learning_rate=1e-3)
+    >>> history = tuner.fit(np.random.rand(12, 8, 8, 1), np.arange(12) % 3,
+    ...                     epochs=1, verbose=0)
+    >>> tuner.predict(np.random.rand(2, 8, 8, 1), verbose=0).shape
+    (2, 3)
+    """
+
+    def __init__(
+        self,
+        backbone,
+        head: Head,
+        *,
+        freeze: FreezePolicy | None = None,
+        input_shape: tuple | None = None,
+        input_channels: str = "auto",
+        name: str = "fine_tuner",
+    ):
+        backbone = Backbone.load(backbone)
+        if not isinstance(head, Head):
+            raise TypeError(
+                "`head` must be a finetune_tf.Head, e.g. Head.classifier(num_classes=5). "
+                f"Received: head={head!r} of type {type(head).__name__}."
+            )
+        freeze = FreezePolicy.all() if freeze is None else freeze
+        self._check_policy(freeze)
+        model_input_shape, adapt = self._resolve_input_shape(backbone, input_shape)
+        self._backbone = backbone
+        self._head = head
+        self._freeze = freeze
+        self.freeze_report: FreezeReport = freeze.apply(backbone)
+        self._compile_args = None
+
+        # === Layers ===
+        self._backbone_layer = BackboneLayer(
+            backbone.model, inference_mode=freeze.batchnorm != "train", name="backbone"
+        )
+        # === Functional Model ===
+        inputs = keras.Input(model_input_shape, dtype=backbone.input_dtype, name="inputs")
+        x = inputs
+        if adapt:
+            x = InputAdapter(backbone.input_shape, channels=input_channels, name="input_adapter")(x)
+        if backbone.preprocessing is not None:
+            x = backbone.preprocessing(x)
+        outputs = head(self._backbone_layer(x))
+        self.model = keras.Model(inputs, outputs, name=name)
+
+    # --- Construction helpers ---------------------------------------------
+
+    @staticmethod
+    def _check_policy(freeze):
+        if not isinstance(freeze, FreezePolicy):
+            raise TypeError(
+                "`freeze` must be a finetune_tf.FreezePolicy, e.g. FreezePolicy.bottom(100) "
+                f"or FreezePolicy.all(). Received: freeze={freeze!r}."
+            )
+
+    @staticmethod
+    def _resolve_input_shape(backbone: Backbone, input_shape):
+        target = backbone.input_shape
+        if input_shape is None:
+            return target, False
+        if isinstance(input_shape, int):
+            input_shape = (input_shape,)
+        try:
+            shape = shape_tuple(input_shape)
+        except (TypeError, ValueError):
+            shape = None
+        if shape is None or any(d is not None and d < 1 for d in shape):
+            raise ValueError(
+                "`input_shape` must be a tuple of positive sizes without the batch axis, "
+                f"e.g. (28, 28, 1). Received: input_shape={input_shape!r}."
+            )
+        if _shapes_compatible(shape, target):
+            return shape, False
+        if len(shape) == 3 and len(target) == 3:
+            return shape, True
+        raise ValueError(
+            f"`input_shape`={shape} cannot be adapted to the backbone's input shape {target}: "
+            "only images (height, width, channels) are resized and channel-adapted. "
+            "Reshape your data to the backbone's input shape."
+        )
+
+    # --- Properties -------------------------------------------------------
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone
+
+    @property
+    def head(self) -> Head:
+        return self._head
+
+    @property
+    def freeze(self) -> FreezePolicy:
+        """The freeze policy. Assigning a new one is `set_freeze(policy)`."""
+        return self._freeze
+
+    @freeze.setter
+    def freeze(self, policy: FreezePolicy):
+        self.set_freeze(policy)
+
+    @property
+    def input_shape(self) -> tuple:
+        """The shape of raw inputs the model takes, without the batch axis."""
+        return shape_tuple(self.model.inputs[0].shape[1:])
+
+    def set_freeze(self, policy: FreezePolicy) -> FreezeReport:
+        """Applies a new freeze policy, recompiling if already compiled.
+
+        Trained weights are kept; the optimizer starts afresh with the same
+        settings (its slots belonged to the previous set of variables).
+
+        Returns:
+            The `FreezeReport`.
+
+        Example:
+
+        >>> import keras
+        >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+        >>> inputs = keras.Input((4,))
+        >>> x = keras.layers.Dense(3, name="features")(inputs)
+        >>> tuner = FineTuner(Backbone.from_model(keras.Model(inputs, x)), Head.regressor())
+        >>> tuner.set_freeze(FreezePolicy.none()).trainable_params
+        15
+        """
+        self._check_policy(policy)
+        report = policy.apply(self._backbone)
+        self._freeze = policy
+        self.freeze_report = report
+        self._backbone_layer.inference_mode = policy.batchnorm != "train"
+        if self._compile_args is not None:
+            self._compile(fresh_optimizer=True)
+        return report
+
+    # --- Keras API ----------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer="adam",
+        loss="auto",
+        metrics="auto",
+        *,
+        learning_rate: float | None = None,
+        **kwargs,
+    ) -> None:
+        """Configures training, like `keras.Model.compile`.
+
+        Args:
+            optimizer: str or `keras.optimizers.Optimizer`. Defaults to `"adam"`.
+            loss: `"auto"` (the head's default), a loss name or a Keras loss.
+                Defaults to `"auto"`.
+            metrics: `"auto"` (the head's default), or what Keras takes.
+                Defaults to `"auto"`.
+            learning_rate: float or `LearningRateSchedule`, optional. Sets the
+                optimizer's learning rate.
+            **kwargs: passed to `keras.Model.compile` (e.g. `loss_weights`,
+                `run_eagerly`, `jit_compile`, `steps_per_execution`).
+        """
+        if learning_rate is not None and not isinstance(
+            learning_rate, keras.optimizers.schedules.LearningRateSchedule
+        ):
+            if (
+                isinstance(learning_rate, bool)
+                or not isinstance(learning_rate, (int, float))
+                or not np.isfinite(learning_rate)
+                or learning_rate <= 0
+            ):
+                raise ValueError(
+                    "`learning_rate` must be a positive number or a LearningRateSchedule. "
+                    f"Received: learning_rate={learning_rate!r}. Typical values: 1e-3 for the "
+                    "head, 1e-5 to 1e-4 when the backbone trains."
+                )
+        optimizer = self._resolve_optimizer(optimizer, learning_rate)
+        loss = self._head.default_loss() if loss == "auto" else self._resolve_loss(loss)
+        self._compile_args = {"optimizer": optimizer, "loss": loss, "metrics": metrics, **kwargs}
+        self._compile(fresh_optimizer=False)
+
+    def _compile(self, fresh_optimizer: bool):
+        args = dict(self._compile_args)
+        if fresh_optimizer:
+            old = args["optimizer"]
+            args["optimizer"] = old.__class__.from_config(old.get_config())
+            self._compile_args["optimizer"] = args["optimizer"]
+        if isinstance(args["metrics"], str) and args["metrics"] == "auto":
+            args["metrics"] = self._head.default_metrics()
+        self.model.compile(**args)
+
+    @staticmethod
+    def _resolve_optimizer(optimizer, learning_rate):
+        if isinstance(optimizer, str):
+            try:
+                optimizer = keras.optimizers.get(optimizer)
+            except ValueError:
+                names = _optimizer_names()
+                raise ValueError(
+                    f"Unknown optimizer={optimizer!r}.{did_you_mean(optimizer.lower(), names)} "
+                    f"Expected one of: {', '.join(names)}, or a keras.optimizers.Optimizer."
+                ) from None
+        elif not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise TypeError(
+                "`optimizer` must be a name such as 'adam' or a keras.optimizers.Optimizer "
+                f"(Keras 3). Received: optimizer={optimizer!r} of type "
+                f"{type(optimizer).__name__}."
+            )
+        if learning_rate is not None:
+            config = optimizer.get_config()
+            config["learning_rate"] = learning_rate
+            optimizer = optimizer.__class__.from_config(config)
+        return optimizer
+
+    @staticmethod
+    def _resolve_loss(loss):
+        if isinstance(loss, str):
+            try:
+                keras.losses.get(loss)
+            except ValueError:
+                names = [n for n in dir(keras.losses) if n[0].islower() and not n.startswith("_")]
+                raise ValueError(
+                    f"Unknown loss={loss!r}.{did_you_mean(loss, names)} Use 'auto' for the "
+                    "head's default, a keras.losses name, or a keras.losses.Loss."
+                ) from None
+        return loss
+
+    def _require_compiled(self, method: str):
+        if self._compile_args is None:
+            raise RuntimeError(
+                f"`FineTuner.{method}()` was called before `compile()`. Call "
+                "tuner.compile(optimizer='adam', learning_rate=1e-3) first (loss and metrics "
+                "default from the head)."
+            )
+
+    def _check_inputs(self, x, argname: str, method: str):
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec
+            spec = spec[0] if isinstance(spec, tuple) else spec
+            if isinstance(spec, tf.TensorSpec) and spec.shape.rank is not None:
+                self._check_sample_shape(tuple(spec.shape)[1:], argname, method)
+            return
+        array = _first_array(x)
+        if array is None:
+            return
+        if len(array.shape) == 0 or array.shape[0] == 0:
+            raise ValueError(
+                f"`FineTuner.{method}` got an empty `{argname}` (shape {tuple(array.shape)}). "
+                "Pass at least one example."
+            )
+        self._check_sample_shape(tuple(array.shape)[1:], argname, method)
+
+    def _check_sample_shape(self, shape, argname, method):
+        expected = self.input_shape
+        if _shapes_compatible(shape_tuple(shape), expected):
+            return
+        hint = (
+            f" Pass input_shape={shape_tuple(shape)} to FineTuner to resize and adapt "
+            "them inside the model."
+            if len(shape) == 3 and len(expected) == 3
+            else " Reshape your data to match."
+        )
+        raise ValueError(
+            f"`FineTuner.{method}` got `{argname}` with samples of shape {shape_tuple(shape)}, "
+            f"but the model takes {expected}"
+            f"{' (the backbone input shape)' if expected == self._backbone.input_shape else ''}."
+            + hint
+        )
+
+    def _check_targets(self, x, y, argname: str, method: str):
+        array = _first_array(y)
+        if array is None:
+            return
+        array = np.asarray(array)
+        inputs = _first_array(x)
+        if inputs is not None and len(inputs) != len(array):
+            raise ValueError(
+                f"`FineTuner.{method}` got {len(inputs)} inputs but {len(array)} labels in "
+                f"`{argname}`. Pass one label per example."
+            )
+        classes = self._head.num_classes
+        if classes is None:
+            return
+        if array.ndim == 2 and array.shape[1] == classes:
+            return  # one-hot
+        if array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1):
+            if not np.issubdtype(array.dtype, np.number):
+                raise ValueError(
+                    f"`{argname}` holds {array.dtype} labels; the model needs integer class ids "
+                    f"0..{classes - 1} or one-hot rows. Encode them first, e.g. with "
+                    "sklearn.preprocessing.LabelEncoder."
+                )
+            bad = (array < 0) | (array >= classes) | (array != np.round(array))
+            if bad.any():
+                raise ValueError(
+                    f"`{argname}` has labels outside the integer range 0..{classes - 1} of this "
+                    f"{classes}-class head (e.g. {array[bad].ravel()[0]!r}). Check the labels, "
+                    "or build the head with the right num_classes."
+                )
+            return
+        raise ValueError(
+            f"`{argname}` has shape {array.shape}; a {classes}-class head takes integer labels "
+            f"of shape (n,) or one-hot labels of shape (n, {classes})."
+        )
+
+    def _check_data(self, x, y, method):
+        self._check_inputs(x, "x", method)
+        self._check_targets(x, y, "y", method)
+
+    def fit(self, x=None, y=None, **kwargs) -> keras.callbacks.History:
+        """Trains the model; takes and returns what `keras.Model.fit` does.
+
+        `x` may be numpy arrays, tensors, a `tf.data.Dataset` or a
+        `keras.utils.PyDataset`; `validation_data`, `validation_split`,
+        `class_weight`, `callbacks` etc. pass through to Keras.
+        """
+        self._require_compiled("fit")
+        self._check_data(x, y, "fit")
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, tuple) and len(validation) >= 2:
+            self._check_inputs(validation[0], "validation_data[0]", "fit")
+            self._check_targets(validation[0], validation[1], "validation_data[1]", "fit")
+        return self.model.fit(x, y, **kwargs)
+
+    def evaluate(self, x=None, y=None, **kwargs):
+        """Evaluates the model; takes and returns what `keras.Model.evaluate` does."""
+        self._require_compiled("evaluate")
+        self._check_data(x, y, "evaluate")
+        return self.model.evaluate(x, y, **kwargs)
+
+    def predict(self, x, **kwargs):
+        """Predicts; takes and returns what `keras.Model.predict` does."""
+        self._check_inputs(x, "x", "predict")
+        return self.model.predict(x, **kwargs)
+
+    def summary(self, **kwargs):
+        """Prints the model summary (`keras.Model.summary`)."""
+        return self.model.summary(**kwargs)
+
+    def save(self, filepath: str | os.PathLike, *, overwrite: bool = True) -> None:
+        """Saves the model to a `.keras` file, atomically.
+
+        Load it back with `finetune_tf.load_model(filepath)` or plain
+        `keras.models.load_model(filepath)` after `import finetune_tf`; no
+        `custom_objects` needed. A model with a SavedModel or Hub backbone
+        stores the handle, which must still resolve when loading.
+        """
+        save_model_atomically(self.model, filepath, overwrite=overwrite)
+
+    def __repr__(self):
+        return (
+            f"<FineTuner {self.model.name!r}: {self._backbone!r} + {self._head!r}, "
+            f"freeze={self._freeze!r}>"
+        )

@@ -1,0 +1,254 @@
+"""`Head`: the new task layers on top of a backbone.
+
+A head is a recipe: calling it on the backbone's features builds fresh
+layers with fixed names (`"pooling"`, `"hidden_1"`, `"dropout"`,
+`"predictions"`) so they are easy to find in `model.summary()`. It also
+knows the loss and metrics that fit its task.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from finetune_tf.losses import LabelCrossentropy
+from finetune_tf.metrics import LabelAccuracy
+
+_POOLINGS = ("avg", "max", "flatten", "none")
+_TASKS = ("multiclass", "binary", "multilabel", "regression")
+
+
+def _check_positive_int(value, argname, method):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"`Head.{method}({argname})` expects a positive whole number. "
+            f"Received: {argname}={value!r}."
+        )
+
+
+class Head:
+    """The task layers that a `FineTuner` puts on top of the backbone.
+
+    Build one with `Head.classifier`, `Head.binary`, `Head.multilabel` or
+    `Head.regressor`. The layers are: pooling of 4-D (images) or 3-D
+    (sequences) features, optional hidden `Dense` layers with ReLU and
+    dropout, dropout, and the `"predictions"` layer, which always computes
+    in float32 (also under a mixed-precision policy).
+
+    Args:
+        task: str. `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`.
+        units: int. Width of the predictions layer.
+        pooling: str. `"avg"`, `"max"`, `"flatten"` or `"none"` (keep the
+            feature axes). Defaults to `"avg"`.
+        hidden_units: tuple of int. Hidden layer widths. Defaults to `()`.
+        dropout: float. Dropout rate before each Dense layer, in [0, 1).
+            Defaults to `0.0`.
+        weight_decay: float. L2 penalty on the head's kernels. Defaults to
+            `0.0`.
+        logits: bool. Output logits instead of probabilities (the default
+            loss then uses `from_logits=True`). Defaults to `False`.
+
+    Example:
+
+    >>> from finetune_tf import Head
+    >>> head = Head.classifier(5, dropout=0.2, hidden_units=(64,))
+    >>> head
+    Head.classifier(num_classes=5, pooling='avg', hidden_units=(64,), dropout=0.2)
+    """
+
+    def __init__(
+        self,
+        task: str,
+        units: int,
+        *,
+        pooling: str = "avg",
+        hidden_units: tuple = (),
+        dropout: float = 0.0,
+        weight_decay: float = 0.0,
+        logits: bool = False,
+    ):
+        if task not in _TASKS:
+            raise ValueError(f"`task` must be one of {_TASKS}. Received: task={task!r}.")
+        if pooling not in _POOLINGS:
+            raise ValueError(
+                f"`pooling` must be one of {_POOLINGS}. Received: pooling={pooling!r}."
+            )
+        hidden_units = (hidden_units,) if isinstance(hidden_units, int) else tuple(hidden_units)
+        for width in hidden_units:
+            _check_positive_int(width, "hidden_units", task)
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be a rate in [0, 1). Received: dropout={dropout!r}.")
+        if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+            raise ValueError(
+                f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}."
+            )
+        self.task = task
+        self.units = int(units)
+        self.pooling = pooling
+        self.hidden_units = hidden_units
+        self.dropout = float(dropout)
+        self.weight_decay = float(weight_decay)
+        self.logits = bool(logits)
+
+    # --- Constructors -----------------------------------------------------
+
+    @classmethod
+    def classifier(cls, num_classes: int, **kwargs) -> Head:
+        """Single-label classification: softmax over `num_classes`.
+
+        With `num_classes=2` this is `Head.binary()`: one sigmoid unit.
+        Labels may be integer class ids or one-hot. Keyword arguments are
+        those of `Head`.
+
+        Example:
+
+        >>> from finetune_tf import Head
+        >>> Head.classifier(10).units
+        10
+        """
+        _check_positive_int(num_classes, "num_classes", "classifier")
+        if num_classes < 2:
+            raise ValueError(
+                "`Head.classifier(num_classes)` needs at least 2 classes. Received: "
+                f"num_classes={num_classes}. For one real-valued output use Head.regressor()."
+            )
+        if num_classes == 2:
+            return cls.binary(**kwargs)
+        return cls("multiclass", num_classes, **kwargs)
+
+    @classmethod
+    def binary(cls, **kwargs) -> Head:
+        """Two-class classification with one sigmoid unit (labels 0/1 or one-hot).
+
+        Example:
+
+        >>> from finetune_tf import Head
+        >>> Head.binary().num_classes
+        2
+        """
+        return cls("binary", 1, **kwargs)
+
+    @classmethod
+    def multilabel(cls, num_labels: int, **kwargs) -> Head:
+        """Independent yes/no labels: one sigmoid per label (multi-hot targets).
+
+        Example:
+
+        >>> from finetune_tf import Head
+        >>> Head.multilabel(4).task
+        'multilabel'
+        """
+        _check_positive_int(num_labels, "num_labels", "multilabel")
+        return cls("multilabel", num_labels, **kwargs)
+
+    @classmethod
+    def regressor(cls, num_outputs: int = 1, **kwargs) -> Head:
+        """Real-valued outputs with mean squared error.
+
+        Example:
+
+        >>> from finetune_tf import Head
+        >>> Head.regressor(2).units
+        2
+        """
+        _check_positive_int(num_outputs, "num_outputs", "regressor")
+        kwargs.setdefault("logits", True)
+        return cls("regression", num_outputs, **kwargs)
+
+    # --- Behaviour --------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a classification head, else None."""
+        if self.task == "multiclass":
+            return self.units
+        if self.task == "binary":
+            return 2
+        return None
+
+    @property
+    def activation(self) -> str | None:
+        if self.task == "regression" or self.logits:
+            return None
+        return "softmax" if self.task == "multiclass" else "sigmoid"
+
+    def __call__(self, features):
+        """Builds the head's layers on `features` and returns the predictions."""
+        x = features
+        rank = len(x.shape)
+        if self.pooling == "flatten" and rank > 2:
+            if any(d is None for d in x.shape[1:]):
+                raise ValueError(
+                    f"`pooling='flatten'` needs a fixed feature shape, but the backbone gives "
+                    f"{tuple(x.shape[1:])}. Give the FineTuner a fixed input_shape, or use "
+                    "pooling='avg'."
+                )
+            x = keras.layers.Flatten(name="pooling")(x)
+        elif self.pooling in ("avg", "max") and rank in (3, 4, 5):
+            pool = {
+                ("avg", 3): keras.layers.GlobalAveragePooling1D,
+                ("max", 3): keras.layers.GlobalMaxPooling1D,
+                ("avg", 4): keras.layers.GlobalAveragePooling2D,
+                ("max", 4): keras.layers.GlobalMaxPooling2D,
+                ("avg", 5): keras.layers.GlobalAveragePooling3D,
+                ("max", 5): keras.layers.GlobalMaxPooling3D,
+            }[(self.pooling, rank)]
+            x = pool(name="pooling")(x)
+        regularizer = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
+        for i, width in enumerate(self.hidden_units, start=1):
+            if self.dropout:
+                x = keras.layers.Dropout(self.dropout, name=f"hidden_{i}_dropout")(x)
+            x = keras.layers.Dense(
+                width, activation="relu", kernel_regularizer=regularizer, name=f"hidden_{i}"
+            )(x)
+        if self.dropout:
+            x = keras.layers.Dropout(self.dropout, name="dropout")(x)
+        return keras.layers.Dense(
+            self.units,
+            activation=self.activation,
+            kernel_regularizer=regularizer,
+            dtype="float32",
+            name="predictions",
+        )(x)
+
+    def default_loss(self) -> keras.losses.Loss:
+        """The loss that fits this head."""
+        if self.task in ("multiclass", "binary"):
+            return LabelCrossentropy(from_logits=self.logits)
+        if self.task == "multilabel":
+            return keras.losses.BinaryCrossentropy(from_logits=self.logits)
+        return keras.losses.MeanSquaredError()
+
+    def default_metrics(self) -> list:
+        """The metrics that fit this head."""
+        if self.task in ("multiclass", "binary"):
+            return [LabelAccuracy(from_logits=self.logits)]
+        if self.task == "multilabel":
+            return [
+                keras.metrics.BinaryAccuracy(
+                    threshold=0.0 if self.logits else 0.5, name="binary_accuracy"
+                ),
+                keras.metrics.AUC(multi_label=True, from_logits=self.logits, name="auc"),
+            ]
+        return [keras.metrics.MeanAbsoluteError(name="mae")]
+
+    def __repr__(self):
+        if self.task == "multiclass":
+            args = [f"num_classes={self.units}"]
+            name = "classifier"
+        elif self.task == "binary":
+            args, name = [], "binary"
+        elif self.task == "multilabel":
+            args, name = [f"num_labels={self.units}"], "multilabel"
+        else:
+            args, name = [f"num_outputs={self.units}"], "regressor"
+        args.append(f"pooling={self.pooling!r}")
+        if self.hidden_units:
+            args.append(f"hidden_units={self.hidden_units}")
+        if self.dropout:
+            args.append(f"dropout={self.dropout}")
+        if self.weight_decay:
+            args.append(f"weight_decay={self.weight_decay}")
+        if self.logits and self.task != "regression":
+            args.append("logits=True")
+        return f"Head.{name}({', '.join(args)})"

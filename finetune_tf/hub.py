@@ -1,0 +1,254 @@
+"""A trainable Keras 3 layer around a TF2 SavedModel (TF Hub's reusable format).
+
+`tensorflow_hub.KerasLayer` is a tf_keras (Keras 2) layer and cannot enter a
+Keras 3 model; Keras 3's `TFSMLayer` copies the restored variables, so the
+SavedModel's functions never see what the optimizer changed. `HubLayer`
+wraps the SavedModel's own `tf.Variable`s in Keras variables, so they train,
+freeze, save and load like any Keras weight, and passes `training` to the
+SavedModel's `__call__` when it accepts it (BatchNorm and dropout inside
+behave as under `hub.KerasLayer`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import keras
+import tensorflow as tf
+
+from finetune_tf._utils import short_list
+
+
+def _is_url(handle: str) -> bool:
+    return handle.startswith(("http://", "https://", "gs://"))
+
+
+def hub_cache_dir() -> str:
+    """Where tensorflow_hub keeps resolved handles (`TFHUB_CACHE_DIR`)."""
+    from tensorflow_hub import resolver
+
+    return resolver.tfhub_cache_dir(use_temp=True)
+
+
+def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
+    """Returns a local SavedModel directory for a Hub handle or a local path.
+
+    Local directories are used as they are. URLs go through tensorflow_hub's
+    own resolver and cache, so `TFHUB_CACHE_DIR`, proxies and a pre-filled
+    cache work exactly as with `hub.load`.
+    """
+    if isinstance(handle, os.PathLike):
+        handle = os.fspath(handle)
+    if not isinstance(handle, str):
+        raise TypeError(
+            f"`{argname}` must be a URL or a path to a SavedModel directory. "
+            f"Received: {argname}={handle!r} of type {type(handle).__name__}."
+        )
+    if not _is_url(handle):
+        path = os.path.abspath(os.path.expanduser(handle))
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"`{argname}` points to {handle!r}, which does not exist. Expected a "
+                "SavedModel directory (containing saved_model.pb) or a https:// handle."
+            )
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ValueError(
+                f"`{argname}`={handle!r} is not a SavedModel directory: it has no "
+                "saved_model.pb. Pass the directory written by tf.saved_model.save."
+            )
+        return path
+    import tensorflow_hub as hub
+
+    try:
+        return hub.resolve(handle)
+    except Exception as error:  # tensorflow_hub raises many network error types
+        raise ValueError(
+            f"Could not resolve the Hub handle {argname}={handle!r}: {error}. "
+            f"tensorflow_hub's cache is {hub_cache_dir()!r} (set TFHUB_CACHE_DIR to "
+            "change it). To work offline, download the model on a connected machine "
+            "with tensorflow_hub.resolve(handle) and copy that cache directory here, "
+            "or pass the path of the extracted SavedModel directory instead."
+        ) from error
+
+
+class _RestoredVariable(keras.Variable):
+    """A Keras variable that *is* an existing `tf.Variable` (no copy)."""
+
+    def _initialize_with_initializer(self, initializer):
+        self._initialize(initializer(self._shape, dtype=self._dtype))
+
+
+def _wrap_variable(variable: tf.Variable, trainable: bool) -> keras.Variable:
+    name = variable.name.split(":")[0].replace("/", "_")
+    return _RestoredVariable(
+        initializer=lambda shape, dtype: variable,
+        shape=variable.shape,
+        dtype=variable.dtype.name,
+        trainable=trainable,
+        name=name,
+    )
+
+
+def _accepts_training(fn) -> bool:
+    spec = getattr(fn, "function_spec", None)
+    fullargspec = getattr(spec, "fullargspec", None)
+    if fullargspec is not None:
+        return "training" in fullargspec.args or "training" in fullargspec.kwonlyargs
+    try:
+        return "training" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@keras.saving.register_keras_serializable(package="finetune_tf")
+class HubLayer(keras.layers.Layer):
+    """A Keras 3 layer that runs and fine-tunes a TF2 SavedModel.
+
+    Works on TF Hub handles (https URLs resolved through tensorflow_hub's cache)
+    and on local SavedModel directories. The SavedModel's trainable variables
+    become this layer's trainable weights, the others its non-trainable
+    weights; its `regularization_losses` are added to the model's losses
+    while the layer trains.
+
+    A saved `.keras` model stores the handle and the fine-tuned weights; the
+    handle must still resolve when the model is loaded.
+
+    Args:
+        handle: str. A TF Hub URL or a local SavedModel directory.
+        signature: str, optional. Call this named signature (e.g.
+            `"serving_default"`) instead of the object's `__call__`.
+            Signatures take no `training` argument.
+        output_key: str, optional. For dict outputs, the key to return (e.g.
+            `"pooled_output"`). Without it a dict output is returned whole.
+        arguments: dict, optional. Extra keyword arguments for every call.
+        trainable: bool. Whether the SavedModel's variables train. Defaults
+            to `True`.
+
+    Example:
+
+    >>> import tempfile, numpy as np, tensorflow as tf
+    >>> from finetune_tf import HubLayer
+    >>> class Scale(tf.Module):
+    ...     def __init__(self):
+    ...         self.w = tf.Variable(2.0)
+    ...         self.trainable_variables = [self.w]
+    ...     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    ...     def __call__(self, x):
+    ...         return x * self.w
+    >>> path = tempfile.mkdtemp()
+    >>> tf.saved_model.save(Scale(), path)
+    >>> layer = HubLayer(path)
+    >>> layer(np.ones((1, 3), "float32")).numpy().tolist()
+    [[2.0, 2.0, 2.0]]
+    """
+
+    def __init__(
+        self,
+        handle: str,
+        signature: str | None = None,
+        output_key: str | None = None,
+        arguments: dict | None = None,
+        trainable: bool = True,
+        **kwargs,
+    ):
+        super().__init__(trainable=trainable, **kwargs)
+        if isinstance(handle, os.PathLike):
+            handle = os.fspath(handle)
+        self.handle = handle
+        self.signature = signature
+        self.output_key = output_key
+        self.arguments = dict(arguments or {})
+        path = resolve_handle(handle)
+        self._loaded = tf.saved_model.load(path)
+        self._input_name = None
+        if signature is not None:
+            if signature not in self._loaded.signatures:
+                raise ValueError(
+                    f"The SavedModel at {handle!r} has no signature {signature!r}. "
+                    f"Available signatures: {short_list(self._loaded.signatures.keys())}."
+                )
+            self._fn = self._loaded.signatures[signature]
+            names = list(self._fn.structured_input_signature[1].keys())
+            if len(names) != 1:
+                raise ValueError(
+                    f"Signature {signature!r} takes {len(names)} inputs ({short_list(names)}); "
+                    "HubLayer supports signatures with one input."
+                )
+            self._input_name = names[0]
+            self._accepts_training = False
+        else:
+            if not callable(self._loaded):
+                raise ValueError(
+                    f"The SavedModel at {handle!r} has no __call__ function. Pass "
+                    f"signature= with one of its signatures: "
+                    f"{short_list(self._loaded.signatures.keys()) or 'none'}."
+                )
+            self._fn = self._loaded
+            self._accepts_training = _accepts_training(self._loaded.__call__)
+        self._regularization_losses = list(getattr(self._loaded, "regularization_losses", []))
+        self._track_restored_variables()
+        self.built = True
+
+    def _track_restored_variables(self):
+        loaded = self._loaded
+        if hasattr(loaded, "variables"):
+            all_variables = list(loaded.variables)
+        else:
+            all_variables = list(getattr(self._fn, "variables", []))
+        trainable_ids = {id(v) for v in getattr(loaded, "trainable_variables", [])}
+        # Keras' own order: trainable first, then the rest, each in SavedModel order.
+        self.restored_variable_names = []
+        for want_trainable in (True, False):
+            for variable in all_variables:
+                if (id(variable) in trainable_ids) == want_trainable:
+                    self._track_variable(_wrap_variable(variable, want_trainable))
+                    self.restored_variable_names.append(variable.name.split(":")[0])
+
+    def call(self, inputs, training=None):
+        kwargs = dict(self.arguments)
+        training = bool(training) and self.trainable
+        if self._accepts_training:
+            kwargs["training"] = training
+        if self._input_name is not None:
+            result = self._fn(**{self._input_name: inputs}, **kwargs)
+        else:
+            result = self._fn(inputs, **kwargs)
+        if isinstance(result, dict):
+            if self.output_key is not None:
+                if self.output_key not in result:
+                    raise ValueError(
+                        f"output_key={self.output_key!r} is not an output of {self.handle!r}. "
+                        f"Available outputs: {short_list(result.keys())}."
+                    )
+                result = result[self.output_key]
+            elif len(result) == 1:
+                result = next(iter(result.values()))
+        if training:
+            for loss_fn in self._regularization_losses:
+                self.add_loss(loss_fn())
+        return result
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "handle": self.handle,
+            "signature": self.signature,
+            "output_key": self.output_key,
+            "arguments": self.arguments,
+        }
+
+    def input_spec_from_saved_model(self):
+        """The (shape, dtype) of the SavedModel's input, without the batch axis.
+
+        Returns `None` when the SavedModel does not declare one.
+        """
+        if self._input_name is not None:
+            spec = self._fn.structured_input_signature[1][self._input_name]
+            return tuple(spec.shape)[1:], spec.dtype.name
+        fn = self._loaded.__call__
+        for concrete in getattr(fn, "concrete_functions", []):
+            args = concrete.structured_input_signature[0]
+            if args and isinstance(args[0], tf.TensorSpec):
+                return tuple(args[0].shape)[1:], args[0].dtype.name
+        return None

@@ -1,0 +1,57 @@
+"""The default loss of classification heads."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from finetune_tf._labels import binary_targets, sparse_targets
+
+
+@keras.saving.register_keras_serializable(package="finetune_tf")
+class LabelCrossentropy(keras.losses.Loss):
+    """Cross-entropy that takes integer class ids or one-hot labels.
+
+    For a softmax head (several outputs) it is categorical cross-entropy;
+    for a one-unit sigmoid head it is binary cross-entropy, with labels
+    given as 0/1 or one-hot over the two classes.
+
+    Args:
+        from_logits: bool. Whether predictions are logits. Defaults to `False`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from finetune_tf import LabelCrossentropy
+    >>> loss = LabelCrossentropy()
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8]], "float32")
+    >>> sparse = float(loss(np.array([0, 1]), probs))
+    >>> one_hot = float(loss(np.eye(2, dtype="float32"), probs))
+    >>> round(sparse, 4) == round(one_hot, 4)
+    True
+    """
+
+    def __init__(
+        self,
+        from_logits: bool = False,
+        reduction: str = "sum_over_batch_size",
+        name: str = "label_crossentropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.convert_to_tensor(y_true)
+        if y_pred.shape[-1] == 1:
+            losses = keras.losses.binary_crossentropy(
+                binary_targets(y_true, y_pred), y_pred, from_logits=self.from_logits
+            )
+            return losses
+        return keras.losses.sparse_categorical_crossentropy(
+            sparse_targets(y_true, y_pred), y_pred, from_logits=self.from_logits
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits}

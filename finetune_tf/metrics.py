@@ -1,0 +1,48 @@
+"""The default metric of classification heads."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from finetune_tf._labels import binary_targets, sparse_targets
+
+
+@keras.saving.register_keras_serializable(package="finetune_tf")
+def label_accuracy(y_true, y_pred, from_logits=False):
+    """Per-example accuracy for integer or one-hot labels, softmax or sigmoid heads."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
+    if y_pred.shape[-1] == 1:
+        threshold = 0.0 if from_logits else 0.5
+        predicted = ops.cast(y_pred > threshold, "float32")
+        return ops.squeeze(ops.cast(predicted == binary_targets(y_true, predicted), "float32"), -1)
+    predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+    return ops.cast(predicted == ops.cast(sparse_targets(y_true, y_pred), "int32"), "float32")
+
+
+@keras.saving.register_keras_serializable(package="finetune_tf")
+class LabelAccuracy(keras.metrics.MeanMetricWrapper):
+    """Accuracy that takes integer class ids or one-hot labels.
+
+    Args:
+        from_logits: bool. Whether predictions are logits (a sigmoid head
+            then thresholds at 0 instead of 0.5). Defaults to `False`.
+        name: str. Defaults to `"accuracy"`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from finetune_tf import LabelAccuracy
+    >>> metric = LabelAccuracy()
+    >>> metric.update_state(np.array([0, 1]), np.array([[0.9, 0.1], [0.6, 0.4]]))
+    >>> float(metric.result())
+    0.5
+    """
+
+    def __init__(self, from_logits: bool = False, name: str = "accuracy", dtype=None):
+        super().__init__(fn=label_accuracy, name=name, dtype=dtype, from_logits=from_logits)
+        self.from_logits = from_logits
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "from_logits": self.from_logits}
