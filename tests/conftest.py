@@ -1,0 +1,66 @@
+"""Shared fixtures: small models built in memory, never downloaded."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def small_cnn(input_shape=(8, 8, 3), name="small_cnn") -> keras.Model:
+    """A tiny Keras 3 CNN with BatchNorm: conv1, bn1, relu1, conv2, bn2, features."""
+    inputs = keras.Input(input_shape, name="pixels")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.Conv2D(6, 3, padding="same", name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def tf_keras_cnn(input_shape=(8, 8, 3)):
+    """The same kind of network built with tf_keras (Keras 2), as old pretrained files were."""
+    import tf_keras
+
+    inputs = tf_keras.Input(input_shape)
+    x = tf_keras.layers.Conv2D(
+        4, 3, name="conv1", kernel_regularizer=tf_keras.regularizers.l2(0.01)
+    )(inputs)
+    x = tf_keras.layers.BatchNormalization(name="bn1")(x)
+    x = tf_keras.layers.ReLU(name="relu1")(x)
+    x = tf_keras.layers.Dropout(0.5, name="dropout")(x)
+    x = tf_keras.layers.Conv2D(6, 3, name="conv2")(x)
+    x = tf_keras.layers.GlobalAveragePooling2D(name="features")(x)
+    return tf_keras.Model(inputs, x, name="k2cnn")
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return rng.random((24, 8, 8, 3), dtype=np.float32)
+
+
+@pytest.fixture
+def labels():
+    return np.arange(24) % 3
+
+
+@pytest.fixture(scope="session")
+def keras2_files(tmp_path_factory):
+    """A Keras 2 (tf_keras) model saved as .h5 and as a TF SavedModel directory."""
+    import tensorflow as tf
+
+    directory = tmp_path_factory.mktemp("keras2")
+    model = tf_keras_cnn()
+    h5_path = str(directory / "keras2.h5")
+    model.save(h5_path)
+    saved_model_dir = str(directory / "saved_model")
+    tf.saved_model.save(model, saved_model_dir)
+    return {"h5": h5_path, "saved_model": saved_model_dir, "model": model}
+
+
+def weights_of(model):
+    return [w.numpy().copy() for w in model.weights]
