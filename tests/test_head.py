@@ -1,0 +1,135 @@
+"""Heads: layers, activations, losses for both label formats, float32 output."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import small_cnn
+
+from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, LabelAccuracy, LabelCrossentropy
+
+
+def build(head, backbone_model=None):
+    backbone = Backbone.from_model(backbone_model or small_cnn(), output_layer="conv2")
+    return FineTuner(backbone, head, freeze=FreezePolicy.none())
+
+
+@pytest.mark.parametrize(
+    "head, units, activation",
+    [
+        (Head.classifier(4), 4, "softmax"),
+        (Head.classifier(2), 1, "sigmoid"),
+        (Head.binary(), 1, "sigmoid"),
+        (Head.multilabel(3), 3, "sigmoid"),
+        (Head.regressor(2), 2, "linear"),
+        (Head.classifier(4, logits=True), 4, "linear"),
+    ],
+)
+def test_head_builds_named_layers(head, units, activation):
+    model = build(head).model
+    predictions = model.get_layer("predictions")
+    assert predictions.units == units
+    assert predictions.activation.__name__ == activation
+    assert model.get_layer("pooling").__class__.__name__ == "GlobalAveragePooling2D"
+
+
+def test_pooling_hidden_dropout_and_weight_decay():
+    head = Head.classifier(3, pooling="max", hidden_units=(16, 8), dropout=0.3, weight_decay=1e-3)
+    model = build(head).model
+    assert isinstance(model.get_layer("pooling"), keras.layers.GlobalMaxPooling2D)
+    assert model.get_layer("hidden_1").units == 16 and model.get_layer("hidden_2").units == 8
+    assert model.get_layer("dropout").rate == pytest.approx(0.3)
+    assert model.get_layer("predictions").kernel_regularizer is not None
+    assert len(model.losses) == 3  # one L2 term per head kernel
+    flat = build(Head.regressor(pooling="flatten")).model
+    assert flat.get_layer("pooling").output.shape == (None, 8 * 8 * 6)
+    none = build(Head.regressor(pooling="none")).model
+    assert none.output.shape == (None, 8, 8, 1)
+
+
+def test_3d_features_are_pooled_over_time():
+    inputs = keras.Input((5, 7))
+    model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+    tuner = FineTuner(Backbone.from_model(model), Head.classifier(3))
+    assert isinstance(tuner.model.get_layer("pooling"), keras.layers.GlobalAveragePooling1D)
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_crossentropy_accepts_sparse_and_one_hot(logits):
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(6, 4)).astype("float32")
+    y_pred = raw if logits else keras.ops.softmax(raw).numpy()
+    sparse = np.array([0, 1, 2, 3, 0, 1])
+    loss = LabelCrossentropy(from_logits=logits)
+    expected = keras.losses.SparseCategoricalCrossentropy(from_logits=logits)(sparse, y_pred)
+    np.testing.assert_allclose(float(loss(sparse, y_pred)), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(loss(np.eye(4)[sparse], y_pred)), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(loss(sparse[:, None], y_pred)), float(expected), rtol=1e-5)
+
+
+def test_binary_crossentropy_accepts_01_and_one_hot():
+    y_pred = np.array([[0.9], [0.2], [0.6]], "float32")
+    y = np.array([1, 0, 0])
+    expected = float(keras.losses.BinaryCrossentropy()(y[:, None], y_pred))
+    loss = LabelCrossentropy()
+    assert float(loss(y, y_pred)) == pytest.approx(expected, rel=1e-5)
+    assert float(loss(np.eye(2)[y], y_pred)) == pytest.approx(expected, rel=1e-5)
+    metric = LabelAccuracy()
+    metric.update_state(np.eye(2)[y], y_pred)
+    assert float(metric.result()) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "head, y",
+    [
+        (Head.classifier(3), np.arange(24) % 3),
+        (Head.classifier(3), np.eye(3)[np.arange(24) % 3]),
+        (Head.binary(), np.arange(24) % 2),
+        (Head.classifier(2), np.eye(2)[np.arange(24) % 2]),
+        (Head.multilabel(3), (np.arange(72).reshape(24, 3) % 2).astype("float32")),
+        (Head.regressor(), np.linspace(0, 1, 24).astype("float32")),
+    ],
+)
+def test_every_head_trains_with_its_default_loss_and_metrics(head, y, images):
+    keras.utils.set_random_seed(0)
+    tuner = build(head)
+    tuner.compile(learning_rate=1e-2)
+    before = tuner.evaluate(images, y, verbose=0)[0]
+    history = tuner.fit(images, y, epochs=15, batch_size=24, verbose=0)
+    after = tuner.evaluate(images, y, verbose=0)[0]
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert after < before  # the default loss is one it can learn from, in either label format
+    metric = {"multiclass": "accuracy", "binary": "accuracy",
+              "multilabel": "auc", "regression": "mae"}[head.task]
+    assert metric in history.history
+
+
+def test_predictions_are_float32_under_mixed_precision(images):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        tuner = build(Head.classifier(3), small_cnn())
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert tuner.backbone.model.get_layer("conv2").compute_dtype == "bfloat16"
+    assert tuner.model.output.dtype == "float32"
+    tuner.compile()
+    history = tuner.fit(images, np.arange(24) % 3, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_head_arguments_are_checked():
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        Head.classifier(1)
+    with pytest.raises(ValueError, match="num_classes"):
+        Head.classifier(0)
+    with pytest.raises(ValueError, match="pooling"):
+        Head.classifier(3, pooling="mean")
+    with pytest.raises(ValueError, match="dropout"):
+        Head.classifier(3, dropout=1.5)
+    with pytest.raises(ValueError, match="hidden_units"):
+        Head.classifier(3, hidden_units=(0,))
+    with pytest.raises(ValueError, match="weight_decay"):
+        Head.regressor(weight_decay=-1)
+    with pytest.raises(ValueError, match="flatten"):
+        FineTuner(Backbone.from_keras_applications("MobileNetV2", weights=None),
+                  Head.classifier(3, pooling="flatten"))
