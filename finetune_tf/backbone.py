@@ -367,8 +367,8 @@ class Backbone:
         >>> from finetune_tf import Backbone
         >>> class Features(tf.Module):
         ...     def __init__(self):
+        ...         super().__init__()
         ...         self.w = tf.Variable(tf.ones((3, 5)))
-        ...         self.trainable_variables = [self.w]
         ...     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
         ...     def __call__(self, x):
         ...         return tf.matmul(x, self.w)
@@ -426,7 +426,7 @@ class Backbone:
         >>> from finetune_tf import Backbone
         >>> Backbone.load("MobileNetV3Small", weights=None,
         ...               input_shape=(64, 64, 3)).source
-        "keras.applications.MobileNetV3Small(weights=None)"
+        'keras.applications.MobileNetV3Small(weights=None)'
         """
         if isinstance(source, Backbone):
             return source

@@ -43,11 +43,11 @@ class FreezeReport:
 
     >>> import keras
     >>> from finetune_tf import Backbone, FreezePolicy
-    >>> inputs = keras.Input((4,))
+    >>> inputs = keras.Input((4,), name="features_in")
     >>> x = keras.layers.Dense(3, name="a")(inputs)
     >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(2, name="b")(x)))
     >>> FreezePolicy.bottom(2).apply(backbone).frozen_layers
-    ['input_layer', 'a']
+    ['features_in', 'a']
     """
 
     policy: str

@@ -131,8 +131,8 @@ class HubLayer(keras.layers.Layer):
     >>> from finetune_tf import HubLayer
     >>> class Scale(tf.Module):
     ...     def __init__(self):
+    ...         super().__init__()
     ...         self.w = tf.Variable(2.0)
-    ...         self.trainable_variables = [self.w]
     ...     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
     ...     def __call__(self, x):
     ...         return x * self.w

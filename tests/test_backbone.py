@@ -15,7 +15,13 @@ def test_from_model_knows_shapes_and_layers():
     assert backbone.input_shape == (8, 8, 3)
     assert backbone.output_shape == (6,)
     assert [layer.name for layer in backbone.layers] == [
-        "pixels", "conv1", "bn1", "relu1", "conv2", "bn2", "features"
+        "pixels",
+        "conv1",
+        "bn1",
+        "relu1",
+        "conv2",
+        "bn2",
+        "features",
     ]
     assert backbone.preprocessing is None
 
@@ -41,7 +47,9 @@ def test_nested_models_count_inner_layers():
 
 
 def test_keras_applications_source_has_preprocessing():
-    backbone = Backbone.from_keras_applications("MobileNetV2", weights=None, input_shape=(32, 32, 3))
+    backbone = Backbone.from_keras_applications(
+        "MobileNetV2", weights=None, input_shape=(32, 32, 3)
+    )
     assert backbone.input_shape == (32, 32, 3)
     assert backbone.output_shape == (1, 1, 1280)
     assert isinstance(backbone.preprocessing, ApplicationPreprocessing)
@@ -52,7 +60,9 @@ def test_keras_applications_source_has_preprocessing():
 
 
 def test_keras_applications_local_weights_file(tmp_path):
-    reference = Backbone.from_keras_applications("MobileNetV2", weights=None, input_shape=(32, 32, 3))
+    reference = Backbone.from_keras_applications(
+        "MobileNetV2", weights=None, input_shape=(32, 32, 3)
+    )
     path = str(tmp_path / "notop.weights.h5")
     reference.model.save_weights(path)
     loaded = Backbone.from_keras_applications("MobileNetV2", weights=path, input_shape=(32, 32, 3))
@@ -61,8 +71,11 @@ def test_keras_applications_local_weights_file(tmp_path):
 
 
 def test_unknown_application_name_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"Unknown keras.applications name='MobileNetV3small'.*"
-                       r"Did you mean 'MobileNetV3Small'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown keras.applications name='MobileNetV3small'.*"
+        r"Did you mean 'MobileNetV3Small'",
+    ):
         Backbone.from_keras_applications("MobileNetV3small", weights=None)
 
 
@@ -80,8 +93,9 @@ def test_from_keras_file(tmp_path, images):
     backbone = Backbone.from_file(path, output_layer="conv2")
     assert backbone.output_shape == (8, 8, 6)
     full = Backbone.from_file(path)
-    np.testing.assert_allclose(full.model.predict(images, verbose=0),
-                               model.predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        full.model.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
+    )
 
 
 def test_from_keras2_h5_file(keras2_files, images):

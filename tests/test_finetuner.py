@@ -56,8 +56,14 @@ def test_keras_inputs_and_return_values(images, labels):
     seen = []
     callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))
     history = tuner.fit(
-        images, labels, validation_split=0.25, epochs=2, batch_size=8, verbose=0,
-        callbacks=[callback], class_weight={0: 1.0, 1: 2.0, 2: 1.0},
+        images,
+        labels,
+        validation_split=0.25,
+        epochs=2,
+        batch_size=8,
+        verbose=0,
+        callbacks=[callback],
+        class_weight={0: 1.0, 1: 2.0, 2: 1.0},
     )
     assert isinstance(history, keras.callbacks.History)
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -83,8 +89,9 @@ def test_keras_inputs_and_return_values(images, labels):
 
 
 def test_input_shape_adapts_small_grayscale_images():
-    backbone = Backbone.from_keras_applications("MobileNetV3Small", weights=None,
-                                                input_shape=(32, 32, 3))
+    backbone = Backbone.from_keras_applications(
+        "MobileNetV3Small", weights=None, input_shape=(32, 32, 3)
+    )
     tuner = FineTuner(backbone, Head.classifier(3), input_shape=(28, 28, 1))
     assert tuner.input_shape == (28, 28, 1)
     adapter = tuner.model.get_layer("input_adapter")
@@ -98,8 +105,12 @@ def test_input_shape_adapts_small_grayscale_images():
 
 
 def test_channel_projection_is_learned(images, labels):
-    tuner = FineTuner(Backbone.from_model(small_cnn()), Head.classifier(3),
-                      freeze=FreezePolicy.all(), input_shape=(8, 8, 5))
+    tuner = FineTuner(
+        Backbone.from_model(small_cnn()),
+        Head.classifier(3),
+        freeze=FreezePolicy.all(),
+        input_shape=(8, 8, 5),
+    )
     adapter = tuner.model.get_layer("input_adapter")
     np.testing.assert_allclose(adapter.projection.numpy(), np.full((5, 3), 0.2))
     tuner.compile(learning_rate=1e-2)
@@ -165,8 +176,9 @@ def test_constructor_errors():
     with pytest.raises(ValueError, match="input_shape"):
         FineTuner(Backbone.from_model(small_cnn()), Head.classifier(3), input_shape=(0, 8, 3))
     with pytest.raises(ValueError, match=r"bottom\(n\)"):
-        FineTuner(Backbone.from_model(small_cnn()), Head.classifier(3),
-                  freeze=FreezePolicy.bottom(50))
+        FineTuner(
+            Backbone.from_model(small_cnn()), Head.classifier(3), freeze=FreezePolicy.bottom(50)
+        )
 
 
 def test_compile_passes_keras_arguments_through(images, labels):

@@ -130,9 +130,7 @@ def test_report_is_printable(backbone):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name, n", [("MobileNetV3Small", 100), ("ResNet50", 143)]
-)
+@pytest.mark.parametrize("name, n", [("MobileNetV3Small", 100), ("ResNet50", 143)])
 def test_real_architectures_freeze_like_the_tutorial(name, n, labels):
     backbone = Backbone.from_keras_applications(name, weights=None, input_shape=(32, 32, 3))
     tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.bottom(n))
@@ -151,7 +149,6 @@ def test_real_architectures_freeze_like_the_tutorial(name, n, labels):
     for layer, before in zip(stats, stats_before, strict=True):  # every BN in inference mode
         np.testing.assert_array_equal(layer.moving_mean.numpy(), before)
     changed = [
-        not np.array_equal(a, b)
-        for a, b in zip(trainable_before, weights_of(model), strict=True)
+        not np.array_equal(a, b) for a, b in zip(trainable_before, weights_of(model), strict=True)
     ]
     assert any(changed)

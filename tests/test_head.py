@@ -98,8 +98,12 @@ def test_every_head_trains_with_its_default_loss_and_metrics(head, y, images):
     after = tuner.evaluate(images, y, verbose=0)[0]
     assert np.all(np.isfinite(history.history["loss"]))
     assert after < before  # the default loss is one it can learn from, in either label format
-    metric = {"multiclass": "accuracy", "binary": "accuracy",
-              "multilabel": "auc", "regression": "mae"}[head.task]
+    metric = {
+        "multiclass": "accuracy",
+        "binary": "accuracy",
+        "multilabel": "auc",
+        "regression": "mae",
+    }[head.task]
     assert metric in history.history
 
 
@@ -131,5 +135,7 @@ def test_head_arguments_are_checked():
     with pytest.raises(ValueError, match="weight_decay"):
         Head.regressor(weight_decay=-1)
     with pytest.raises(ValueError, match="flatten"):
-        FineTuner(Backbone.from_keras_applications("MobileNetV2", weights=None),
-                  Head.classifier(3, pooling="flatten"))
+        FineTuner(
+            Backbone.from_keras_applications("MobileNetV2", weights=None),
+            Head.classifier(3, pooling="flatten"),
+        )

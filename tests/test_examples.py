@@ -1,0 +1,25 @@
+"""Every example runs end to end (short), so the examples are tests too."""
+
+import importlib.util
+import os
+
+import numpy as np
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quickstart_runs_and_reports(tmp_path, capsys):
+    result = load_example("quickstart").main(shots=5, epochs=4, workdir=str(tmp_path))
+    out = capsys.readouterr().out
+    assert "fine-tuned from the pretrained backbone" in out and "from scratch" in out
+    assert 0.0 <= result["fine_tuned"] <= 1.0 and 0.0 <= result["scratch"] <= 1.0
+    assert result["reloaded_same"]
+    assert os.path.exists(tmp_path / "tuned_digits_5-9.keras")
+    assert np.isfinite(result["fine_tuned"])
