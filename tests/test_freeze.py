@@ -138,9 +138,9 @@ def test_real_architectures_freeze_like_the_tutorial(name, n, labels):
     # Same as `for layer in base_model.layers[:n]: layer.trainable = False`.
     assert [layer.trainable for layer in model.layers] == [i >= n for i in range(len(model.layers))]
     frozen_before = [w.numpy().copy() for layer in model.layers[:n] for w in layer.weights]
-    stats = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    stats_before = [l.moving_mean.numpy().copy() for l in stats]
-    trainable_before = weights_of(keras.Model(model.inputs, model.outputs))
+    stats = [x for x in model.layers if isinstance(x, keras.layers.BatchNormalization)]
+    stats_before = [x.moving_mean.numpy().copy() for x in stats]
+    trainable_before = weights_of(model)
     images = np.random.default_rng(1).uniform(0, 255, (24, 32, 32, 3)).astype("float32")
     fit_once(tuner, images, labels)
     frozen_after = [w.numpy() for layer in model.layers[:n] for w in layer.weights]
