@@ -11,6 +11,7 @@ behave as under `hub.KerasLayer`).
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 
@@ -63,12 +64,14 @@ def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
     try:
         return hub.resolve(handle)
     except Exception as error:  # tensorflow_hub raises many network error types
+        expected = os.path.join(hub_cache_dir(), hashlib.sha1(handle.encode("utf8")).hexdigest())
         raise ValueError(
             f"Could not resolve the Hub handle {argname}={handle!r}: {error}. "
             f"tensorflow_hub's cache is {hub_cache_dir()!r} (set TFHUB_CACHE_DIR to "
-            "change it). To work offline, download the model on a connected machine "
-            "with tensorflow_hub.resolve(handle) and copy that cache directory here, "
-            "or pass the path of the extracted SavedModel directory instead."
+            f"change it); this handle is served from {expected!r} once it is there. "
+            "To work offline, run tensorflow_hub.resolve(handle) on a connected machine "
+            "and copy that cache directory here, or pass the path of the extracted "
+            "SavedModel directory instead."
         ) from error
 
 

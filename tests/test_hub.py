@@ -1,0 +1,106 @@
+"""HubLayer and Backbone.from_hub: the trainable SavedModel wrapper shared by
+SavedModel directories and TF Hub handles. Nothing downloads: URL handles are
+served from a TFHUB_CACHE_DIR laid out the way tensorflow_hub's resolver does."""
+
+import hashlib
+import shutil
+import socket
+
+import keras
+import numpy as np
+import pytest
+
+from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, HubLayer
+
+URL = "https://tfhub.dev/finetune-tf/test/small_cnn/1"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch, keras2_files):
+    """A TFHUB_CACHE_DIR holding the test SavedModel under the URL's cache key."""
+    cache = tmp_path / "tfhub_cache"
+    cache.mkdir()
+    shutil.copytree(keras2_files["saved_model"], cache / hashlib.sha1(URL.encode()).hexdigest())
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
+    return cache
+
+
+def test_url_handle_is_served_from_the_cache(hub_cache, keras2_files, images):
+    backbone = Backbone.from_hub(URL)
+    assert backbone.input_shape == (8, 8, 3)
+    np.testing.assert_allclose(
+        backbone.model.predict(images, verbose=0),
+        keras2_files["model"].predict(images, verbose=0),
+        atol=1e-5,
+    )
+    assert Backbone.load(URL).output_shape == (6,)
+
+
+def test_unresolvable_url_says_where_the_cache_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/models/missing/1"
+    key = hashlib.sha1(url.encode()).hexdigest()
+    with pytest.raises(ValueError, match=rf"TFHUB_CACHE_DIR.*{key}"):
+        Backbone.from_hub(url)
+
+
+def test_training_flag_reaches_the_saved_model(keras2_files, images):
+    layer = HubLayer(keras2_files["saved_model"])
+    inference = layer(images, training=False).numpy()
+    np.testing.assert_allclose(layer(images).numpy(), inference)
+    # training=True: dropout and batch statistics inside the SavedModel change the output
+    assert not np.allclose(layer(images, training=True).numpy(), inference)
+    # (that training call also moved the BatchNorm statistics, as hub.KerasLayer does)
+    inference = layer(images, training=False).numpy()
+    layer.trainable = False  # a frozen layer always runs in inference mode
+    np.testing.assert_allclose(layer(images, training=True).numpy(), inference)
+
+
+def test_regularization_losses_are_added_while_training(keras2_files, images):
+    inputs = keras.Input((8, 8, 3))
+    layer = HubLayer(keras2_files["saved_model"])
+    model = keras.Model(inputs, layer(inputs, training=True))
+    model(images, training=True)
+    kernel = keras2_files["model"].get_layer("conv1").kernel.numpy()
+    expected = 0.01 * np.sum(np.square(kernel))
+    assert len(model.losses) == 1
+    np.testing.assert_allclose(float(model.losses[0]), expected, rtol=1e-5)
+
+
+def test_adam_trains_variables_with_slashes_and_colons_in_their_names(keras2_files, images):
+    backbone = Backbone.from_file(keras2_files["saved_model"])
+    layer = backbone.model.layers[-1]
+    assert "conv1/kernel" in layer.restored_variable_names
+    assert all("/" not in w.name and ":" not in w.name for w in layer.weights)
+    tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.none())
+    for optimizer in ["adam", "adamw", "rmsprop", "sgd", "nadam", "adagrad"]:
+        tuner.compile(optimizer=optimizer, learning_rate=1e-2)
+        before = layer.weights[0].numpy().copy()
+        tuner.fit(images, np.arange(24) % 3, epochs=1, verbose=0)
+        # the optimizer's update reached the SavedModel's own variable
+        assert not np.array_equal(layer._loaded.variables[0].numpy(), before), optimizer
+
+
+def test_frozen_hub_backbone_stays_bit_for_bit(keras2_files, images):
+    backbone = Backbone.from_file(keras2_files["saved_model"])
+    tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.all())
+    before = [w.numpy().copy() for w in backbone.model.weights]
+    tuner.compile(learning_rate=1e-2)
+    tuner.fit(images, np.arange(24) % 3, epochs=2, verbose=0)
+    for a, w in zip(before, backbone.model.weights, strict=True):
+        np.testing.assert_array_equal(a, w.numpy())
+
+
+def test_signature_and_bad_arguments(keras2_files, images):
+    layer = HubLayer(keras2_files["saved_model"], signature="serving_default")
+    out = layer(images)
+    assert tuple(out.shape) == (24, 6)
+    with pytest.raises(ValueError, match=r"no signature 'serve'.*serving_default"):
+        HubLayer(keras2_files["saved_model"], signature="serve")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        HubLayer("/nonexistent/model")
+    with pytest.raises(TypeError, match="handle"):
+        HubLayer(42)
