@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 
 
@@ -27,3 +28,15 @@ def short_list(items: Iterable[str], limit: int = 12) -> str:
 def shape_tuple(shape) -> tuple:
     """A shape as a plain tuple of ints/None (drops nothing)."""
     return tuple(None if d is None else int(d) for d in shape)
+
+
+def as_str_path(value, argname: str, expected: str) -> str:
+    """`value` as a string (path-likes converted), or a TypeError naming `argname`."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{argname}` must be {expected}. "
+            f"Received: {argname}={value!r} of type {type(value).__name__}."
+        )
+    return value

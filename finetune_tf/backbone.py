@@ -19,7 +19,7 @@ import os
 
 import keras
 
-from finetune_tf._utils import did_you_mean, shape_tuple, short_list
+from finetune_tf._utils import as_str_path, did_you_mean, shape_tuple, short_list
 from finetune_tf.hub import HubLayer, _is_url
 from finetune_tf.preprocessing import ApplicationPreprocessing
 from finetune_tf.saving import H5_SUFFIXES, KERAS_SUFFIXES, load_keras_file
@@ -309,13 +309,7 @@ class Backbone:
         >>> Backbone.from_file(path).output_shape
         (4,)
         """
-        if isinstance(path, os.PathLike):
-            path = os.fspath(path)
-        if not isinstance(path, str):
-            raise TypeError(
-                "`path` must be a path to a .keras/.h5 file or a SavedModel directory. "
-                f"Received: path={path!r} of type {type(path).__name__}."
-            )
+        path = as_str_path(path, "path", "a path to a .keras/.h5 file or a SavedModel directory")
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"`path`={path!r} does not exist. Expected a .keras or .h5 model file or a "
@@ -377,8 +371,7 @@ class Backbone:
         >>> Backbone.from_hub(path).output_shape
         (5,)
         """
-        if isinstance(handle, os.PathLike):
-            handle = os.fspath(handle)
+        handle = as_str_path(handle, "handle", "a Hub URL or a SavedModel directory")
         return cls._from_saved_model(
             handle,
             input_shape=input_shape,
@@ -432,14 +425,11 @@ class Backbone:
             return source
         if isinstance(source, keras.Model) or _is_tf_keras_model(source):
             return cls.from_model(source, **kwargs)
-        if isinstance(source, os.PathLike):
-            source = os.fspath(source)
-        if not isinstance(source, str):
-            raise TypeError(
-                "`source` must be a keras.Model, a keras.applications name, a model file "
-                f"path or a Hub handle. Received: source={source!r} of type "
-                f"{type(source).__name__}."
-            )
+        source = as_str_path(
+            source,
+            "source",
+            "a keras.Model, a keras.applications name, a model file path or a Hub handle",
+        )
         if _is_url(source):
             return cls.from_hub(source, **kwargs)
         if os.path.exists(source):

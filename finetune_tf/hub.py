@@ -18,7 +18,7 @@ import os
 import keras
 import tensorflow as tf
 
-from finetune_tf._utils import short_list
+from finetune_tf._utils import as_str_path, short_list
 
 
 def _is_url(handle: str) -> bool:
@@ -39,13 +39,7 @@ def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
     own resolver and cache, so `TFHUB_CACHE_DIR`, proxies and a pre-filled
     cache work exactly as with `hub.load`.
     """
-    if isinstance(handle, os.PathLike):
-        handle = os.fspath(handle)
-    if not isinstance(handle, str):
-        raise TypeError(
-            f"`{argname}` must be a URL or a path to a SavedModel directory. "
-            f"Received: {argname}={handle!r} of type {type(handle).__name__}."
-        )
+    handle = as_str_path(handle, argname, "a URL or a path to a SavedModel directory")
     if not _is_url(handle):
         path = os.path.abspath(os.path.expanduser(handle))
         if not os.path.exists(path):
@@ -156,13 +150,11 @@ class HubLayer(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(trainable=trainable, **kwargs)
-        if isinstance(handle, os.PathLike):
-            handle = os.fspath(handle)
-        self.handle = handle
+        self.handle = as_str_path(handle, "handle", "a URL or a path to a SavedModel directory")
         self.signature = signature
         self.output_key = output_key
         self.arguments = dict(arguments or {})
-        path = resolve_handle(handle)
+        path = resolve_handle(self.handle)
         self._loaded = tf.saved_model.load(path)
         self._input_name = None
         if signature is not None:

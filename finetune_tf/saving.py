@@ -17,6 +17,8 @@ import zipfile
 
 import keras
 
+from finetune_tf._utils import as_str_path
+
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -69,13 +71,7 @@ def check_h5_file(path: str, argname: str = "filepath") -> None:
 
 def load_keras_file(path, *, safe_mode: bool = True, compile: bool = True, argname="filepath"):
     """Loads a `.keras` or `.h5` model file with the safety checks above."""
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if not isinstance(path, str):
-        raise TypeError(
-            f"`{argname}` must be a path to a .keras or .h5 file. "
-            f"Received: {argname}={path!r} of type {type(path).__name__}."
-        )
+    path = as_str_path(path, argname, "a path to a .keras or .h5 file")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"`{argname}`={path!r} does not exist. Check the path, or save a model "
@@ -139,9 +135,8 @@ def load_model(filepath: str | os.PathLike, *, compile: bool = True, safe_mode: 
 
 def save_model_atomically(model: keras.Model, filepath, *, overwrite: bool = True) -> str:
     """Saves `model` to a `.keras` file via a temporary file and an atomic rename."""
-    if isinstance(filepath, os.PathLike):
-        filepath = os.fspath(filepath)
-    if not isinstance(filepath, str) or not filepath.endswith(".keras"):
+    filepath = as_str_path(filepath, "filepath", "a path ending in .keras")
+    if not filepath.endswith(".keras"):
         raise ValueError(
             "`filepath` must be a path ending in .keras (Keras 3's native format). "
             f"Received: filepath={filepath!r}. Use e.g. 'tuned.keras'; for a serving "
