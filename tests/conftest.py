@@ -1,6 +1,9 @@
 """Shared fixtures: small models built in memory, never downloaded."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -64,3 +67,28 @@ def keras2_files(tmp_path_factory):
 
 def weights_of(model):
     return [w.numpy().copy() for w in model.weights]
+
+
+LOAD_IN_FRESH_PROCESS = textwrap.dedent(
+    """
+    import sys, numpy as np, keras
+    import finetune_tf  # registers the layers; nothing else is needed
+    model = keras.models.load_model(sys.argv[1])
+    np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+    """
+)
+
+
+def load_and_predict_elsewhere(path, x, tmp_path):
+    x_path, out_path = str(tmp_path / "x.npy"), str(tmp_path / "out.npy")
+    np.save(x_path, x)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, path, x_path, out_path],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.load(out_path)

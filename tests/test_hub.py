@@ -9,7 +9,9 @@ import socket
 import keras
 import numpy as np
 import pytest
+from conftest import load_and_predict_elsewhere
 
+import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, HubLayer
 
 URL = "https://tfhub.dev/finetune-tf/test/small_cnn/1"
@@ -104,3 +106,19 @@ def test_signature_and_bad_arguments(keras2_files, images):
         HubLayer("/nonexistent/model")
     with pytest.raises(TypeError, match="handle"):
         HubLayer(42)
+
+
+def test_url_backbone_round_trips_with_its_fine_tuned_weights(hub_cache, tmp_path, images):
+    tuner = FineTuner(Backbone.from_hub(URL), Head.classifier(3), freeze=FreezePolicy.none())
+    tuner.compile(learning_rate=0.1)
+    tuner.fit(images, np.arange(24) % 3, epochs=2, verbose=0)
+    path = str(tmp_path / "tuned.keras")
+    tuner.save(path)
+    expected = tuner.predict(images, verbose=0)
+    # a fresh process resolves the URL from the same TFHUB_CACHE_DIR, then loads the tuned weights
+    np.testing.assert_allclose(
+        load_and_predict_elsewhere(path, images, tmp_path), expected, atol=1e-5
+    )
+    restored = finetune_tf.load_model(path)
+    assert restored.get_layer("backbone").backbone.layers[-1].handle == URL
+    np.testing.assert_allclose(restored.predict(images, verbose=0), expected, atol=1e-5)

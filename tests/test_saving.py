@@ -1,41 +1,14 @@
 """Save and load: every backbone source round-trips in a fresh process; unsafe files are refused."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
-from conftest import small_cnn
+from conftest import load_and_predict_elsewhere, small_cnn
 
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
-
-LOAD_IN_FRESH_PROCESS = textwrap.dedent(
-    """
-    import sys, numpy as np, keras
-    import finetune_tf  # registers the layers; nothing else is needed
-    model = keras.models.load_model(sys.argv[1])
-    np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
-    """
-)
-
-
-def load_and_predict_elsewhere(path, x, tmp_path):
-    x_path, out_path = str(tmp_path / "x.npy"), str(tmp_path / "out.npy")
-    np.save(x_path, x)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, path, x_path, out_path],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return np.load(out_path)
 
 
 def backbone_from(source, tmp_path, keras2_files):
