@@ -35,11 +35,16 @@ def application_names() -> list[str]:
 
 
 def flatten_layers(model: keras.Model) -> list:
-    """A model's layers in order, with nested models replaced by their layers."""
+    """A model's layers in order, with nested models replaced by their layers.
+
+    A `HubLayer` (SavedModel) is replaced by its variable groups, in order of use.
+    """
     layers = []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             layers.extend(flatten_layers(layer))
+        elif isinstance(layer, HubLayer) and layer.variable_groups:
+            layers.extend(layer.variable_groups)
         else:
             layers.append(layer)
     return layers

@@ -20,7 +20,9 @@ BATCHNORM_MODES = ("inference", "train", "freeze")
 
 
 def _is_batchnorm(layer) -> bool:
-    return isinstance(layer, keras.layers.BatchNormalization)
+    return isinstance(layer, keras.layers.BatchNormalization) or getattr(
+        layer, "is_batchnorm", False
+    )
 
 
 def _count(weights) -> int:

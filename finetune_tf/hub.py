@@ -98,6 +98,68 @@ def _accepts_training(fn) -> bool:
         return False
 
 
+def _in_order_of_use(fn, variables) -> list:
+    """`variables` in the order the traced function first reads them.
+
+    Variables that cannot be placed (no traced graph, nested calls) keep their
+    SavedModel order after the placed ones.
+    """
+    by_handle = {id(v.handle): v for v in variables}
+    ordered, seen = [], set()
+    concrete_functions = getattr(fn, "concrete_functions", None)
+    if concrete_functions is None and hasattr(fn, "graph"):
+        concrete_functions = [fn]
+    try:
+        graph = concrete_functions[-1].graph
+        external = {internal.name: ext for ext, internal in graph.captures}
+        for op in graph.get_operations():
+            for tensor in op.inputs:
+                variable = by_handle.get(id(external.get(tensor.name)))
+                if variable is not None and id(variable) not in seen:
+                    seen.add(id(variable))
+                    ordered.append(variable)
+    except (AttributeError, IndexError, TypeError):
+        pass
+    return ordered + [v for v in variables if id(v) not in seen]
+
+
+class VariableGroup:
+    """The variables of one name scope of a SavedModel, frozen or trained together.
+
+    `Backbone.layers` lists these for a SavedModel or Hub backbone, in order
+    of use, so `FreezePolicy` works on it as on a Keras backbone.
+
+    Attributes:
+        name: str. The name scope, e.g. `"block_3_expand"`.
+        weights: list. The group's Keras variables.
+        is_batchnorm: bool. Whether the group holds BatchNorm statistics.
+    """
+
+    def __init__(self, name: str, members: list):
+        self.name = name
+        self._members = members  # (keras variable, trainable in the SavedModel)
+        self.weights = [variable for variable, _ in members]
+        self.is_batchnorm = any("moving_mean" in v.name for v in self.weights)
+
+    @property
+    def trainable(self) -> bool:
+        trainable = [v.trainable for v, can_train in self._members if can_train]
+        return bool(trainable) and all(trainable)
+
+    @trainable.setter
+    def trainable(self, value: bool):
+        for variable, can_train in self._members:
+            if can_train:
+                variable.trainable = bool(value)
+
+    @property
+    def trainable_weights(self) -> list:
+        return [v for v in self.weights if v.trainable]
+
+    def __repr__(self):
+        return f"<VariableGroup {self.name!r}: {len(self.weights)} variables>"
+
+
 @keras.saving.register_keras_serializable(package="finetune_tf")
 class HubLayer(keras.layers.Layer):
     """A Keras 3 layer that runs and fine-tunes a TF2 SavedModel.
@@ -147,6 +209,7 @@ class HubLayer(keras.layers.Layer):
         output_key: str | None = None,
         arguments: dict | None = None,
         trainable: bool = True,
+        frozen_groups: list | None = None,
         **kwargs,
     ):
         super().__init__(trainable=trainable, **kwargs)
@@ -183,6 +246,9 @@ class HubLayer(keras.layers.Layer):
             self._accepts_training = _accepts_training(self._loaded.__call__)
         self._regularization_losses = list(getattr(self._loaded, "regularization_losses", []))
         self._track_restored_variables()
+        for group in self.variable_groups:
+            if group.name in set(frozen_groups or ()):
+                group.trainable = False
         self.built = True
 
     def _track_restored_variables(self):
@@ -194,11 +260,22 @@ class HubLayer(keras.layers.Layer):
         trainable_ids = {id(v) for v in getattr(loaded, "trainable_variables", [])}
         # Keras' own order: trainable first, then the rest, each in SavedModel order.
         self.restored_variable_names = []
+        wrapped = {}
         for want_trainable in (True, False):
             for variable in all_variables:
                 if (id(variable) in trainable_ids) == want_trainable:
-                    self._track_variable(_wrap_variable(variable, want_trainable))
+                    keras_variable = _wrap_variable(variable, want_trainable)
+                    self._track_variable(keras_variable)
                     self.restored_variable_names.append(variable.name.split(":")[0])
+                    wrapped[id(variable)] = keras_variable
+        groups = {}
+        traced = self._fn if self._input_name is not None else self._loaded.__call__
+        for variable in _in_order_of_use(traced, all_variables):
+            scope = variable.name.split(":")[0].rpartition("/")[0] or self.name
+            groups.setdefault(scope, []).append(
+                (wrapped[id(variable)], id(variable) in trainable_ids)
+            )
+        self.variable_groups = [VariableGroup(name, members) for name, members in groups.items()]
 
     def call(self, inputs, training=None):
         kwargs = dict(self.arguments)
@@ -231,6 +308,7 @@ class HubLayer(keras.layers.Layer):
             "signature": self.signature,
             "output_key": self.output_key,
             "arguments": self.arguments,
+            "frozen_groups": [g.name for g in self.variable_groups if not g.trainable],
         }
 
     def input_spec_from_saved_model(self):
