@@ -40,6 +40,15 @@ def _shapes_compatible(data_shape: tuple, model_shape: tuple) -> bool:
     )
 
 
+def _as_tensor_if_text(data):
+    """numpy arrays and lists of strings as string tensors (Keras' numpy path rejects them)."""
+    if isinstance(data, list) and data and isinstance(data[0], (str, bytes)):
+        data = np.asarray(data)
+    if isinstance(data, np.ndarray) and data.dtype.kind in "USO":
+        return tf.constant(data.astype(str) if data.dtype.kind == "O" else data)
+    return data
+
+
 def _first_array(data):
     """The array-like inside `x` (numpy/tensor), or None for generators etc."""
     if isinstance(data, (np.ndarray, tf.Tensor)):
@@ -383,26 +392,31 @@ class FineTuner:
     def fit(self, x=None, y=None, **kwargs) -> keras.callbacks.History:
         """Trains the model; takes and returns what `keras.Model.fit` does.
 
-        `x` may be numpy arrays, tensors, a `tf.data.Dataset` or a
-        `keras.utils.PyDataset`; `validation_data`, `validation_split`,
+        `x` may be numpy arrays (strings too, for text backbones), tensors,
+        a `tf.data.Dataset` or a `keras.utils.PyDataset`; `validation_data`, `validation_split`,
         `class_weight`, `callbacks` etc. pass through to Keras.
         """
         self._require_compiled("fit")
+        x = _as_tensor_if_text(x)
         self._check_data(x, y, "fit")
         validation = kwargs.get("validation_data")
         if isinstance(validation, tuple) and len(validation) >= 2:
+            validation = (_as_tensor_if_text(validation[0]), *validation[1:])
             self._check_inputs(validation[0], "validation_data[0]", "fit")
             self._check_targets(validation[0], validation[1], "validation_data[1]", "fit")
+            kwargs["validation_data"] = validation
         return self.model.fit(x, y, **kwargs)
 
     def evaluate(self, x=None, y=None, **kwargs):
         """Evaluates the model; takes and returns what `keras.Model.evaluate` does."""
         self._require_compiled("evaluate")
+        x = _as_tensor_if_text(x)
         self._check_data(x, y, "evaluate")
         return self.model.evaluate(x, y, **kwargs)
 
     def predict(self, x, **kwargs):
         """Predicts; takes and returns what `keras.Model.predict` does."""
+        x = _as_tensor_if_text(x)
         self._check_inputs(x, "x", "predict")
         return self.model.predict(x, **kwargs)
 

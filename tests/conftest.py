@@ -92,3 +92,40 @@ def load_and_predict_elsewhere(path, x, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return np.load(out_path)
+
+
+def save_text_encoder(path):
+    """A string-input text encoder with a vocabulary table, exported as Hub text models were:
+    a tf_keras model returning a dict (`pooled_output`, `sequence_output`), saved with
+    tf.saved_model.save."""
+    import tensorflow as tf
+    import tf_keras
+
+    vocab = ["good", "bad", "great", "awful", "movie", "film"]
+
+    class TextEncoder(tf_keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    vocab, tf.range(1, len(vocab) + 1, dtype=tf.int64)
+                ),
+                0,
+            )
+            self.embed = tf_keras.layers.Embedding(len(vocab) + 1, 8, name="embedding")
+            self.dense = tf_keras.layers.Dense(4, activation="tanh", name="encoder_dense")
+
+        def call(self, inputs, training=False):
+            ids = self.table.lookup(tf.strings.split(tf.strings.lower(inputs)))
+            embedded = self.embed(ids)
+            return {
+                "pooled_output": self.dense(tf.reduce_mean(embedded, axis=1)),
+                "sequence_output": embedded.to_tensor(),
+            }
+
+    tf_keras.utils.set_random_seed(0)
+    model = TextEncoder()
+    model(tf.constant(["good movie"]))
+    serve = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None], tf.string)])
+    tf.saved_model.save(model, path, signatures={"serving_default": serve})
+    return path

@@ -9,7 +9,8 @@ import socket
 import keras
 import numpy as np
 import pytest
-from conftest import load_and_predict_elsewhere
+import tensorflow as tf
+from conftest import load_and_predict_elsewhere, save_text_encoder
 
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, HubLayer
@@ -122,3 +123,27 @@ def test_url_backbone_round_trips_with_its_fine_tuned_weights(hub_cache, tmp_pat
     restored = finetune_tf.load_model(path)
     assert restored.get_layer("backbone").backbone.layers[-1].handle == URL
     np.testing.assert_allclose(restored.predict(images, verbose=0), expected, atol=1e-5)
+
+
+def test_text_encoder_with_string_inputs_fine_tunes_and_round_trips(tmp_path):
+    handle = save_text_encoder(str(tmp_path / "text_encoder"))
+    backbone = Backbone.from_hub(handle, output_key="pooled_output")
+    assert backbone.input_dtype == "string" and backbone.output_shape == (4,)
+    assert [g.name for g in backbone.layers[1:]] == [
+        "text_encoder/embedding",
+        "text_encoder/encoder_dense",
+    ]
+    tuner = FineTuner(backbone, Head.binary(), freeze=FreezePolicy.none())
+    tuner.compile(learning_rate=0.1)
+    texts = np.array(["good movie", "bad film", "great film", "awful movie"] * 4)
+    labels = np.array([1, 0, 1, 0] * 4)
+    tuner.fit(texts, labels, epochs=10, verbose=0, validation_data=(texts, labels))
+    assert tuner.evaluate(texts, labels, verbose=0)[1] == 1.0
+    path = str(tmp_path / "text.keras")
+    tuner.save(path)
+    restored = finetune_tf.load_model(path)
+    np.testing.assert_allclose(
+        restored.predict(tf.constant(texts), verbose=0), tuner.predict(list(texts), verbose=0)
+    )
+    with pytest.raises(ValueError, match=r"output_key='pooled'.*pooled_output"):
+        Backbone.from_hub(handle, output_key="pooled")
