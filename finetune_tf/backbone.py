@@ -20,7 +20,7 @@ import os
 import keras
 
 from finetune_tf._utils import as_str_path, did_you_mean, shape_tuple, short_list
-from finetune_tf.hub import HubLayer, _is_url
+from finetune_tf.hub import ARCHIVE_SUFFIXES, HubLayer, _is_url
 from finetune_tf.preprocessing import ApplicationPreprocessing
 from finetune_tf.saving import H5_SUFFIXES, KERAS_SUFFIXES, load_keras_file
 
@@ -435,7 +435,7 @@ class Backbone:
             "source",
             "a keras.Model, a keras.applications name, a model file path or a Hub handle",
         )
-        if _is_url(source):
+        if _is_url(source) or (os.path.isfile(source) and source.endswith(ARCHIVE_SUFFIXES)):
             return cls.from_hub(source, **kwargs)
         if os.path.exists(source):
             return cls.from_file(source, **kwargs)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from finetune_tf._utils import did_you_mean, shape_tuple
 from finetune_tf.backbone import Backbone, BackboneLayer
+from finetune_tf.export import export_saved_model
 from finetune_tf.freeze import FreezePolicy, FreezeReport
 from finetune_tf.head import Head
 from finetune_tf.preprocessing import InputAdapter
@@ -433,6 +434,28 @@ class FineTuner:
         stores the handle, which must still resolve when loading.
         """
         save_model_atomically(self.model, filepath, overwrite=overwrite)
+
+    def export(self, path: str | os.PathLike, *, overwrite: bool = True) -> str:
+        """Exports a self-contained SavedModel for serving; returns its path.
+
+        The export needs no handle and no finetune_tf: load it with
+        `tf.saved_model.load(path)` and call `.serve(x)`, or serve its
+        `serving_default` signature with TF Serving.
+
+        Example:
+
+        >>> import os, tempfile, keras, numpy as np, tensorflow as tf
+        >>> from finetune_tf import Backbone, FineTuner, Head
+        >>> inputs = keras.Input((4,))
+        >>> tuner = FineTuner(Backbone.from_model(
+        ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
+        >>> path = tuner.export(os.path.join(tempfile.mkdtemp(), "serving"))
+        >>> served = tf.saved_model.load(path)  # keep a reference while calling it
+        >>> x = np.ones((2, 4), "float32")
+        >>> bool(np.allclose(served.serve(x), tuner.predict(x, verbose=0), atol=1e-6))
+        True
+        """
+        return export_saved_model(self.model, path, overwrite=overwrite)
 
     def __repr__(self):
         return (

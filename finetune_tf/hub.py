@@ -45,8 +45,11 @@ def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"`{argname}` points to {handle!r}, which does not exist. Expected a "
-                "SavedModel directory (containing saved_model.pb) or a https:// handle."
+                "SavedModel directory (containing saved_model.pb), a .tar.gz archive of "
+                "one, or a https:// handle."
             )
+        if os.path.isfile(path) and path.endswith(ARCHIVE_SUFFIXES):
+            path = _extract_archive(path, argname)
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
             raise ValueError(
                 f"`{argname}`={handle!r} is not a SavedModel directory: it has no "
@@ -67,6 +70,32 @@ def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
             "and copy that cache directory here, or pass the path of the extracted "
             "SavedModel directory instead."
         ) from error
+
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def _extract_archive(path: str, argname: str) -> str:
+    """Extracts a compressed SavedModel into tensorflow_hub's cache, the way the
+    resolver does for a downloaded one (keyed by the archive's path, size and time)."""
+    from tensorflow_hub import resolver
+
+    stat = os.stat(path)
+    key = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    module_dir = resolver.create_local_module_dir(hub_cache_dir(), key)
+
+    def extract(handle, tmp_dir):
+        with open(handle, "rb") as archive:
+            resolver.DownloadManager(handle).download_and_uncompress(archive, tmp_dir)
+
+    try:
+        module_dir = resolver.atomic_download(path, extract, module_dir)
+    except OSError as error:
+        raise ValueError(
+            f"`{argname}`={path!r} is not a readable SavedModel archive ({error}). Expected "
+            "a .tar.gz made from a SavedModel directory (tar -czf model.tar.gz -C dir .)."
+        ) from error
+    return module_dir
 
 
 class _RestoredVariable(keras.Variable):

@@ -147,3 +147,60 @@ def test_text_encoder_with_string_inputs_fine_tunes_and_round_trips(tmp_path):
     )
     with pytest.raises(ValueError, match=r"output_key='pooled'.*pooled_output"):
         Backbone.from_hub(handle, output_key="pooled")
+
+
+def test_compressed_archive_handle_is_extracted_into_the_hub_cache(
+    tmp_path, monkeypatch, keras2_files, images
+):
+    import tarfile
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
+    archive = str(tmp_path / "small_cnn.tar.gz")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(keras2_files["saved_model"], arcname=".")
+    backbone = Backbone.from_hub(archive)
+    np.testing.assert_allclose(
+        backbone.model.predict(images, verbose=0),
+        keras2_files["model"].predict(images, verbose=0),
+        atol=1e-5,
+    )
+    extracted = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(extracted) == 1 and (extracted[0] / "saved_model.pb").exists()
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="archive"):
+        Backbone.from_hub(str(broken))
+
+
+def test_export_is_self_contained(tmp_path, keras2_files, images):
+    handle = str(tmp_path / "encoder")
+    shutil.copytree(keras2_files["saved_model"], handle)
+    text_handle = save_text_encoder(str(tmp_path / "text_encoder"))
+    image_tuner = FineTuner(Backbone.from_hub(handle), Head.classifier(3))
+    text_tuner = FineTuner(
+        Backbone.from_hub(text_handle, output_key="pooled_output"), Head.binary()
+    )
+    texts = ["good movie", "awful film"]
+    expected_image = image_tuner.predict(images, verbose=0)
+    expected_text = text_tuner.predict(texts, verbose=0)
+    image_path = image_tuner.export(str(tmp_path / "image_export"))
+    text_path = text_tuner.export(str(tmp_path / "text_export"))
+    shutil.rmtree(handle)
+    shutil.rmtree(text_handle)  # the exports must not need the handles
+    image_served = tf.saved_model.load(image_path)
+    np.testing.assert_allclose(image_served.serve(images).numpy(), expected_image, atol=1e-5)
+    serving = image_served.signatures["serving_default"]
+    np.testing.assert_allclose(
+        next(iter(serving(inputs=tf.constant(images)).values())).numpy(),
+        expected_image,
+        atol=1e-5,
+    )
+    text_served = tf.saved_model.load(text_path)
+    np.testing.assert_allclose(
+        text_served.serve(tf.constant(texts)).numpy(), expected_text, atol=1e-5
+    )
+    # exporting again replaces the previous export in one move; other directories are refused
+    assert image_tuner.export(image_path) == image_path
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ValueError, match="not a SavedModel directory"):
+        image_tuner.export(str(tmp_path / "notes"))
