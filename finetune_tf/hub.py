@@ -275,6 +275,10 @@ class HubLayer(keras.layers.Layer):
             self._accepts_training = _accepts_training(self._loaded.__call__)
         self._regularization_losses = list(getattr(self._loaded, "regularization_losses", []))
         self._track_restored_variables()
+        # Mixed precision: the SavedModel runs in its own dtype, with casts at its edges
+        # (see `input_dtype`), whatever this layer's dtype policy.
+        declared = self.input_spec_from_saved_model()
+        self._saved_input_dtype = declared[1] if declared else None
         for group in self.variable_groups:
             if group.name in set(frozen_groups or ()):
                 group.trainable = False
@@ -306,9 +310,16 @@ class HubLayer(keras.layers.Layer):
             )
         self.variable_groups = [VariableGroup(name, members) for name, members in groups.items()]
 
+    @property
+    def input_dtype(self):
+        """Inputs are converted to the SavedModel's declared input dtype."""
+        return self._saved_input_dtype or self.compute_dtype
+
     def call(self, inputs, training=None):
         kwargs = dict(self.arguments)
         training = bool(training) and self.trainable
+        if self._saved_input_dtype is not None and inputs.dtype != self._saved_input_dtype:
+            inputs = tf.cast(inputs, self._saved_input_dtype)
         if self._accepts_training:
             kwargs["training"] = training
         if self._input_name is not None:

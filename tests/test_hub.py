@@ -204,3 +204,22 @@ def test_export_is_self_contained(tmp_path, keras2_files, images):
     (tmp_path / "notes").mkdir()
     with pytest.raises(ValueError, match="not a SavedModel directory"):
         image_tuner.export(str(tmp_path / "notes"))
+
+
+def test_mixed_precision_keeps_the_hub_graph_in_its_dtype(keras2_files, images):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        tuner = FineTuner(
+            Backbone.from_file(keras2_files["saved_model"]),
+            Head.classifier(3, hidden_units=(8,)),
+            freeze=FreezePolicy.none(),
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert tuner.model.get_layer("hidden_1").compute_dtype == "bfloat16"
+    assert tuner.backbone.model.outputs[0].dtype == "float32"  # the SavedModel's own dtype
+    assert tuner.model.output.dtype == "float32"
+    tuner.compile(learning_rate=1e-2)
+    history = tuner.fit(images, np.arange(24) % 3, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
