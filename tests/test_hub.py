@@ -28,15 +28,21 @@ def hub_cache(tmp_path, monkeypatch, keras2_files):
     return cache
 
 
-def test_url_handle_is_served_from_the_cache(hub_cache, keras2_files, images):
-    backbone = Backbone.from_hub(URL)
+@pytest.mark.parametrize(
+    "url", [URL, "https://www.kaggle.com/models/finetune-tf/small-cnn/TensorFlow2/default/1"]
+)
+def test_url_handle_is_served_from_the_cache(url, tmp_path, monkeypatch, keras2_files, images):
+    cache = tmp_path / "tfhub_cache"
+    shutil.copytree(keras2_files["saved_model"], cache / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
+    backbone = Backbone.from_hub(url)
     assert backbone.input_shape == (8, 8, 3)
     np.testing.assert_allclose(
         backbone.model.predict(images, verbose=0),
         keras2_files["model"].predict(images, verbose=0),
         atol=1e-5,
     )
-    assert Backbone.load(URL).output_shape == (6,)
+    assert Backbone.load(url).output_shape == (6,)
 
 
 def test_unresolvable_url_says_where_the_cache_is(tmp_path, monkeypatch):
