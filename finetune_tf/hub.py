@@ -279,8 +279,9 @@ class HubLayer(keras.layers.Layer):
         # (see `input_dtype`), whatever this layer's dtype policy.
         declared = self.input_spec_from_saved_model()
         self._saved_input_dtype = declared[1] if declared else None
+        frozen_groups = set(frozen_groups or ())
         for group in self.variable_groups:
-            if group.name in set(frozen_groups or ()):
+            if group.name in frozen_groups:
                 group.trainable = False
         self.built = True
 
