@@ -16,6 +16,7 @@ from finetune_tf.losses import LabelCrossentropy
 from finetune_tf.metrics import LabelAccuracy
 from finetune_tf.preprocessing import ApplicationPreprocessing, InputAdapter
 from finetune_tf.saving import load_model
+from finetune_tf.schedule import Stage, gradual_unfreezing
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,8 @@ __all__ = [
     "InputAdapter",
     "LabelAccuracy",
     "LabelCrossentropy",
+    "Stage",
     "__version__",
+    "gradual_unfreezing",
     "load_model",
 ]

@@ -243,23 +243,41 @@ class FineTuner:
             **kwargs: passed to `keras.Model.compile` (e.g. `loss_weights`,
                 `run_eagerly`, `jit_compile`, `steps_per_execution`).
         """
-        if learning_rate is not None and not isinstance(
-            learning_rate, keras.optimizers.schedules.LearningRateSchedule
-        ):
-            if (
-                isinstance(learning_rate, bool)
-                or not isinstance(learning_rate, (int, float))
-                or not np.isfinite(learning_rate)
-                or learning_rate <= 0
-            ):
-                raise ValueError(
-                    "`learning_rate` must be a positive number or a LearningRateSchedule. "
-                    f"Received: learning_rate={learning_rate!r}. Typical values: 1e-3 for the "
-                    "head, 1e-5 to 1e-4 when the backbone trains."
-                )
+        self._check_learning_rate(learning_rate)
         optimizer = self._resolve_optimizer(optimizer, learning_rate)
         loss = self._head.default_loss() if loss == "auto" else self._resolve_loss(loss)
         self._compile_args = {"optimizer": optimizer, "loss": loss, "metrics": metrics, **kwargs}
+        self._compile(fresh_optimizer=False)
+
+    def recompile(self, *, optimizer=None, learning_rate=None) -> None:
+        """Compiles again with the settings of the last `compile()` and a fresh optimizer.
+
+        Trained weights are kept. `optimizer` and `learning_rate` override the
+        previous ones; without a previous `compile()`, Keras' defaults for
+        this head are used (`"adam"`, the head's loss and metrics).
+
+        Example:
+
+        >>> import keras
+        >>> from finetune_tf import Backbone, FineTuner, Head
+        >>> inputs = keras.Input((4,))
+        >>> tuner = FineTuner(Backbone.from_model(
+        ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
+        >>> tuner.compile(optimizer="adam", learning_rate=1e-3)
+        >>> tuner.recompile(learning_rate=1e-5)
+        >>> round(float(tuner.model.optimizer.learning_rate), 6)
+        1e-05
+        """
+        if self._compile_args is None:
+            self.compile(
+                optimizer="adam" if optimizer is None else optimizer, learning_rate=learning_rate
+            )
+            return
+        self._check_learning_rate(learning_rate)
+        if optimizer is None:
+            previous = self._compile_args["optimizer"]
+            optimizer = previous.__class__.from_config(previous.get_config())
+        self._compile_args["optimizer"] = self._resolve_optimizer(optimizer, learning_rate)
         self._compile(fresh_optimizer=False)
 
     def _compile(self, fresh_optimizer: bool):
@@ -271,6 +289,24 @@ class FineTuner:
         if isinstance(args["metrics"], str) and args["metrics"] == "auto":
             args["metrics"] = self._head.default_metrics()
         self.model.compile(**args)
+
+    @staticmethod
+    def _check_learning_rate(learning_rate):
+        if learning_rate is None or isinstance(
+            learning_rate, keras.optimizers.schedules.LearningRateSchedule
+        ):
+            return
+        if (
+            isinstance(learning_rate, bool)
+            or not isinstance(learning_rate, (int, float))
+            or not np.isfinite(learning_rate)
+            or learning_rate <= 0
+        ):
+            raise ValueError(
+                "`learning_rate` must be a positive number or a LearningRateSchedule. "
+                f"Received: learning_rate={learning_rate!r}. Typical values: 1e-3 for the "
+                "head, 1e-5 to 1e-4 when the backbone trains."
+            )
 
     @staticmethod
     def _resolve_optimizer(optimizer, learning_rate):
@@ -390,15 +426,85 @@ class FineTuner:
         self._check_inputs(x, "x", method)
         self._check_targets(x, y, "y", method)
 
-    def fit(self, x=None, y=None, **kwargs) -> keras.callbacks.History:
+    def fit(self, x=None, y=None, *, schedule=None, **kwargs) -> keras.callbacks.History:
         """Trains the model; takes and returns what `keras.Model.fit` does.
 
         `x` may be numpy arrays (strings too, for text backbones), tensors,
-        a `tf.data.Dataset` or a `keras.utils.PyDataset`; `validation_data`, `validation_split`,
-        `class_weight`, `callbacks` etc. pass through to Keras.
+        a `tf.data.Dataset` or a `keras.utils.PyDataset`; `validation_data`,
+        `validation_split`, `class_weight`, `callbacks` etc. pass through to
+        Keras.
+
+        Args:
+            schedule: list of `Stage`, optional. Train in stages, each with
+                its own freeze policy, epochs, learning rate, optimizer and
+                early stopping; the model is recompiled between stages with
+                the trained weights kept and a fresh optimizer. Returns one
+                `History` for all stages, with `history.history["stage"]`
+                naming the stage of each epoch; callbacks see one continuous
+                run (epoch numbers keep counting). Without a previous
+                `compile()`, `"adam"` with the head's loss and metrics is used.
         """
+        if schedule is not None:
+            x = _as_tensor_if_text(x)
+            self._check_fit_data(x, y, kwargs)
+            from finetune_tf.schedule import run_schedule
+
+            return run_schedule(self, schedule, x, y, kwargs)
         self._require_compiled("fit")
         x = _as_tensor_if_text(x)
+        self._check_fit_data(x, y, kwargs)
+        return self.model.fit(x, y, **kwargs)
+
+    def fine_tune(
+        self,
+        x=None,
+        y=None,
+        *,
+        head_epochs: int = 5,
+        epochs: int = 10,
+        learning_rate: float = 1e-3,
+        fine_tune_learning_rate: float = 1e-5,
+        early_stopping: int | None = 3,
+        **kwargs,
+    ) -> keras.callbacks.History:
+        """The default two-stage recipe: warm up the head, then fine-tune.
+
+        Stage 1 (`"head"`) trains only the new head on the frozen backbone for
+        `head_epochs` at `learning_rate` (1e-3): a randomly initialised head
+        would otherwise send large gradients into the pretrained weights and
+        destroy them (the Keras guide; LP-FT, Kumar et al. 2022). Stage 2
+        (`"fine_tune"`) applies this FineTuner's own freeze policy (give it
+        e.g. `FreezePolicy.top(30)` or `FreezePolicy.none()`) for up to
+        `epochs` at `fine_tune_learning_rate` (1e-5, the Keras guide's value
+        with Adam: 100x smaller, so the backbone moves little). With
+        validation data both stages keep their best epoch's weights and stage
+        2 stops after `early_stopping` epochs without improvement.
+
+        Takes what `fit` takes (`validation_data`, `callbacks`, ...) and
+        returns one `History` for both stages.
+        """
+        from finetune_tf.freeze import FreezePolicy
+        from finetune_tf.schedule import Stage
+
+        policy = self._freeze
+        schedule = [
+            Stage(
+                head_epochs,
+                FreezePolicy.all(batchnorm=policy.batchnorm),
+                learning_rate,
+                name="head",
+            ),
+            Stage(
+                epochs,
+                policy,
+                fine_tune_learning_rate,
+                early_stopping=early_stopping,
+                name="fine_tune",
+            ),
+        ]
+        return self.fit(x, y, schedule=schedule, **kwargs)
+
+    def _check_fit_data(self, x, y, kwargs):
         self._check_data(x, y, "fit")
         validation = kwargs.get("validation_data")
         if isinstance(validation, tuple) and len(validation) >= 2:
@@ -406,7 +512,6 @@ class FineTuner:
             self._check_inputs(validation[0], "validation_data[0]", "fit")
             self._check_targets(validation[0], validation[1], "validation_data[1]", "fit")
             kwargs["validation_data"] = validation
-        return self.model.fit(x, y, **kwargs)
 
     def evaluate(self, x=None, y=None, **kwargs):
         """Evaluates the model; takes and returns what `keras.Model.evaluate` does."""

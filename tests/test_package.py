@@ -22,6 +22,7 @@ MODULES = [
     "metrics",
     "preprocessing",
     "saving",
+    "schedule",
 ]
 
 

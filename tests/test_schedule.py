@@ -1,0 +1,140 @@
+"""Staged schedules, the default fine_tune recipe and gradual unfreezing."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import small_cnn
+
+from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Stage, gradual_unfreezing
+
+
+def make_tuner(freeze=None):
+    model = small_cnn()
+    return FineTuner(Backbone.from_model(model), Head.classifier(3), freeze=freeze), model
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs, self.learning_rates = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+        self.learning_rates.append(float(self.model.optimizer.learning_rate))
+
+
+def test_schedule_runs_stages_as_one_continuous_history(images, labels):
+    tuner, model = make_tuner()
+    recorder = Recorder()
+    conv1 = model.get_layer("conv1").kernel
+    schedule = [
+        Stage(2, FreezePolicy.all(), learning_rate=1e-2, name="head"),
+        Stage(3, FreezePolicy.none(), learning_rate=1e-3, optimizer="sgd"),
+    ]
+    before_stage_2 = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                before_stage_2["conv1"] = conv1.numpy().copy()
+                before_stage_2["iterations"] = int(self.model.optimizer.iterations)
+
+    initial = conv1.numpy().copy()
+    history = tuner.fit(
+        images, labels, schedule=schedule, batch_size=8, verbose=0, callbacks=[recorder, Snapshot()]
+    )
+    assert isinstance(history, keras.callbacks.History)
+    assert history.epoch == [0, 1, 2, 3, 4] and recorder.epochs == [0, 1, 2, 3, 4]
+    assert history.history["stage"] == ["head", "head", "stage_2", "stage_2", "stage_2"]
+    assert len(history.history["loss"]) == 5
+    np.testing.assert_allclose(recorder.learning_rates, [1e-2, 1e-2, 1e-3, 1e-3, 1e-3], rtol=1e-6)
+    np.testing.assert_array_equal(before_stage_2["conv1"], initial)  # frozen in stage 1
+    assert not np.array_equal(conv1.numpy(), initial)  # trained in stage 2
+    assert isinstance(tuner.model.optimizer, keras.optimizers.SGD)
+    assert before_stage_2["iterations"] == 0  # fresh optimizer state for the new stage
+    assert tuner.freeze == FreezePolicy.none()
+
+
+def test_stage_restores_its_best_weights(images, labels):
+    tuner, _ = make_tuner(FreezePolicy.none())
+    # validation labels that disagree with the training labels: the better the fit, the worse
+    # the validation loss, so the best epoch is an early one
+    validation = (images, (labels + 1) % 3)
+    schedule = [Stage(5, learning_rate=3e-2)]
+    history = tuner.fit(images, labels, schedule=schedule, validation_data=validation, verbose=0)
+    val_losses = history.history["val_loss"]
+    assert min(val_losses) < val_losses[-1]
+    final = tuner.evaluate(*validation, verbose=0)[0]
+    assert final == pytest.approx(min(val_losses), rel=1e-4)
+
+
+def test_early_stopping_ends_a_stage(images, labels):
+    tuner, _ = make_tuner(FreezePolicy.none())
+    schedule = [
+        Stage(10, learning_rate=1e-30, optimizer="sgd", early_stopping=1, name="stuck"),
+        Stage(1, learning_rate=1e-3, name="next"),
+    ]
+    history = tuner.fit(
+        images, labels, schedule=schedule, validation_data=(images, labels), verbose=0
+    )
+    assert history.history["stage"] == ["stuck", "stuck", "next"]
+    assert history.epoch == [0, 1, 2]
+
+
+def test_fine_tune_default_recipe(images, labels):
+    tuner, model = make_tuner(FreezePolicy.top(3))
+    recorder = Recorder()
+    history = tuner.fine_tune(
+        images,
+        labels,
+        head_epochs=2,
+        epochs=2,
+        callbacks=[recorder],
+        validation_data=(images, labels),
+        verbose=0,
+    )
+    assert history.history["stage"][:2] == ["head", "head"]
+    assert set(history.history["stage"][2:]) == {"fine_tune"}
+    assert recorder.learning_rates[0] == pytest.approx(1e-3)
+    assert recorder.learning_rates[-1] == pytest.approx(1e-5)
+    assert tuner.freeze == FreezePolicy.top(3)  # the tuner's own policy for stage 2
+    assert model.get_layer("conv2").trainable and not model.get_layer("conv1").trainable
+
+
+def test_gradual_unfreezing_stages_train(images, labels):
+    tuner, _ = make_tuner()
+    stages = gradual_unfreezing(
+        len(tuner.backbone.layers), steps=2, epochs_per_stage=1, learning_rate=1e-3
+    )
+    assert [s.freeze for s in stages] == [
+        FreezePolicy.all(),
+        FreezePolicy.top(3),
+        FreezePolicy.top(7),
+    ]
+    assert [s.learning_rate for s in stages] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    history = tuner.fit(images, labels, schedule=stages, verbose=0)
+    assert history.history["stage"] == ["head", "unfreeze_1", "unfreeze_2"]
+
+
+def test_schedule_errors(images, labels):
+    tuner, _ = make_tuner()
+    with pytest.raises(ValueError, match="at least 1"):
+        Stage(0)
+    with pytest.raises(TypeError, match="whole number"):
+        Stage(2.5)
+    with pytest.raises(TypeError, match="FreezePolicy"):
+        Stage(1, freeze="all")
+    with pytest.raises(ValueError, match="patience"):
+        Stage(1, early_stopping=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        tuner.fit(images, labels, schedule=[Stage(1, learning_rate=-1.0)])
+    with pytest.raises(ValueError, match="non-empty list"):
+        tuner.fit(images, labels, schedule=[])
+    with pytest.raises(ValueError, match=r"`epochs`=3.*Stage\(epochs"):
+        tuner.fit(images, labels, schedule=[Stage(1)], epochs=3)
+    with pytest.raises(ValueError, match=r"bottom\(n\)"):
+        tuner.fit(images, labels, schedule=[Stage(1, FreezePolicy.bottom(99))])
+    with pytest.raises(ValueError, match="layer_count"):
+        gradual_unfreezing(0)
+    with pytest.raises(ValueError, match="steps"):
+        gradual_unfreezing(5, steps=9)
