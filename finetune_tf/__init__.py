@@ -13,6 +13,7 @@ from finetune_tf.freeze import FreezePolicy, FreezeReport
 from finetune_tf.head import Head
 from finetune_tf.hub import HubLayer
 from finetune_tf.losses import LabelCrossentropy
+from finetune_tf.lr_finder import LRFinderResult
 from finetune_tf.metrics import LabelAccuracy
 from finetune_tf.preprocessing import ApplicationPreprocessing, InputAdapter
 from finetune_tf.saving import load_model
@@ -32,6 +33,7 @@ __all__ = [
     "InputAdapter",
     "LabelAccuracy",
     "LabelCrossentropy",
+    "LRFinderResult",
     "Stage",
     "__version__",
     "gradual_unfreezing",

@@ -280,15 +280,17 @@ class FineTuner:
         self._compile_args["optimizer"] = self._resolve_optimizer(optimizer, learning_rate)
         self._compile(fresh_optimizer=False)
 
-    def _compile(self, fresh_optimizer: bool):
+    def _keras_compile_args(self) -> dict:
         args = dict(self._compile_args)
-        if fresh_optimizer:
-            old = args["optimizer"]
-            args["optimizer"] = old.__class__.from_config(old.get_config())
-            self._compile_args["optimizer"] = args["optimizer"]
         if isinstance(args["metrics"], str) and args["metrics"] == "auto":
             args["metrics"] = self._head.default_metrics()
-        self.model.compile(**args)
+        return args
+
+    def _compile(self, fresh_optimizer: bool):
+        if fresh_optimizer:
+            old = self._compile_args["optimizer"]
+            self._compile_args["optimizer"] = old.__class__.from_config(old.get_config())
+        self.model.compile(**self._keras_compile_args())
 
     @staticmethod
     def _check_learning_rate(learning_rate):
@@ -503,6 +505,60 @@ class FineTuner:
             ),
         ]
         return self.fit(x, y, schedule=schedule, **kwargs)
+
+    def find_learning_rate(
+        self,
+        x=None,
+        y=None,
+        *,
+        min_lr: float = 1e-7,
+        max_lr: float = 1.0,
+        steps: int = 100,
+        batch_size: int | None = 32,
+        divergence: float = 4.0,
+        **kwargs,
+    ):
+        """The learning-rate range test: sweep, record, restore, suggest.
+
+        Trains up to `steps` steps with the learning rate growing
+        exponentially from `min_lr` to `max_lr` (stopping early once the loss
+        exceeds `divergence` times its best), then restores the weights and
+        the compiled optimizer exactly as they were. Uses the optimizer of the
+        last `compile()` (or `"adam"`) with the current freeze policy.
+
+        Returns:
+            `LRFinderResult` with `learning_rates`, `losses`, `suggestion` (where
+            the smoothed loss falls fastest) and `plot(path=None)`.
+
+        Example:
+
+        >>> import keras, numpy as np
+        >>> from finetune_tf import Backbone, FineTuner, Head
+        >>> inputs = keras.Input((4,))
+        >>> tuner = FineTuner(Backbone.from_model(
+        ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
+        >>> result = tuner.find_learning_rate(np.random.rand(64, 4), np.random.rand(64),
+        ...                                   steps=20, batch_size=8)
+        >>> 1e-7 <= result.suggestion <= 1.0
+        True
+        """
+        from finetune_tf.lr_finder import find_learning_rate
+
+        if self._compile_args is None:
+            self.compile()
+        x = _as_tensor_if_text(x)
+        self._check_fit_data(x, y, kwargs)
+        return find_learning_rate(
+            self,
+            x,
+            y,
+            min_lr=min_lr,
+            max_lr=max_lr,
+            steps=steps,
+            batch_size=batch_size,
+            divergence=divergence,
+            **kwargs,
+        )
 
     def _check_fit_data(self, x, y, kwargs):
         self._check_data(x, y, "fit")

@@ -19,6 +19,7 @@ MODULES = [
     "head",
     "hub",
     "losses",
+    "lr_finder",
     "metrics",
     "preprocessing",
     "saving",

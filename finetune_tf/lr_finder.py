@@ -1,0 +1,148 @@
+"""The learning-rate range test (Smith, 2017; fastai's `lr_find`).
+
+Trains for a few hundred steps while the learning rate grows exponentially
+from `min_lr` to `max_lr`, records the loss at each step, then puts the
+model's weights back exactly as they were. The suggestion is the learning
+rate where the smoothed loss falls fastest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class LRFinderResult:
+    """What `FineTuner.find_learning_rate` measured.
+
+    Attributes:
+        learning_rates: list of float. The learning rate of each step.
+        losses: list of float. The training loss of each step.
+        suggestion: float. Where the smoothed loss falls fastest.
+
+    Example:
+
+    >>> from finetune_tf import LRFinderResult
+    >>> result = LRFinderResult([1e-4, 1e-3, 1e-2], [1.0, 0.5, 2.0], 1e-3)
+    >>> result.suggestion
+    0.001
+    """
+
+    learning_rates: list
+    losses: list
+    suggestion: float
+
+    def plot(self, path: str | None = None):
+        """Plots loss against learning rate (log scale); saves it when `path` is given.
+
+        Needs matplotlib (`pip install matplotlib`). Returns the figure.
+        """
+        try:
+            import matplotlib
+
+            if path is not None:
+                matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError as error:
+            raise ImportError(
+                "LRFinderResult.plot() needs matplotlib. Install it with `pip install "
+                "matplotlib`, or read result.learning_rates and result.losses directly."
+            ) from error
+        figure, axis = plt.subplots(figsize=(6, 4))
+        axis.plot(self.learning_rates, self.losses)
+        axis.axvline(
+            self.suggestion,
+            color="tab:red",
+            linestyle="--",
+            label=f"suggestion {self.suggestion:.2e}",
+        )
+        axis.set_xscale("log")
+        axis.set_xlabel("learning rate")
+        axis.set_ylabel("training loss")
+        axis.legend()
+        figure.tight_layout()
+        if path is not None:
+            figure.savefig(path)
+        return figure
+
+
+class _ExponentialSweep(keras.callbacks.Callback):
+    def __init__(self, min_lr, max_lr, steps, divergence):
+        super().__init__()
+        self.min_lr, self.steps, self.divergence = min_lr, steps, divergence
+        self.factor = (max_lr / min_lr) ** (1.0 / max(steps - 1, 1))
+        self.learning_rates, self.losses = [], []
+        self.best = math.inf
+
+    def on_train_batch_begin(self, batch, logs=None):
+        lr = self.min_lr * self.factor ** len(self.losses)
+        self.model.optimizer.learning_rate = lr
+        self.learning_rates.append(lr)
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", math.nan))
+        # Keras reports the running mean over the epoch; the sweep wants the step's own loss.
+        step_loss = loss if batch == 0 else loss * (batch + 1) - self._mean * batch
+        self._mean = loss
+        self.losses.append(step_loss)
+        if math.isfinite(step_loss):
+            self.best = min(self.best, step_loss)
+        if (
+            len(self.losses) >= self.steps
+            or not math.isfinite(step_loss)
+            or step_loss > self.divergence * self.best
+        ):
+            self.model.stop_training = True
+
+
+def _suggest(learning_rates, losses) -> float:
+    losses = np.asarray(losses, dtype="float64")
+    finite = np.isfinite(losses)
+    lrs = np.asarray(learning_rates)[finite]
+    losses = losses[finite]
+    if len(losses) < 3:
+        return float(lrs[0]) if len(lrs) else math.nan
+    smoothed = np.empty_like(losses)
+    average = 0.0
+    for i, value in enumerate(losses):  # bias-corrected exponential moving average
+        average = 0.9 * average + 0.1 * value
+        smoothed[i] = average / (1 - 0.9 ** (i + 1))
+    slopes = np.gradient(smoothed, np.log(lrs))
+    return float(lrs[int(np.argmin(slopes))])
+
+
+def find_learning_rate(
+    tuner, x, y, *, min_lr, max_lr, steps, batch_size, divergence, **fit_kwargs
+) -> LRFinderResult:
+    """Runs the sweep on `tuner`'s model; see `FineTuner.find_learning_rate`."""
+    if not (0 < min_lr < max_lr):
+        raise ValueError(
+            "`find_learning_rate` needs 0 < min_lr < max_lr. "
+            f"Received: min_lr={min_lr!r}, max_lr={max_lr!r}."
+        )
+    if not isinstance(steps, int) or steps < 3:
+        raise ValueError(f"`steps` must be an integer >= 3. Received: steps={steps!r}.")
+    model = tuner.model
+    weights = [w.numpy().copy() for w in model.weights]
+    compiled = dict(tuner._compile_args)
+    optimizer = compiled["optimizer"]
+    sweep_optimizer = optimizer.__class__.from_config(optimizer.get_config())
+    model.compile(**{**tuner._keras_compile_args(), "optimizer": sweep_optimizer})
+    sweep = _ExponentialSweep(min_lr, max_lr, steps, divergence)
+    try:
+        model.fit(
+            x, y, batch_size=batch_size, epochs=steps, callbacks=[sweep], verbose=0, **fit_kwargs
+        )
+    finally:
+        for variable, value in zip(model.weights, weights, strict=True):
+            variable.assign(value)
+        tuner._compile(fresh_optimizer=False)
+    return LRFinderResult(
+        learning_rates=sweep.learning_rates[: len(sweep.losses)],
+        losses=sweep.losses,
+        suggestion=_suggest(sweep.learning_rates, sweep.losses),
+    )
