@@ -527,8 +527,8 @@ class FineTuner:
         last `compile()` (or `"adam"`) with the current freeze policy.
 
         Returns:
-            `LRFinderResult` with `learning_rates`, `losses`, `suggestion` (where
-            the smoothed loss falls fastest) and `plot(path=None)`.
+            `LRFinderResult` with `learning_rates`, `losses`, `suggestion` (one
+            tenth of the rate at the smoothed loss's minimum) and `plot(path=None)`.
 
         Example:
 
@@ -539,7 +539,7 @@ class FineTuner:
         ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
         >>> result = tuner.find_learning_rate(np.random.rand(64, 4), np.random.rand(64),
         ...                                   steps=20, batch_size=8)
-        >>> 1e-7 <= result.suggestion <= 1.0
+        >>> 0.0 < result.suggestion < 1.0
         True
         """
         from finetune_tf.lr_finder import find_learning_rate

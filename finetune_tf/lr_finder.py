@@ -2,8 +2,8 @@
 
 Trains for a few hundred steps while the learning rate grows exponentially
 from `min_lr` to `max_lr`, records the loss at each step, then puts the
-model's weights back exactly as they were. The suggestion is the learning
-rate where the smoothed loss falls fastest.
+model's weights back exactly as they were. The suggestion is one tenth of the
+learning rate at which the smoothed loss is lowest.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import math
 import keras
 import numpy as np
 
+SMOOTHING = 0.98  # of the loss curve, as in fastai: single batches are noisy
+
 
 @dataclasses.dataclass(frozen=True)
 class LRFinderResult:
@@ -22,7 +24,7 @@ class LRFinderResult:
     Attributes:
         learning_rates: list of float. The learning rate of each step.
         losses: list of float. The training loss of each step.
-        suggestion: float. Where the smoothed loss falls fastest.
+        suggestion: float. One tenth of the rate at the smoothed loss's minimum.
 
     Example:
 
@@ -76,7 +78,7 @@ class _ExponentialSweep(keras.callbacks.Callback):
         self.min_lr, self.steps, self.divergence = min_lr, steps, divergence
         self.factor = (max_lr / min_lr) ** (1.0 / max(steps - 1, 1))
         self.learning_rates, self.losses = [], []
-        self.best = math.inf
+        self.best, self._average = math.inf, 0.0
 
     def on_train_batch_begin(self, batch, logs=None):
         lr = self.min_lr * self.factor ** len(self.losses)
@@ -89,12 +91,15 @@ class _ExponentialSweep(keras.callbacks.Callback):
         step_loss = loss if batch == 0 else loss * (batch + 1) - self._mean * batch
         self._mean = loss
         self.losses.append(step_loss)
-        if math.isfinite(step_loss):
-            self.best = min(self.best, step_loss)
+        # Divergence is judged on the smoothed loss: single batches are noisy.
+        self._average = SMOOTHING * self._average + (1 - SMOOTHING) * step_loss
+        smoothed = self._average / (1 - SMOOTHING ** len(self.losses))
+        if math.isfinite(smoothed):
+            self.best = min(self.best, smoothed)
         if (
             len(self.losses) >= self.steps
-            or not math.isfinite(step_loss)
-            or step_loss > self.divergence * self.best
+            or not math.isfinite(smoothed)
+            or smoothed > self.divergence * self.best
         ):
             self.model.stop_training = True
 
@@ -104,15 +109,16 @@ def _suggest(learning_rates, losses) -> float:
     finite = np.isfinite(losses)
     lrs = np.asarray(learning_rates)[finite]
     losses = losses[finite]
-    if len(losses) < 3:
-        return float(lrs[0]) if len(lrs) else math.nan
+    if len(losses) == 0:
+        return math.nan
     smoothed = np.empty_like(losses)
     average = 0.0
-    for i, value in enumerate(losses):  # bias-corrected exponential moving average
-        average = 0.9 * average + 0.1 * value
-        smoothed[i] = average / (1 - 0.9 ** (i + 1))
-    slopes = np.gradient(smoothed, np.log(lrs))
-    return float(lrs[int(np.argmin(slopes))])
+    for i, value in enumerate(losses):  # the bias-corrected moving average the sweep used
+        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        smoothed[i] = average / (1 - SMOOTHING ** (i + 1))
+    # One tenth of the rate at the smoothed loss's minimum (fastai's `minimum` rule): robust
+    # to batch noise, and safely below where the loss starts to blow up.
+    return float(lrs[int(np.argmin(smoothed))] / 10.0)
 
 
 def find_learning_rate(

@@ -26,12 +26,14 @@ def test_sweep_restores_weights_and_optimizer(images, labels):
     assert len(lrs) == len(result.losses) >= 3
     np.testing.assert_allclose(lrs[1:] / lrs[:-1], lrs[1] / lrs[0], rtol=1e-6)  # exponential
     assert lrs[0] == pytest.approx(1e-7)
-    assert lrs[0] <= result.suggestion <= lrs[-1]
+    assert lrs[0] / 10 <= result.suggestion <= lrs[-1] / 10
     tuner.fit(images, labels, epochs=1, verbose=0)  # still trains as compiled
 
 
-def test_sweep_finds_the_useful_range_and_stops_on_divergence():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sweep_finds_the_useful_range_and_stops_on_divergence(seed):
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
     x = rng.normal(size=(256, 4)).astype("float32")
     y = x @ np.array([1.0, -2.0, 0.5, 3.0], "float32")
     inputs = keras.Input((4,))
