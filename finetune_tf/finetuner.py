@@ -21,8 +21,10 @@ from finetune_tf.backbone import Backbone, BackboneLayer
 from finetune_tf.export import export_saved_model
 from finetune_tf.freeze import FreezePolicy, FreezeReport
 from finetune_tf.head import Head
+from finetune_tf.lr_finder import LRFinderResult, find_learning_rate
 from finetune_tf.preprocessing import InputAdapter
 from finetune_tf.saving import save_model_atomically
+from finetune_tf.schedule import Stage, run_schedule
 
 
 def _optimizer_names() -> list[str]:
@@ -210,14 +212,18 @@ class FineTuner:
         >>> tuner.set_freeze(FreezePolicy.none()).trainable_params
         15
         """
-        self._check_policy(policy)
-        report = policy.apply(self._backbone)
-        self._freeze = policy
-        self.freeze_report = report
-        self._backbone_layer.inference_mode = policy.batchnorm != "train"
+        report = self._apply_freeze(policy)
         if self._compile_args is not None:
             self._compile(fresh_optimizer=True)
         return report
+
+    def _apply_freeze(self, policy: FreezePolicy) -> FreezeReport:
+        """Applies `policy` without recompiling (the caller compiles)."""
+        self._check_policy(policy)
+        self.freeze_report = policy.apply(self._backbone)
+        self._freeze = policy
+        self._backbone_layer.inference_mode = policy.batchnorm != "train"
+        return self.freeze_report
 
     # --- Keras API ----------------------------------------------------------
 
@@ -446,15 +452,11 @@ class FineTuner:
                 run (epoch numbers keep counting). Without a previous
                 `compile()`, `"adam"` with the head's loss and metrics is used.
         """
+        if schedule is None:
+            self._require_compiled("fit")
+        x = self._prepare_fit_data(x, y, kwargs)
         if schedule is not None:
-            x = _as_tensor_if_text(x)
-            self._check_fit_data(x, y, kwargs)
-            from finetune_tf.schedule import run_schedule
-
             return run_schedule(self, schedule, x, y, kwargs)
-        self._require_compiled("fit")
-        x = _as_tensor_if_text(x)
-        self._check_fit_data(x, y, kwargs)
         return self.model.fit(x, y, **kwargs)
 
     def fine_tune(
@@ -485,9 +487,6 @@ class FineTuner:
         Takes what `fit` takes (`validation_data`, `callbacks`, ...) and
         returns one `History` for both stages.
         """
-        from finetune_tf.freeze import FreezePolicy
-        from finetune_tf.schedule import Stage
-
         policy = self._freeze
         schedule = [
             Stage(
@@ -517,7 +516,7 @@ class FineTuner:
         batch_size: int | None = 32,
         divergence: float = 4.0,
         **kwargs,
-    ):
+    ) -> LRFinderResult:
         """The learning-rate range test: sweep, record, restore, suggest.
 
         Trains up to `steps` steps with the learning rate growing
@@ -542,12 +541,9 @@ class FineTuner:
         >>> 0.0 < result.suggestion < 1.0
         True
         """
-        from finetune_tf.lr_finder import find_learning_rate
-
         if self._compile_args is None:
             self.compile()
-        x = _as_tensor_if_text(x)
-        self._check_fit_data(x, y, kwargs)
+        x = self._prepare_fit_data(x, y, kwargs)
         return find_learning_rate(
             self,
             x,
@@ -560,7 +556,9 @@ class FineTuner:
             **kwargs,
         )
 
-    def _check_fit_data(self, x, y, kwargs):
+    def _prepare_fit_data(self, x, y, kwargs):
+        """Checks training data (and validation_data, in `kwargs`); returns `x` ready for Keras."""
+        x = _as_tensor_if_text(x)
         self._check_data(x, y, "fit")
         validation = kwargs.get("validation_data")
         if isinstance(validation, tuple) and len(validation) >= 2:
@@ -568,6 +566,7 @@ class FineTuner:
             self._check_inputs(validation[0], "validation_data[0]", "fit")
             self._check_targets(validation[0], validation[1], "validation_data[1]", "fit")
             kwargs["validation_data"] = validation
+        return x
 
     def evaluate(self, x=None, y=None, **kwargs):
         """Evaluates the model; takes and returns what `keras.Model.evaluate` does."""

@@ -134,10 +134,10 @@ def find_learning_rate(
         raise ValueError(f"`steps` must be an integer >= 3. Received: steps={steps!r}.")
     model = tuner.model
     weights = [w.numpy().copy() for w in model.weights]
-    compiled = dict(tuner._compile_args)
-    optimizer = compiled["optimizer"]
-    sweep_optimizer = optimizer.__class__.from_config(optimizer.get_config())
-    model.compile(**{**tuner._keras_compile_args(), "optimizer": sweep_optimizer})
+    compile_args = tuner._keras_compile_args()
+    optimizer = compile_args["optimizer"]
+    compile_args["optimizer"] = optimizer.__class__.from_config(optimizer.get_config())
+    model.compile(**compile_args)  # a separate optimizer: the compiled one stays untouched
     sweep = _ExponentialSweep(min_lr, max_lr, steps, divergence)
     try:
         model.fit(

@@ -158,7 +158,7 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict) -> keras.callbacks.His
     for index, stage in enumerate(schedule):
         name = stage.name or f"stage_{index + 1}"
         if stage.freeze is not None:
-            tuner.set_freeze(stage.freeze)
+            tuner._apply_freeze(stage.freeze)  # recompiled just below, once
         tuner.recompile(optimizer=stage.optimizer, learning_rate=stage.learning_rate)
         callbacks = list(user_callbacks)
         monitor = "val_loss" if has_validation else "loss"
