@@ -12,6 +12,7 @@ from finetune_tf.finetuner import FineTuner
 from finetune_tf.freeze import FreezePolicy, FreezeReport
 from finetune_tf.head import Head
 from finetune_tf.hub import HubLayer
+from finetune_tf.layerwise import LayerwiseOptimizer
 from finetune_tf.losses import LabelCrossentropy
 from finetune_tf.lr_finder import LRFinderResult
 from finetune_tf.metrics import LabelAccuracy
@@ -33,6 +34,7 @@ __all__ = [
     "InputAdapter",
     "LabelAccuracy",
     "LabelCrossentropy",
+    "LayerwiseOptimizer",
     "LRFinderResult",
     "Stage",
     "__version__",

@@ -21,6 +21,11 @@ from finetune_tf.backbone import Backbone, BackboneLayer
 from finetune_tf.export import export_saved_model
 from finetune_tf.freeze import FreezePolicy, FreezeReport
 from finetune_tf.head import Head
+from finetune_tf.layerwise import (
+    LayerwiseOptimizer,
+    check_layerwise_lr_decay,
+    layerwise_multipliers,
+)
 from finetune_tf.lr_finder import LRFinderResult, find_learning_rate
 from finetune_tf.preprocessing import InputAdapter
 from finetune_tf.saving import save_model_atomically
@@ -118,6 +123,7 @@ class FineTuner:
         self._freeze = freeze
         self.freeze_report: FreezeReport = freeze.apply(backbone)
         self._compile_args = None
+        self._layerwise_lr_decay = None
 
         # === Layers ===
         self._backbone_layer = BackboneLayer(
@@ -234,6 +240,7 @@ class FineTuner:
         metrics="auto",
         *,
         learning_rate: float | None = None,
+        layerwise_lr_decay: float | None = None,
         **kwargs,
     ) -> None:
         """Configures training, like `keras.Model.compile`.
@@ -246,21 +253,32 @@ class FineTuner:
                 Defaults to `"auto"`.
             learning_rate: float or `LearningRateSchedule`, optional. Sets the
                 optimizer's learning rate.
+            layerwise_lr_decay: float in (0, 1], optional. Discriminative
+                learning rates: the head trains at `learning_rate`, the top
+                trained backbone layer at `layerwise_lr_decay` times it, the
+                next one down at its square, and so on (see
+                `LayerwiseOptimizer`). Works with any Keras optimizer.
             **kwargs: passed to `keras.Model.compile` (e.g. `loss_weights`,
                 `run_eagerly`, `jit_compile`, `steps_per_execution`).
         """
         self._check_learning_rate(learning_rate)
+        check_layerwise_lr_decay(layerwise_lr_decay)
         optimizer = self._resolve_optimizer(optimizer, learning_rate)
         loss = self._head.default_loss() if loss == "auto" else self._resolve_loss(loss)
         self._compile_args = {"optimizer": optimizer, "loss": loss, "metrics": metrics, **kwargs}
+        self._layerwise_lr_decay = layerwise_lr_decay
         self._compile(fresh_optimizer=False)
 
-    def recompile(self, *, optimizer=None, learning_rate=None) -> None:
+    def recompile(
+        self, *, optimizer=None, learning_rate=None, layerwise_lr_decay: float | None = None
+    ) -> None:
         """Compiles again with the settings of the last `compile()` and a fresh optimizer.
 
         Trained weights are kept. `optimizer` and `learning_rate` override the
         previous ones; without a previous `compile()`, Keras' defaults for
         this head are used (`"adam"`, the head's loss and metrics).
+        `layerwise_lr_decay` applies to this compilation only (`None`: the
+        one given to `compile()`).
 
         Example:
 
@@ -274,29 +292,39 @@ class FineTuner:
         >>> round(float(tuner.model.optimizer.learning_rate), 6)
         1e-05
         """
-        if self._compile_args is None:
-            self.compile(
-                optimizer="adam" if optimizer is None else optimizer, learning_rate=learning_rate
-            )
-            return
         self._check_learning_rate(learning_rate)
-        if optimizer is None:
+        check_layerwise_lr_decay(layerwise_lr_decay)
+        if self._compile_args is None:
+            self._compile_args = {
+                "optimizer": "adam" if optimizer is None else optimizer,
+                "loss": self._head.default_loss(),
+                "metrics": "auto",
+            }
+        elif optimizer is None:
             previous = self._compile_args["optimizer"]
             optimizer = previous.__class__.from_config(previous.get_config())
+        optimizer = self._compile_args["optimizer"] if optimizer is None else optimizer
         self._compile_args["optimizer"] = self._resolve_optimizer(optimizer, learning_rate)
-        self._compile(fresh_optimizer=False)
+        self._compile(fresh_optimizer=False, layerwise_lr_decay=layerwise_lr_decay)
 
-    def _keras_compile_args(self) -> dict:
+    def _keras_compile_args(self, layerwise_lr_decay: float | None = None) -> dict:
         args = dict(self._compile_args)
         if isinstance(args["metrics"], str) and args["metrics"] == "auto":
             args["metrics"] = self._head.default_metrics()
+        decay = layerwise_lr_decay or self._layerwise_lr_decay
+        if decay is not None and decay != 1.0:
+            optimizer = args["optimizer"]
+            args["optimizer"] = LayerwiseOptimizer(
+                optimizer.__class__.from_config(optimizer.get_config()),
+                layerwise_multipliers(self, decay),
+            )
         return args
 
-    def _compile(self, fresh_optimizer: bool):
+    def _compile(self, fresh_optimizer: bool, layerwise_lr_decay: float | None = None):
         if fresh_optimizer:
             old = self._compile_args["optimizer"]
             self._compile_args["optimizer"] = old.__class__.from_config(old.get_config())
-        self.model.compile(**self._keras_compile_args())
+        self.model.compile(**self._keras_compile_args(layerwise_lr_decay))
 
     @staticmethod
     def _check_learning_rate(learning_rate):
@@ -468,6 +496,7 @@ class FineTuner:
         epochs: int = 10,
         learning_rate: float = 1e-3,
         fine_tune_learning_rate: float = 1e-5,
+        layerwise_lr_decay: float | None = None,
         early_stopping: int | None = 3,
         **kwargs,
     ) -> keras.callbacks.History:
@@ -483,6 +512,8 @@ class FineTuner:
         with Adam: 100x smaller, so the backbone moves little). With
         validation data both stages keep their best epoch's weights and stage
         2 stops after `early_stopping` epochs without improvement.
+        `layerwise_lr_decay` (e.g. 0.8) gives stage 2 discriminative learning
+        rates, decaying from the head down through the backbone.
 
         Takes what `fit` takes (`validation_data`, `callbacks`, ...) and
         returns one `History` for both stages.
@@ -499,6 +530,7 @@ class FineTuner:
                 epochs,
                 policy,
                 fine_tune_learning_rate,
+                layerwise_lr_decay=layerwise_lr_decay,
                 early_stopping=early_stopping,
                 name="fine_tune",
             ),

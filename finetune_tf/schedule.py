@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from finetune_tf.freeze import FreezePolicy
+from finetune_tf.layerwise import check_layerwise_lr_decay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,10 @@ class Stage:
             keeps the learning rate of the last `compile()`.
         optimizer: str or `keras.optimizers.Optimizer`, optional. `None`
             keeps the optimizer of the last `compile()` (with fresh state).
+        layerwise_lr_decay: float in (0, 1], optional. Discriminative learning
+            rates for this stage: the head at `learning_rate`, each trained
+            backbone layer below the top at `layerwise_lr_decay` times the
+            rate of the layer above. `None` uses the one given to `compile()`.
         early_stopping: int, optional. Stop the stage after this many epochs
             without improvement of the monitored loss (`val_loss` with
             validation data, else `loss`).
@@ -42,7 +47,8 @@ class Stage:
     >>> from finetune_tf import FreezePolicy, Stage
     >>> schedule = [
     ...     Stage(epochs=3, freeze=FreezePolicy.all(), learning_rate=1e-3),
-    ...     Stage(epochs=5, freeze=FreezePolicy.top(30), learning_rate=1e-4, early_stopping=2),
+    ...     Stage(epochs=5, freeze=FreezePolicy.top(30), learning_rate=1e-4,
+    ...           layerwise_lr_decay=0.8, early_stopping=2),
     ... ]
     >>> schedule[1].epochs
     5
@@ -52,6 +58,7 @@ class Stage:
     freeze: FreezePolicy | None = None
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | None = None
     optimizer: str | keras.optimizers.Optimizer | None = None
+    layerwise_lr_decay: float | None = None
     early_stopping: int | None = None
     restore_best_weights: bool = True
     name: str | None = None
@@ -70,6 +77,7 @@ class Stage:
             raise TypeError(
                 f"`Stage(freeze)` must be a FreezePolicy or None. Received: freeze={self.freeze!r}."
             )
+        check_layerwise_lr_decay(self.layerwise_lr_decay)
         if self.early_stopping is not None and (
             isinstance(self.early_stopping, bool)
             or not isinstance(self.early_stopping, (int, np.integer))
@@ -159,7 +167,11 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict) -> keras.callbacks.His
         name = stage.name or f"stage_{index + 1}"
         if stage.freeze is not None:
             tuner._apply_freeze(stage.freeze)  # recompiled just below, once
-        tuner.recompile(optimizer=stage.optimizer, learning_rate=stage.learning_rate)
+        tuner.recompile(
+            optimizer=stage.optimizer,
+            learning_rate=stage.learning_rate,
+            layerwise_lr_decay=stage.layerwise_lr_decay,
+        )
         callbacks = list(user_callbacks)
         monitor = "val_loss" if has_validation else "loss"
         if stage.early_stopping or (stage.restore_best_weights and has_validation):

@@ -18,6 +18,7 @@ MODULES = [
     "freeze",
     "head",
     "hub",
+    "layerwise",
     "losses",
     "lr_finder",
     "metrics",
