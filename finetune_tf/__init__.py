@@ -8,6 +8,7 @@ Example:
 """
 
 from finetune_tf.backbone import Backbone, BackboneLayer
+from finetune_tf.feature_cache import FeatureCache
 from finetune_tf.finetuner import FineTuner
 from finetune_tf.freeze import FreezePolicy, FreezeReport
 from finetune_tf.head import Head
@@ -26,6 +27,7 @@ __all__ = [
     "ApplicationPreprocessing",
     "Backbone",
     "BackboneLayer",
+    "FeatureCache",
     "FineTuner",
     "FreezePolicy",
     "FreezeReport",

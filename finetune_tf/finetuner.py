@@ -19,6 +19,12 @@ import tensorflow as tf
 from finetune_tf._utils import did_you_mean, shape_tuple
 from finetune_tf.backbone import Backbone, BackboneLayer
 from finetune_tf.export import export_saved_model
+from finetune_tf.feature_cache import (
+    FeatureCache,
+    cache_decision,
+    fit_on_cached_features,
+    say,
+)
 from finetune_tf.freeze import FreezePolicy, FreezeReport
 from finetune_tf.head import Head
 from finetune_tf.layerwise import (
@@ -82,6 +88,10 @@ class FineTuner:
             (e.g. `(28, 28, 1)` digits into a `(96, 96, 3)` network).
         input_channels: str. How to adapt channels: `"auto"`, `"repeat"` or
             `"project"` (see `InputAdapter`). Defaults to `"auto"`.
+        augmentation: Keras layer or list of layers, optional. Random
+            augmentation applied to the raw inputs while training (e.g.
+            `keras.layers.RandomFlip`); Keras' random layers pass inputs
+            through unchanged at inference.
         name: str. The model's name. Defaults to `"fine_tuner"`.
 
     Example:
@@ -107,6 +117,7 @@ class FineTuner:
         freeze: FreezePolicy | None = None,
         input_shape: tuple | None = None,
         input_channels: str = "auto",
+        augmentation=None,
         name: str = "fine_tuner",
     ):
         backbone = Backbone.load(backbone)
@@ -118,6 +129,7 @@ class FineTuner:
         freeze = FreezePolicy.all() if freeze is None else freeze
         self._check_policy(freeze)
         model_input_shape, adapt = self._resolve_input_shape(backbone, input_shape)
+        augmentation = self._resolve_augmentation(augmentation)
         self._backbone = backbone
         self._head = head
         self._freeze = freeze
@@ -132,12 +144,18 @@ class FineTuner:
         # === Functional Model ===
         inputs = keras.Input(model_input_shape, dtype=backbone.input_dtype, name="inputs")
         x = inputs
+        self.augmentation = augmentation
+        if augmentation is not None:
+            x = augmentation(x)
         if adapt:
             x = InputAdapter(backbone.input_shape, channels=input_channels, name="input_adapter")(x)
         if backbone.preprocessing is not None:
             x = backbone.preprocessing(x)
-        outputs = head(self._backbone_layer(x))
+        self._features = self._backbone_layer(x)
+        outputs = head(self._features)
         self.model = keras.Model(inputs, outputs, name=name)
+        self._feature_model = keras.Model(inputs, self._features, name=f"{name}_features")
+        self._cached_head_model = None
 
     # --- Construction helpers ---------------------------------------------
 
@@ -148,6 +166,30 @@ class FineTuner:
                 "`freeze` must be a finetune_tf.FreezePolicy, e.g. FreezePolicy.bottom(100) "
                 f"or FreezePolicy.all(). Received: freeze={freeze!r}."
             )
+
+    @staticmethod
+    def _resolve_augmentation(augmentation):
+        if augmentation is None:
+            return None
+        if isinstance(augmentation, (list, tuple)):
+            layers = list(augmentation)
+            if layers and all(isinstance(layer, keras.layers.Layer) for layer in layers):
+                return keras.Sequential(layers, name="augmentation")
+        elif isinstance(augmentation, keras.layers.Layer):
+            return augmentation
+        raise TypeError(
+            "`augmentation` must be a Keras layer or a list of Keras layers, e.g. "
+            "[keras.layers.RandomFlip('horizontal'), keras.layers.RandomRotation(0.1)]. "
+            f"Received: augmentation={augmentation!r}."
+        )
+
+    def _head_model(self) -> keras.Model:
+        """The head alone, from backbone features to predictions (shares the layers)."""
+        if self._cached_head_model is None:
+            self._cached_head_model = keras.Model(
+                self._features, self.model.outputs, name=f"{self.model.name}_head"
+            )
+        return self._cached_head_model
 
     @staticmethod
     def _resolve_input_shape(backbone: Backbone, input_shape):
@@ -462,7 +504,9 @@ class FineTuner:
         self._check_inputs(x, "x", method)
         self._check_targets(x, y, "y", method)
 
-    def fit(self, x=None, y=None, *, schedule=None, **kwargs) -> keras.callbacks.History:
+    def fit(
+        self, x=None, y=None, *, schedule=None, feature_cache="auto", **kwargs
+    ) -> keras.callbacks.History:
         """Trains the model; takes and returns what `keras.Model.fit` does.
 
         `x` may be numpy arrays (strings too, for text backbones), tensors,
@@ -479,12 +523,30 @@ class FineTuner:
                 naming the stage of each epoch; callbacks see one continuous
                 run (epoch numbers keep counting). Without a previous
                 `compile()`, `"adam"` with the head's loss and metrics is used.
+            feature_cache: `"auto"`, `True`, `False` or `FeatureCache`. While
+                the whole backbone is frozen, run it once over the data and
+                train the head on its cached outputs (same result, about
+                `epochs` times faster). `"auto"` does so when the data is
+                known to be the same every epoch, and says why not otherwise
+                (e.g. augmentation). See `FeatureCache`.
         """
         if schedule is None:
             self._require_compiled("fit")
+        setting = FeatureCache.get(feature_cache)
         x = self._prepare_fit_data(x, y, kwargs)
         if schedule is not None:
-            return run_schedule(self, schedule, x, y, kwargs)
+            return run_schedule(self, schedule, x, y, kwargs, setting)
+        return self._fit_stage(x, y, kwargs, setting)
+
+    def _fit_stage(self, x, y, kwargs, setting: FeatureCache) -> keras.callbacks.History:
+        """`model.fit`, on cached features when the stage allows it."""
+        reason = cache_decision(self, x, kwargs, setting)
+        if reason is None:
+            history = fit_on_cached_features(self, x, y, kwargs, setting)
+            if history is not None:
+                return history
+        elif reason:
+            say(f"feature cache off: {reason}", kwargs.get("verbose", "auto"))
         return self.model.fit(x, y, **kwargs)
 
     def fine_tune(
@@ -515,8 +577,9 @@ class FineTuner:
         `layerwise_lr_decay` (e.g. 0.8) gives stage 2 discriminative learning
         rates, decaying from the head down through the backbone.
 
-        Takes what `fit` takes (`validation_data`, `callbacks`, ...) and
-        returns one `History` for both stages.
+        Takes what `fit` takes (`validation_data`, `callbacks`,
+        `feature_cache`, ...) and returns one `History` for both stages; the
+        head stage trains on cached backbone features when it can.
         """
         policy = self._freeze
         schedule = [

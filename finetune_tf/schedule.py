@@ -15,6 +15,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from finetune_tf.feature_cache import say
 from finetune_tf.freeze import FreezePolicy
 from finetune_tf.layerwise import check_layerwise_lr_decay
 
@@ -139,7 +140,7 @@ def gradual_unfreezing(
     return stages
 
 
-def run_schedule(tuner, schedule, x, y, fit_kwargs: dict) -> keras.callbacks.History:
+def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras.callbacks.History:
     """Runs `schedule` on `tuner`; returns one `History` covering every stage."""
     if isinstance(schedule, Stage):
         schedule = [schedule]
@@ -159,6 +160,7 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict) -> keras.callbacks.His
         fit_kwargs.get("validation_data") is not None or fit_kwargs.get("validation_split", 0.0) > 0
     )
     user_callbacks = list(fit_kwargs.pop("callbacks", None) or [])
+    verbose = fit_kwargs.get("verbose", "auto")
     combined = keras.callbacks.History()
     combined.set_model(tuner.model)
     combined.history, combined.epoch = {}, []
@@ -182,13 +184,12 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict) -> keras.callbacks.His
                     restore_best_weights=stage.restore_best_weights and has_validation,
                 )
             )
-        history = tuner.model.fit(
+        say(f"stage {name!r}: {stage.epochs} epochs, {tuner.freeze_report}", verbose)
+        history = tuner._fit_stage(
             x,
             y,
-            initial_epoch=epoch,
-            epochs=epoch + stage.epochs,
-            callbacks=callbacks,
-            **fit_kwargs,
+            dict(fit_kwargs, initial_epoch=epoch, epochs=epoch + stage.epochs, callbacks=callbacks),
+            feature_cache,
         )
         ran = len(history.epoch)
         for key, values in history.history.items():

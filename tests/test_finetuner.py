@@ -187,3 +187,22 @@ def test_compile_passes_keras_arguments_through(images, labels):
     assert tuner.model.run_eagerly
     history = tuner.fit(images, labels, epochs=1, verbose=0)
     assert "accuracy" in history.history
+
+
+def test_augmentation_runs_while_training_only_and_round_trips(tmp_path, images):
+    keras.utils.set_random_seed(0)
+    tuner = FineTuner(
+        Backbone.from_model(small_cnn()),
+        Head.classifier(3),
+        augmentation=[keras.layers.RandomFlip("horizontal"), keras.layers.RandomContrast(0.5)],
+    )
+    inference = tuner.predict(images, verbose=0)
+    np.testing.assert_array_equal(inference, tuner.predict(images, verbose=0))
+    training = keras.ops.convert_to_numpy(tuner.model(images, training=True))
+    assert not np.allclose(training, inference)
+    path = str(tmp_path / "augmented.keras")
+    tuner.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), inference, atol=1e-6)
+    with pytest.raises(TypeError, match="augmentation.*RandomFlip"):
+        FineTuner(Backbone.from_model(small_cnn()), Head.classifier(3), augmentation="flip")

@@ -14,6 +14,7 @@ import finetune_tf
 
 MODULES = [
     "backbone",
+    "feature_cache",
     "finetuner",
     "freeze",
     "head",

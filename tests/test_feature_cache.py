@@ -1,0 +1,220 @@
+"""The feature cache trains the head on cached backbone outputs, with the same result."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import small_cnn
+
+from finetune_tf import Backbone, FeatureCache, FineTuner, FreezePolicy, Head, Stage
+
+RNG = np.random.default_rng(0)
+X = RNG.random((60, 8, 8, 3), dtype=np.float32)
+Y = np.arange(60) % 3
+XV = RNG.random((20, 8, 8, 3), dtype=np.float32)
+YV = np.arange(20) % 3
+
+
+def _tuner(freeze=None, **kwargs):
+    keras.utils.set_random_seed(1)
+    head = Head.classifier(3, hidden_units=(8,), dropout=0.3)
+    tuner = FineTuner(Backbone.from_model(small_cnn()), head, freeze=freeze, **kwargs)
+    tuner.compile("adam", learning_rate=1e-2)
+    return tuner
+
+
+def _train(feature_cache, x=X, y=Y, freeze=None, tuner_kwargs=None, **kwargs):
+    tuner = _tuner(freeze, **(tuner_kwargs or {}))
+    history = tuner.fit(x, y, feature_cache=feature_cache, **{"verbose": 0, **kwargs})
+    return tuner, [w.numpy() for w in tuner.model.weights], history.history
+
+
+def _spy(monkeypatch, tuner_cls=FineTuner):
+    """Counts full-model fits and backbone passes of every FineTuner made afterwards."""
+    calls = {"full_fit": 0, "feature_batches": 0}
+    original_init = tuner_cls.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        fit, predict = self.model.fit, self._feature_model.predict_on_batch
+
+        def counting_fit(*a, **k):
+            calls["full_fit"] += 1
+            return fit(*a, **k)
+
+        def counting_predict(*a, **k):
+            calls["feature_batches"] += 1
+            return predict(*a, **k)
+
+        self.model.fit = counting_fit
+        self._feature_model.predict_on_batch = counting_predict
+
+    monkeypatch.setattr(tuner_cls, "__init__", init)
+    return calls
+
+
+def _assert_same(a, b, atol=1e-6):
+    assert len(a) == len(b)
+    for left, right in zip(a, b, strict=True):
+        np.testing.assert_allclose(left, right, atol=atol)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_size": 16},
+        {"batch_size": 16, "validation_data": (XV, YV)},
+        {"batch_size": 8, "validation_split": 0.25, "class_weight": {0: 1.0, 1: 2.0, 2: 0.5}},
+    ],
+    ids=["shuffled", "validation_data", "validation_split+class_weight"],
+)
+def test_cached_numpy_training_matches_training_through_the_frozen_backbone(kwargs, monkeypatch):
+    _, reference, reference_history = _train(False, epochs=4, **kwargs)
+    calls = _spy(monkeypatch)
+    _, cached, cached_history = _train("auto", epochs=4, **kwargs)
+    assert calls["full_fit"] == 0  # the head trained on cached features...
+    assert calls["feature_batches"] == -(-60 // kwargs["batch_size"]) + (
+        -(-20 // kwargs["batch_size"]) if "validation_data" in kwargs else 0
+    )  # ...computed by one backbone pass, not one per epoch
+    _assert_same(reference, cached)  # dropout and shuffling included
+    assert cached_history.keys() == reference_history.keys()
+    for key in reference_history:
+        np.testing.assert_allclose(cached_history[key], reference_history[key], atol=1e-5)
+
+
+def test_cached_tf_data_matches_and_spills_to_disk(tmp_path, capsys):
+    dataset = tf.data.Dataset.from_tensor_slices((X, Y)).batch(16)
+    validation = tf.data.Dataset.from_tensor_slices((XV, YV)).batch(16)
+    _, reference, _ = _train(False, dataset, None, epochs=3, validation_data=validation)
+    _, cached, _ = _train("auto", dataset, None, epochs=3, validation_data=validation)
+    _assert_same(reference, cached)
+    spill = FeatureCache(memory_limit=0, directory=str(tmp_path / "spill"))
+    tuner = _tuner()
+    tuner.fit(dataset, epochs=3, validation_data=validation, feature_cache=spill, verbose=1)
+    assert "of features on disk" in capsys.readouterr().out
+    _assert_same(reference, [w.numpy() for w in tuner.model.weights])
+    assert os.listdir(tmp_path / "spill") == []  # the spilled features are removed afterwards
+
+
+def test_spilled_numpy_features_train_the_same_without_shuffling():
+    _, reference, _ = _train(False, epochs=3, batch_size=16, shuffle=False)
+    _, cached, _ = _train(FeatureCache(memory_limit=0), epochs=3, batch_size=16, shuffle=False)
+    _assert_same(reference, cached)
+
+
+def test_shuffled_tf_data_is_reshuffled_every_epoch_from_the_cache(monkeypatch):
+    from finetune_tf.feature_cache import _compute, _feature_dataset
+
+    calls = _spy(monkeypatch)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((X, np.arange(60)))
+        .shuffle(60, seed=0, reshuffle_each_iteration=True)
+        .batch(60)
+    )
+    tuner = FineTuner(Backbone.from_model(small_cnn()), Head.regressor())
+    tuner.compile("sgd", learning_rate=1e-3)
+    tuner.fit(dataset, epochs=2, verbose=0)
+    assert calls["full_fit"] == 0
+    cached = _compute(tuner, dataset, None, None, 60, FeatureCache())
+    try:
+        reads = _feature_dataset(cached, 60, shuffle=True)
+        epochs = [np.asarray(next(iter(reads))[1]) for _ in range(2)]
+    finally:
+        cached.close()
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(60))
+    assert list(epochs[0]) != list(epochs[1])
+
+
+def test_augmentation_turns_the_cache_off_with_a_log_line(capsys, monkeypatch):
+    calls = _spy(monkeypatch)
+    tuner = _tuner(augmentation=[keras.layers.RandomFlip("horizontal")])
+    tuner.fit(X, Y, epochs=1, verbose=1)
+    assert "feature cache off: the model has augmentation layers" in capsys.readouterr().out
+    assert calls["full_fit"] == 1
+
+    augmented = (
+        tf.data.Dataset.from_tensor_slices((X, Y))
+        .batch(16)
+        .map(lambda x, y: (tf.image.random_flip_left_right(x), y))
+    )
+    tuner = _tuner()
+    tuner.fit(augmented, epochs=1, verbose=1)
+    assert "random ops" in capsys.readouterr().out
+    assert calls["full_fit"] == 2
+
+
+class _Digits(keras.utils.PyDataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        part = slice(index * 15, (index + 1) * 15)
+        return X[part], Y[part]
+
+
+def test_py_dataset_is_cached_only_when_the_user_vouches_for_it(capsys, monkeypatch):
+    calls = _spy(monkeypatch)
+    _, reference, _ = _train("auto", _Digits(), None, epochs=2, shuffle=False, verbose=1)
+    assert "pass feature_cache=True" in capsys.readouterr().out
+    assert calls["full_fit"] == 1
+    _, cached, _ = _train(True, _Digits(), None, epochs=2, shuffle=False)
+    assert calls["full_fit"] == 1
+    _assert_same(reference, cached)
+
+
+def test_stages_that_train_the_backbone_are_not_cached_and_say_nothing(capsys, monkeypatch):
+    calls = _spy(monkeypatch)
+    _train("auto", freeze=FreezePolicy.none(), epochs=1, verbose=1)
+    _train("auto", freeze=FreezePolicy.all(batchnorm="train"), epochs=1, verbose=1)
+    assert calls["full_fit"] == 2
+    assert "feature cache" not in capsys.readouterr().out
+
+
+def test_schedule_caches_the_frozen_stage_and_callbacks_see_the_full_model(tmp_path, monkeypatch):
+    calls = _spy(monkeypatch)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, self.model is tuner.model, sorted(logs)))
+
+    tuner = _tuner()
+    checkpoint = str(tmp_path / "best.keras")
+    history = tuner.fit(
+        X,
+        Y,
+        schedule=[Stage(2, FreezePolicy.all(), 1e-2), Stage(1, FreezePolicy.none(), 1e-4)],
+        validation_data=(XV, YV),
+        callbacks=[Record(), keras.callbacks.ModelCheckpoint(checkpoint)],
+        verbose=0,
+    )
+    assert calls["full_fit"] == 1  # only the unfrozen stage ran through the backbone
+    assert [epoch for epoch, _, _ in seen] == [0, 1, 2]
+    assert all(is_full for _, is_full, _ in seen)
+    assert seen[0][2] == seen[2][2] == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert history.history["stage"] == ["stage_1", "stage_1", "stage_2"]
+    saved = keras.models.load_model(checkpoint)  # the full model, images in
+    assert saved.input_shape == (None, 8, 8, 3)
+
+
+def test_a_callback_can_stop_a_cached_stage():
+    class StopNow(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    tuner = _tuner()
+    history = tuner.fit(X, Y, epochs=5, callbacks=[StopNow()], verbose=0)
+    assert history.epoch == [0]
+
+
+def test_bad_feature_cache_values_are_refused():
+    tuner = _tuner()
+    for value in ["yes", 1, None]:
+        with pytest.raises(ValueError, match="feature_cache"):
+            tuner.fit(X, Y, epochs=1, feature_cache=value, verbose=0)
+    with pytest.raises(ValueError, match="memory_limit"):
+        FeatureCache(memory_limit=-1)
+    with pytest.raises(ValueError, match="mode"):
+        FeatureCache(mode="always")
