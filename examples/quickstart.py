@@ -3,14 +3,16 @@
 A stand-in for a downloaded pretrained model: a small CNN is pretrained on
 scikit-learn's bundled handwritten digits 0-4 and saved to a `.keras` file.
 `finetune_tf` then loads it as a `Backbone`, puts a new `Head` on it and
-fine-tunes it on digits 5-9 from only a few labelled examples per class, in
-two stages (head only, then the top of the backbone at a lower learning
-rate). The same network trained from scratch on the same few labels is the
-baseline. With a real model, replace the backbone line with e.g.
+fine-tunes it on digits 5-9 from only a few labelled examples per class with
+`fine_tune()`, the default two-stage recipe: the head alone on the frozen
+backbone (on cached features, so its epochs are nearly free), then the whole
+backbone at a lower, layer-wise decaying learning rate. The same network
+trained from scratch on the same few labels is the baseline. With a real
+model, replace the backbone line with e.g.
 `Backbone.from_keras_applications("MobileNetV3Small", weights="imagenet")`
 or `Backbone.from_hub("https://tfhub.dev/...")`.
 
-Run: python examples/quickstart.py [--shots 5] [--epochs 60] [--seed 0]
+Run: python examples/quickstart.py [--shots 5] [--head-epochs 30] [--epochs 10] [--seed 0]
 """
 
 # %%
@@ -50,7 +52,13 @@ def few_shot_split(x, y, shots: int, rng: np.random.Generator):
     return x[train], y[train], x[test], y[test]
 
 
-def main(shots: int = 5, epochs: int = 60, seed: int = 0, workdir: str | None = None):
+def main(
+    shots: int = 5,
+    head_epochs: int = 30,
+    epochs: int = 10,
+    seed: int = 0,
+    workdir: str | None = None,
+):
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     digits = load_digits()
@@ -61,7 +69,7 @@ def main(shots: int = 5, epochs: int = 60, seed: int = 0, workdir: str | None = 
     source = labels < 5
     pretrained = build_cnn(5)
     pretrained.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    pretrained.fit(images[source], labels[source], epochs=max(1, epochs // 3), verbose=0)
+    pretrained.fit(images[source], labels[source], epochs=20, verbose=0)
     workdir = workdir or tempfile.mkdtemp(prefix="finetune_tf_quickstart_")
     pretrained_path = os.path.join(workdir, "pretrained_digits_0-4.keras")
     pretrained.save(pretrained_path)
@@ -72,21 +80,19 @@ def main(shots: int = 5, epochs: int = 60, seed: int = 0, workdir: str | None = 
         images[target], labels[target] - 5, shots, rng
     )
 
-    # %% 3. Fine-tune: head first on the frozen backbone, then the top of the backbone.
+    # %% 3. Fine-tune: the head on the frozen backbone, then the whole backbone, gently.
     backbone = Backbone.from_file(pretrained_path, output_layer="features")
-    tuner = FineTuner(backbone, Head.classifier(num_classes=5, dropout=0.2))
-    print(tuner.freeze_report)
-    tuner.compile(optimizer="adam", learning_rate=3e-3)
-    tuner.fit(x_train, y_train, epochs=epochs, batch_size=16, verbose=0)
-    print(tuner.set_freeze(FreezePolicy.top(3)))  # conv3 and the pooling train; recompiles
-    tuner.compile(optimizer="adam", learning_rate=3e-4)
-    tuner.fit(x_train, y_train, epochs=max(1, epochs // 2), batch_size=16, verbose=0)
+    tuner = FineTuner(
+        backbone, Head.classifier(num_classes=5, dropout=0.2), freeze=FreezePolicy.none()
+    )
+    history = tuner.fine_tune(x_train, y_train, head_epochs=head_epochs, epochs=epochs, verbose=0)
+    print(f"stages: {', '.join(dict.fromkeys(history.history['stage']))}; {tuner.freeze_report}")
     _, tuned_accuracy = tuner.evaluate(x_test, y_test, verbose=0)
 
     # %% 4. Baseline: the same network from scratch on the same few labels.
     scratch = build_cnn(5)
     scratch.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    scratch.fit(x_train, y_train, epochs=epochs + epochs // 2, batch_size=16, verbose=0)
+    scratch.fit(x_train, y_train, epochs=3 * (head_epochs + epochs), verbose=0)
     _, scratch_accuracy = scratch.evaluate(x_test, y_test, verbose=0)
 
     # %% 5. Save the fine-tuned model; it loads back with plain Keras after `import finetune_tf`.
@@ -105,7 +111,8 @@ def main(shots: int = 5, epochs: int = 60, seed: int = 0, workdir: str | None = 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, default=5, help="labelled examples per class")
-    parser.add_argument("--epochs", type=int, default=60, help="epochs of the head stage")
+    parser.add_argument("--head-epochs", type=int, default=30, help="epochs of the head stage")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of the fine-tuning stage")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    main(shots=args.shots, epochs=args.epochs, seed=args.seed)
+    main(shots=args.shots, head_epochs=args.head_epochs, epochs=args.epochs, seed=args.seed)

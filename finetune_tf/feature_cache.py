@@ -26,6 +26,11 @@ import numpy as np
 import tensorflow as tf
 
 _DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+# Arrays go through the backbone this many at a time (fewer, larger calls are faster).
+_FEATURE_BATCH = 256
+# The head alone takes little time a step, so Keras' per-step Python overhead would
+# dominate: the cached head runs this many steps per call (unless compile() set it).
+_HEAD_STEPS_PER_EXECUTION = 32
 _HOOKS = [
     f"on_{phase}_{event}"
     for phase in ("train", "test", "predict")
@@ -372,6 +377,18 @@ def _as_fit_data(cached: _Cached, batch_size, shuffle, as_arrays: bool):
     return _feature_dataset(cached, batch_size, shuffle), None, None
 
 
+def _compiled_head_model(tuner) -> keras.Model:
+    """The head alone, compiled like the full model and sharing its optimizer (one state)."""
+    head_model = tuner._head_model()
+    if getattr(head_model, "_finetune_tf_compiled_for", None) != tuner._compile_count:
+        compile_args = tuner._keras_compile_args()
+        compile_args["optimizer"] = tuner.model.optimizer
+        compile_args.setdefault("steps_per_execution", _HEAD_STEPS_PER_EXECUTION)
+        head_model.compile(**compile_args)
+        head_model._finetune_tf_compiled_for = tuner._compile_count
+    return head_model
+
+
 def fit_on_cached_features(tuner, x, y, fit_kwargs: dict, setting: FeatureCache):
     """Trains `tuner`'s head on cached backbone outputs; returns the `History`, or None when
     the data turns out not to be cacheable (then nothing has trained)."""
@@ -397,16 +414,14 @@ def fit_on_cached_features(tuner, x, y, fit_kwargs: dict, setting: FeatureCache)
     say("feature cache: running the frozen backbone once over the training data", verbose)
     cached_validation = None
     try:
-        cached = _compute(tuner, x, y, sample_weight, batch_size, setting)
+        cached = _compute(tuner, x, y, sample_weight, max(batch_size, _FEATURE_BATCH), setting)
         if validation is not None:
             vx, vy, vw = (
                 keras.utils.unpack_x_y_sample_weight(validation)
                 if isinstance(validation, tuple)
                 else (validation, None, None)
             )
-            cached_validation = _compute(
-                tuner, vx, vy, vw, kwargs.get("validation_batch_size") or batch_size, setting
-            )
+            cached_validation = _compute(tuner, vx, vy, vw, _FEATURE_BATCH, setting)
     except _NotCacheable as reason:
         say(f"feature cache off: {reason}", verbose)
         return None
@@ -429,10 +444,7 @@ def fit_on_cached_features(tuner, x, y, fit_kwargs: dict, setting: FeatureCache)
             kwargs.update(batch_size=batch_size, shuffle=shuffle, sample_weight=fw)
         else:
             kwargs["shuffle"] = False  # the dataset shuffles itself
-        head_model = tuner._head_model()
-        compile_args = tuner._keras_compile_args()
-        compile_args["optimizer"] = tuner.model.optimizer  # one optimizer, one state
-        head_model.compile(**compile_args)
+        head_model = _compiled_head_model(tuner)
         tuner.model.stop_training = False
         kwargs["callbacks"] = [
             _OnFullModel(callback, tuner.model) for callback in kwargs.get("callbacks") or []

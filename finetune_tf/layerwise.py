@@ -62,12 +62,12 @@ def _scaled(learning_rate, factor: float):
     return learning_rate * factor
 
 
-def _base_learning_rate(optimizer):
+def learning_rate_of(optimizer):
     """The optimizer's learning rate as set (a float or a schedule, not a variable)."""
     learning_rate = optimizer._learning_rate
     if isinstance(learning_rate, keras.Variable):
         return float(learning_rate.numpy())
-    return learning_rate
+    return float(learning_rate) if isinstance(learning_rate, (int, float)) else learning_rate
 
 
 @keras.saving.register_keras_serializable(package="finetune_tf")
@@ -126,7 +126,7 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
         self.multipliers = multipliers
         config = optimizer.get_config()
         self._global_clipnorm = config.pop("global_clipnorm", None)
-        base_rate = _base_learning_rate(optimizer)
+        base_rate = learning_rate_of(optimizer)
         self._groups = []  # (multiplier, optimizer copy, its variables once built)
         for index, factor in enumerate(self.factors):
             group_config = dict(config, name=f"{config['name']}_group_{index}")
@@ -165,7 +165,10 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
 
     @property
     def learning_rate(self):
-        """The learning rate at multiplier 1 (the head's)."""
+        """The learning rate at multiplier 1 (the head's), at the current step."""
+        rate = self.inner_optimizer._learning_rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            return rate(self._iterations)
         return self.inner_optimizer.learning_rate
 
     @learning_rate.setter

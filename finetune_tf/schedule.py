@@ -11,13 +11,15 @@ optimizer, and Keras callbacks see one continuous run (epochs keep counting).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from finetune_tf.feature_cache import say
 from finetune_tf.freeze import FreezePolicy
-from finetune_tf.layerwise import check_layerwise_lr_decay
+from finetune_tf.layerwise import check_layerwise_lr_decay, learning_rate_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +34,12 @@ class Stage:
             keeps the learning rate of the last `compile()`.
         optimizer: str or `keras.optimizers.Optimizer`, optional. `None`
             keeps the optimizer of the last `compile()` (with fresh state).
+        lr_schedule: str. `"constant"` (the default), or `"cosine"`: the
+            learning rate follows a cosine from `learning_rate` down to 0 over
+            the stage (Loshchilov & Hutter, 2017).
+        warmup_epochs: float. Grow the learning rate linearly from 0 over this
+            many epochs first (fractions allowed), so fresh optimizer state
+            does not jolt the weights. Defaults to 0.
         layerwise_lr_decay: float in (0, 1], optional. Discriminative learning
             rates for this stage: the head at `learning_rate`, each trained
             backbone layer below the top at `layerwise_lr_decay` times the
@@ -59,6 +67,8 @@ class Stage:
     freeze: FreezePolicy | None = None
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | None = None
     optimizer: str | keras.optimizers.Optimizer | None = None
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
     layerwise_lr_decay: float | None = None
     early_stopping: int | None = None
     restore_best_weights: bool = True
@@ -79,6 +89,28 @@ class Stage:
                 f"`Stage(freeze)` must be a FreezePolicy or None. Received: freeze={self.freeze!r}."
             )
         check_layerwise_lr_decay(self.layerwise_lr_decay)
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                "`Stage(lr_schedule)` must be 'constant' or 'cosine' (pass a Keras "
+                "LearningRateSchedule as `learning_rate` for anything else). "
+                f"Received: lr_schedule={self.lr_schedule!r}."
+            )
+        if (
+            isinstance(self.warmup_epochs, bool)
+            or not isinstance(self.warmup_epochs, (int, float))
+            or not 0 <= self.warmup_epochs < self.epochs
+        ):
+            raise ValueError(
+                f"`Stage(warmup_epochs)` must be a number in [0, epochs={self.epochs}). "
+                f"Received: warmup_epochs={self.warmup_epochs!r}."
+            )
+        if self.warmup_epochs or self.lr_schedule != "constant":
+            if isinstance(self.learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+                raise ValueError(
+                    "`Stage(warmup_epochs, lr_schedule)` shape a float `learning_rate`; this "
+                    "stage's learning_rate is already a LearningRateSchedule. Use one or the "
+                    "other."
+                )
         if self.early_stopping is not None and (
             isinstance(self.early_stopping, bool)
             or not isinstance(self.early_stopping, (int, np.integer))
@@ -140,6 +172,61 @@ def gradual_unfreezing(
     return stages
 
 
+def steps_per_epoch(x, fit_kwargs: dict) -> int | None:
+    """How many optimizer steps one epoch of `fit(x, **fit_kwargs)` takes, if knowable."""
+    if fit_kwargs.get("steps_per_epoch"):
+        return int(fit_kwargs["steps_per_epoch"])
+    if isinstance(x, tf.data.Dataset):
+        count = int(x.cardinality())
+        return count if count > 0 else None
+    if isinstance(x, keras.utils.PyDataset):
+        return len(x)
+    if hasattr(x, "shape") and len(x.shape) > 0:
+        examples = int(x.shape[0])
+        validation_split = fit_kwargs.get("validation_split") or 0.0
+        examples = int(math.floor(examples * (1.0 - validation_split)))
+        return max(1, -(-examples // (fit_kwargs.get("batch_size") or 32)))
+    return None
+
+
+def stage_learning_rate(stage: Stage, base_rate, steps: int | None):
+    """The stage's learning rate, with its warm-up and cosine shape as a Keras schedule."""
+    if not stage.warmup_epochs and stage.lr_schedule == "constant":
+        return stage.learning_rate
+    if steps is None:
+        raise ValueError(
+            "`Stage(warmup_epochs, lr_schedule)` need the number of steps per epoch, which "
+            "this data does not tell (a dataset of unknown length or a generator). Pass "
+            "steps_per_epoch=... to fit."
+        )
+    peak = float(base_rate)
+    warmup = int(round(stage.warmup_epochs * steps))
+    total = stage.epochs * steps
+    if stage.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else peak,
+            decay_steps=max(1, total - warmup),
+            warmup_target=peak if warmup else None,
+            warmup_steps=warmup,
+        )
+    return _LinearWarmup(peak, warmup)
+
+
+@keras.saving.register_keras_serializable(package="finetune_tf")
+class _LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `steps`, then constant."""
+
+    def __init__(self, peak: float, steps: int):
+        self.peak, self.steps = float(peak), int(steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        return self.peak * keras.ops.minimum(1.0, (step + 1.0) / float(max(self.steps, 1)))
+
+    def get_config(self):
+        return {"peak": self.peak, "steps": self.steps}
+
+
 def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras.callbacks.History:
     """Runs `schedule` on `tuner`; returns one `History` covering every stage."""
     if isinstance(schedule, Stage):
@@ -169,9 +256,22 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> kera
         name = stage.name or f"stage_{index + 1}"
         if stage.freeze is not None:
             tuner._apply_freeze(stage.freeze)  # recompiled just below, once
+        learning_rate = stage.learning_rate
+        if stage.warmup_epochs or stage.lr_schedule != "constant":
+            base_rate = learning_rate
+            if base_rate is None:  # the rate of the last compile()
+                if tuner._compile_args is None:
+                    tuner.recompile()
+                base_rate = learning_rate_of(tuner._compile_args["optimizer"])
+            if not isinstance(base_rate, float):
+                raise ValueError(
+                    f"Stage {name!r} has warmup_epochs/lr_schedule but no float learning rate "
+                    "to shape (the last one was a schedule). Give the stage a learning_rate."
+                )
+            learning_rate = stage_learning_rate(stage, base_rate, steps_per_epoch(x, fit_kwargs))
         tuner.recompile(
             optimizer=stage.optimizer,
-            learning_rate=stage.learning_rate,
+            learning_rate=learning_rate,
             layerwise_lr_decay=stage.layerwise_lr_decay,
         )
         callbacks = list(user_callbacks)

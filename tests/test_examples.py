@@ -16,7 +16,9 @@ def load_example(name):
 
 
 def test_quickstart_runs_and_reports(tmp_path, capsys):
-    result = load_example("quickstart").main(shots=5, epochs=4, workdir=str(tmp_path))
+    result = load_example("quickstart").main(
+        shots=5, head_epochs=3, epochs=2, workdir=str(tmp_path)
+    )
     out = capsys.readouterr().out
     assert "fine-tuned from the pretrained backbone" in out and "from scratch" in out
     assert 0.0 <= result["fine_tuned"] <= 1.0 and 0.0 <= result["scratch"] <= 1.0

@@ -3,12 +3,14 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import small_cnn
 
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Stage, gradual_unfreezing
 
 
 def make_tuner(freeze=None):
+    keras.utils.set_random_seed(0)
     model = small_cnn()
     return FineTuner(Backbone.from_model(model), Head.classifier(3), freeze=freeze), model
 
@@ -59,9 +61,10 @@ def test_stage_restores_its_best_weights(images, labels):
     tuner, _ = make_tuner(FreezePolicy.none())
     # validation labels that disagree with the training labels: the better the fit, the worse
     # the validation loss, so the best epoch is an early one
-    validation = (images, (labels + 1) % 3)
-    schedule = [Stage(5, learning_rate=3e-2)]
-    history = tuner.fit(images, labels, schedule=schedule, validation_data=validation, verbose=0)
+    learnable = images.mean(axis=(1, 2)).argmax(-1)  # the brightest channel
+    validation = (images, (learnable + 1) % 3)
+    schedule = [Stage(6, learning_rate=3e-2)]
+    history = tuner.fit(images, learnable, schedule=schedule, validation_data=validation, verbose=0)
     val_losses = history.history["val_loss"]
     assert min(val_losses) < val_losses[-1]
     final = tuner.evaluate(*validation, verbose=0)[0]
@@ -95,8 +98,8 @@ def test_fine_tune_default_recipe(images, labels):
     )
     assert history.history["stage"][:2] == ["head", "head"]
     assert set(history.history["stage"][2:]) == {"fine_tune"}
-    assert recorder.learning_rates[0] == pytest.approx(1e-3)
-    assert recorder.learning_rates[-1] == pytest.approx(1e-5)
+    assert recorder.learning_rates[0] == pytest.approx(3e-3)
+    assert recorder.learning_rates[-1] == pytest.approx(3e-4)  # the head's; lower layers less
     assert tuner.freeze == FreezePolicy.top(3)  # the tuner's own policy for stage 2
     assert model.get_layer("conv2").trainable and not model.get_layer("conv1").trainable
 
@@ -138,3 +141,72 @@ def test_schedule_errors(images, labels):
         gradual_unfreezing(0)
     with pytest.raises(ValueError, match="steps"):
         gradual_unfreezing(5, steps=9)
+
+
+class BatchRates(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rates.append(float(self.model.optimizer.learning_rate))
+
+
+def test_cosine_stage_decays_to_zero_and_warmup_ramps_up(images, labels):
+    tuner, _ = make_tuner(FreezePolicy.none())
+    rates = BatchRates()
+    tuner.fit(  # 24 examples, batch 8: 3 steps an epoch
+        images,
+        labels,
+        schedule=[
+            Stage(2, learning_rate=1e-2, warmup_epochs=1),
+            Stage(4, learning_rate=1e-2, lr_schedule="cosine"),
+            Stage(2, learning_rate=1e-2, lr_schedule="cosine", warmup_epochs=1),
+        ],
+        batch_size=8,
+        callbacks=[rates],
+        verbose=0,
+    )
+    warmup, cosine, both = rates.rates[:6], rates.rates[6:18], rates.rates[18:]
+    np.testing.assert_allclose(warmup, [1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2, 1e-2, 1e-2], rtol=1e-5)
+    expected = [1e-2 * 0.5 * (1 + np.cos(np.pi * step / 12)) for step in range(12)]
+    np.testing.assert_allclose(cosine, expected, rtol=1e-4, atol=1e-9)
+    assert both[0] < both[2] == pytest.approx(1e-2 * 2 / 3) and both[3] == pytest.approx(1e-2)
+    assert both[3] > both[4] > both[5]
+
+
+def test_warmup_takes_the_compiled_rate_and_scales_per_layer(images, labels):
+    tuner, _ = make_tuner(FreezePolicy.none())
+    tuner.compile("adam", learning_rate=4e-3)
+    rates = BatchRates()
+    tuner.fit(
+        images,
+        labels,
+        schedule=[Stage(2, warmup_epochs=1, layerwise_lr_decay=0.5)],
+        batch_size=12,
+        callbacks=[rates],
+        verbose=0,
+    )
+    np.testing.assert_allclose(rates.rates, [2e-3, 4e-3, 4e-3, 4e-3], rtol=1e-5)
+    groups = tuner.model.optimizer._groups
+    assert [float(group.learning_rate) for _, group, _ in groups[:2]] == pytest.approx([4e-3, 2e-3])
+
+
+def test_shaped_stage_errors(images, labels):
+    with pytest.raises(ValueError, match="lr_schedule.*'constant' or 'cosine'"):
+        Stage(2, lr_schedule="linear")
+    with pytest.raises(ValueError, match=r"warmup_epochs.*\[0, epochs=2\)"):
+        Stage(2, warmup_epochs=2)
+    decay = keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5)
+    with pytest.raises(ValueError, match="already a LearningRateSchedule"):
+        Stage(2, learning_rate=decay, lr_schedule="cosine")
+    tuner, _ = make_tuner()
+    unknown_length = tf.data.Dataset.from_tensor_slices((images, labels)).filter(
+        lambda x, y: y >= 0
+    )
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        tuner.fit(
+            unknown_length.batch(8),
+            schedule=[Stage(2, learning_rate=1e-3, lr_schedule="cosine")],
+            verbose=0,
+        )
