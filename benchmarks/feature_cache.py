@@ -14,33 +14,20 @@ Run: python benchmarks/feature_cache.py [--rounds 3] [--images 1024] [--epochs 1
 import argparse
 import statistics
 
-import _timing
+import _common
 import keras
 import numpy as np
 
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
 
-SHAPE = (96, 96, 3)
-
-
-def keras_guide(classes: int) -> keras.Model:
-    base = keras.applications.MobileNetV3Small(input_shape=SHAPE, include_top=False, weights=None)
-    base.trainable = False
-    inputs = keras.Input(SHAPE)
-    x = base(inputs, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(classes, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
-
 
 def main(rounds: int, images: int, epochs: int):
     keras.utils.set_random_seed(0)
-    x = np.random.default_rng(0).random((images, *SHAPE), dtype=np.float32) * 255
-    y = np.arange(images) % 10
-    guide = keras_guide(10)
-    backbone = Backbone.from_keras_applications("MobileNetV3Small", weights=None, input_shape=SHAPE)
+    x, y = _common.random_images(images)
+    guide = _common.keras_guide_model(10)
+    backbone = Backbone.from_keras_applications(
+        "MobileNetV3Small", weights=None, input_shape=_common.SHAPE
+    )
     tuner = FineTuner(backbone, Head.classifier(10), freeze=FreezePolicy.all())
     tuner.compile("adam")
     results = {}
@@ -52,11 +39,11 @@ def main(rounds: int, images: int, epochs: int):
         results["cached"] = tuner.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
 
     guide_name, cached_name = "Keras guide (backbone every epoch)", "FineTuner.fit (feature cache)"
-    times = _timing.interleaved({guide_name: run_guide, cached_name: run_cached}, rounds)
+    times = _common.interleaved({guide_name: run_guide, cached_name: run_cached}, rounds)
     features = tuner._feature_model.output.shape[1:]
     cache_mib = images * int(np.prod(features)) * 4 / 1024**2
     print(f"MobileNetV3Small 96x96 frozen, {images} images, {epochs} epochs, batch 32:")
-    _timing.report(times, cached_name)
+    _common.report(times, cached_name)
     speedup = statistics.median(times[guide_name]) / statistics.median(times[cached_name])
     print(f"speed-up: {speedup:.1f}x (limit ~{epochs}x, target >= 8x)")
     print(

@@ -10,33 +10,16 @@ Run: python benchmarks/fit_overhead.py [--rounds 7] [--images 256]
 
 import argparse
 
-import _timing
+import _common
 import keras
-import numpy as np
 
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
 
-SHAPE = (96, 96, 3)
-
-
-def keras_by_hand(classes: int) -> keras.Model:
-    """The Keras transfer-learning guide's way, top 30 layers trainable."""
-    base = keras.applications.MobileNetV3Small(
-        input_shape=SHAPE, include_top=False, weights=None, include_preprocessing=True
-    )
-    for layer in base.layers[:-30]:
-        layer.trainable = False
-    inputs = keras.Input(SHAPE)
-    x = base(inputs, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(classes, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
-
 
 def with_finetune_tf(classes: int) -> FineTuner:
-    backbone = Backbone.from_keras_applications("MobileNetV3Small", weights=None, input_shape=SHAPE)
+    backbone = Backbone.from_keras_applications(
+        "MobileNetV3Small", weights=None, input_shape=_common.SHAPE
+    )
     tuner = FineTuner(backbone, Head.classifier(classes), freeze=FreezePolicy.top(30))
     tuner.compile("adam")
     return tuner
@@ -44,9 +27,8 @@ def with_finetune_tf(classes: int) -> FineTuner:
 
 def main(rounds: int, images: int):
     keras.utils.set_random_seed(0)
-    x = np.random.default_rng(0).random((images, *SHAPE), dtype=np.float32) * 255
-    y = np.arange(images) % 10
-    by_hand, tuner = keras_by_hand(10), with_finetune_tf(10)
+    x, y = _common.random_images(images)
+    by_hand, tuner = _common.keras_guide_model(10, trainable_top=30), with_finetune_tf(10)
     print(
         f"trainable weights: by hand {len(by_hand.trainable_weights)}, "
         f"finetune_tf {len(tuner.model.trainable_weights)}"
@@ -55,11 +37,11 @@ def main(rounds: int, images: int):
         "keras model.fit": lambda: by_hand.fit(x, y, batch_size=32, epochs=1, verbose=0),
         "FineTuner.fit": lambda: tuner.fit(x, y, batch_size=32, epochs=1, verbose=0),
     }
-    _timing.interleaved(runs, rounds=1)  # warm-up: tracing
+    _common.interleaved(runs, rounds=1)  # warm-up: tracing
     steps = -(-images // 32)
-    times = _timing.interleaved(runs, rounds)
+    times = _common.interleaved(runs, rounds)
     print(f"MobileNetV3Small 96x96, top 30 layers trainable, {steps} steps per epoch:")
-    _timing.report(
+    _common.report(
         {k: [t / steps for t in v] for k, v in times.items()},
         "keras model.fit",
         unit=1e-3,

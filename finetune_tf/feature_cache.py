@@ -346,26 +346,19 @@ def _split(cached: _Cached, validation_split: float):
     """Keras' `validation_split`: the last fraction of the examples, before shuffling."""
     split_at = int(math.floor(len(cached.features) * (1.0 - validation_split)))
 
-    def part(array, piece):
-        return None if array is None else array[piece]
+    def piece(rows: slice) -> _Cached:
+        def take(array):
+            return None if array is None else array[rows]
 
-    train, validation = slice(0, split_at), slice(split_at, None)
-    return (
-        _Cached(
-            cached.features[train],
-            part(cached.targets, train),
-            part(cached.sample_weight, train),
+        return _Cached(
+            cached.features[rows],
+            take(cached.targets),
+            take(cached.sample_weight),
             cached.batch_size,
             cached.store,
-        ),
-        _Cached(
-            cached.features[validation],
-            part(cached.targets, validation),
-            part(cached.sample_weight, validation),
-            cached.batch_size,
-            cached.store,
-        ),
-    )
+        )
+
+    return piece(slice(0, split_at)), piece(slice(split_at, None))
 
 
 def _as_fit_data(cached: _Cached, batch_size, shuffle, as_arrays: bool):
