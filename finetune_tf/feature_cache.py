@@ -208,7 +208,6 @@ class _Store:
         if self._file is not None:
             self._file.close()
             self._file = None
-            return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.count, *self.shape))
         if self.path is not None:
             return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.count, *self.shape))
         return np.concatenate(self.chunks) if self.chunks else np.zeros((0,))
@@ -370,15 +369,17 @@ def _as_fit_data(cached: _Cached, batch_size, shuffle, as_arrays: bool):
     return _feature_dataset(cached, batch_size, shuffle), None, None
 
 
-def _compiled_head_model(tuner) -> keras.Model:
+def _compiled_head_model(tuner, steps: int) -> keras.Model:
     """The head alone, compiled like the full model and sharing its optimizer (one state)."""
     head_model = tuner._head_model()
-    if getattr(head_model, "_finetune_tf_compiled_for", None) != tuner._compile_count:
+    steps_per_execution = min(_HEAD_STEPS_PER_EXECUTION, max(1, steps))  # not beyond an epoch
+    key = (tuner._compile_count, steps_per_execution)
+    if getattr(head_model, "_finetune_tf_compiled_for", None) != key:
         compile_args = tuner._keras_compile_args()
         compile_args["optimizer"] = tuner.model.optimizer
-        compile_args.setdefault("steps_per_execution", _HEAD_STEPS_PER_EXECUTION)
+        compile_args.setdefault("steps_per_execution", steps_per_execution)
         head_model.compile(**compile_args)
-        head_model._finetune_tf_compiled_for = tuner._compile_count
+        head_model._finetune_tf_compiled_for = key
     return head_model
 
 
@@ -397,8 +398,6 @@ def fit_on_cached_features(tuner, x, y, fit_kwargs: dict, setting: FeatureCache)
         shuffle = "batch" if shuffle else False
     validation = kwargs.pop("validation_data", None)
     validation_split = kwargs.pop("validation_split", 0.0)
-    if isinstance(x, tf.Tensor):
-        x = x.numpy()
     if isinstance(y, tf.Tensor):
         y = y.numpy()
 
@@ -437,7 +436,8 @@ def fit_on_cached_features(tuner, x, y, fit_kwargs: dict, setting: FeatureCache)
             kwargs.update(batch_size=batch_size, shuffle=shuffle, sample_weight=fw)
         else:
             kwargs["shuffle"] = False  # the dataset shuffles itself
-        head_model = _compiled_head_model(tuner)
+        steps = -(-len(cached.features) // batch_size)
+        head_model = _compiled_head_model(tuner, kwargs.get("steps_per_epoch") or steps)
         tuner.model.stop_training = False
         kwargs["callbacks"] = [
             _OnFullModel(callback, tuner.model) for callback in kwargs.get("callbacks") or []

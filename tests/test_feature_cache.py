@@ -217,3 +217,24 @@ def test_bad_feature_cache_values_are_refused():
         FeatureCache(memory_limit=-1)
     with pytest.raises(ValueError, match="mode"):
         FeatureCache(mode="always")
+
+
+def test_text_backbone_strings_are_cached_with_the_same_result(tmp_path, monkeypatch):
+    from conftest import save_text_encoder
+
+    handle = save_text_encoder(str(tmp_path / "encoder"))
+    texts = np.array(["good movie", "bad film", "great film", "awful movie"] * 4)
+    labels = np.array([1, 0, 1, 0] * 4)
+
+    def train(cache):
+        keras.utils.set_random_seed(0)
+        backbone = Backbone.from_hub(handle, output_key="pooled_output")
+        tuner = FineTuner(backbone, Head.binary())
+        tuner.compile(learning_rate=0.1)
+        tuner.fit(texts, labels, epochs=3, feature_cache=cache, verbose=0)
+        return [w.numpy() for w in tuner.model.trainable_weights]
+
+    reference = train(False)
+    calls = _spy(monkeypatch)
+    _assert_same(reference, train("auto"))
+    assert calls["full_fit"] == 0
