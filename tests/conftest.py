@@ -101,6 +101,7 @@ def save_text_encoder(path):
     import tensorflow as tf
     import tf_keras
 
+    tf_keras.backend.clear_session()  # the same scope names however many were built before
     vocab = ["good", "bad", "great", "awful", "movie", "film"]
 
     class TextEncoder(tf_keras.Model):
