@@ -35,7 +35,7 @@ from finetune_tf.layerwise import (
 from finetune_tf.lr_finder import LRFinderResult, find_learning_rate
 from finetune_tf.preprocessing import InputAdapter
 from finetune_tf.saving import save_model_atomically
-from finetune_tf.schedule import Stage, run_schedule
+from finetune_tf.schedule import Stage, run_schedule, steps_per_epoch
 
 
 def _optimizer_names() -> list[str]:
@@ -557,11 +557,11 @@ class FineTuner:
         y=None,
         *,
         head_epochs: int = 30,
-        epochs: int = 10,
+        epochs: int | str = "auto",
         learning_rate: float = 3e-3,
         fine_tune_learning_rate: float = 3e-4,
         layerwise_lr_decay: float | None = 0.8,
-        early_stopping: int | None = 3,
+        early_stopping: int | str | None = "auto",
         **kwargs,
     ) -> keras.callbacks.History:
         """The default two-stage recipe: train the head, then fine-tune gently.
@@ -576,19 +576,29 @@ class FineTuner:
         fixed features tolerates.
 
         Stage 2 (`"fine_tune"`) applies this FineTuner's own freeze policy
-        (give it e.g. `FreezePolicy.top(30)` or `FreezePolicy.none()`) for up
-        to `epochs` (10) with discriminative learning rates: the head at
-        `fine_tune_learning_rate` (3e-4, ten times below stage 1), each trained
-        backbone layer at `layerwise_lr_decay` (0.8) times the layer above, so
-        the top layer moves at 2.4e-4, the tenth below it at 3e-5 and the
-        bottom ones hardly at all (ULMFiT; the layer-wise decay of BEiT).
-        `layerwise_lr_decay=None` gives every layer the same rate.
+        (give it e.g. `FreezePolicy.top(30)` or `FreezePolicy.none()`) with
+        discriminative learning rates: the head at `fine_tune_learning_rate`
+        (3e-4, ten times below stage 1), each trained backbone layer at
+        `layerwise_lr_decay` (0.8) times the layer above, so the top layer
+        moves at 2.4e-4, the tenth below it at 3e-5 and the bottom ones hardly
+        at all (ULMFiT; the layer-wise decay of BEiT). `layerwise_lr_decay=None`
+        gives every layer the same rate.
 
-        With validation data both stages keep their best epoch's weights;
-        stage 2 stops after `early_stopping` epochs without improvement (of
-        `val_loss`, else `loss`). On digits (`benchmarks/quality_digits.py`)
-        these defaults beat both training from scratch and the Keras guide's
-        recipe (20 head epochs at 1e-3, then 1e-5 everywhere) written by hand.
+        Stage 2 is sized in optimizer steps, not epochs: `epochs="auto"` runs
+        10 epochs, or as many as make 300 steps when epochs are short (50
+        examples at batch 32 make 2 steps an epoch: 150 epochs), at most 200;
+        with data of unknown length, 10. Ten epochs of a tiny dataset are a
+        few dozen steps, far too few to adapt a backbone at a gentle rate.
+
+        With validation data (`validation_data` or `validation_split`) both
+        stages keep their best epoch's weights, and `early_stopping="auto"`
+        stops stage 2 after a tenth of its epochs (at least 3) without a
+        better `val_loss`. Without validation data it runs all its epochs:
+        the training loss of a few batches is too noisy to stop on. Pass a
+        number of epochs to stop on `loss` anyway, or None never to stop.
+        On digits (`benchmarks/quality_digits.py`) these defaults beat
+        training from scratch with the same steps and the Keras guide's recipe
+        (20 head epochs at 1e-3, then 1e-5 everywhere) written by hand.
 
         Takes what `fit` takes (`validation_data`, `callbacks`,
         `feature_cache`, ...) and returns one `History` for both stages.
@@ -607,6 +617,7 @@ class FineTuner:
         ['head', 'head', 'fine_tune', 'fine_tune']
         """
         policy = self._freeze
+        epochs, early_stopping = _fine_tune_budget(epochs, early_stopping, x, kwargs)
         schedule = [
             Stage(
                 head_epochs,
@@ -742,3 +753,31 @@ class FineTuner:
             f"<FineTuner {self.model.name!r}: {self._backbone!r} + {self._head!r}, "
             f"freeze={self._freeze!r}>"
         )
+
+
+FINE_TUNE_STEPS = 300  # the least number of optimizer steps `epochs="auto"` gives stage 2
+FINE_TUNE_MAX_EPOCHS = 200
+
+
+def _fine_tune_budget(epochs, early_stopping, x, fit_kwargs: dict):
+    """Resolve `fine_tune(epochs="auto", early_stopping="auto")` for this data."""
+    if epochs == "auto":
+        steps = steps_per_epoch(x, fit_kwargs)
+        epochs = 10
+        if steps:
+            epochs = min(FINE_TUNE_MAX_EPOCHS, max(10, -(-FINE_TUNE_STEPS // steps)))
+    elif isinstance(epochs, str):
+        raise ValueError(
+            f'`fine_tune(epochs)` is a number of epochs or "auto". Received: epochs={epochs!r}.'
+        )
+    if early_stopping == "auto":
+        validated = fit_kwargs.get("validation_data") is not None or fit_kwargs.get(
+            "validation_split"
+        )
+        early_stopping = max(3, epochs // 10) if validated and isinstance(epochs, int) else None
+    elif isinstance(early_stopping, str):
+        raise ValueError(
+            '`fine_tune(early_stopping)` is a patience in epochs, None or "auto". '
+            f"Received: early_stopping={early_stopping!r}."
+        )
+    return epochs, early_stopping

@@ -181,6 +181,10 @@ def steps_per_epoch(x, fit_kwargs: dict) -> int | None:
         return count if count > 0 else None
     if isinstance(x, keras.utils.PyDataset):
         return len(x)
+    if isinstance(x, dict) and x:
+        x = next(iter(x.values()))
+    elif isinstance(x, (list, tuple)) and x:
+        x = x[0]
     if hasattr(x, "shape") and len(x.shape) > 0:
         examples = int(x.shape[0])
         validation_split = fit_kwargs.get("validation_split") or 0.0

@@ -210,3 +210,50 @@ def test_shaped_stage_errors(images, labels):
             schedule=[Stage(2, learning_rate=1e-3, lr_schedule="cosine")],
             verbose=0,
         )
+
+
+def dense_tuner():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(8)(inputs)))
+    return FineTuner(backbone, Head.classifier(2), freeze=FreezePolicy.none())
+
+
+def stage_lengths(history):
+    return {name: history.history["stage"].count(name) for name in ("head", "fine_tune")}
+
+
+def test_fine_tune_sizes_stage_two_in_optimizer_steps():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 4), dtype=np.float32), np.arange(40) % 2
+    # 40 examples at batch 20 make 2 steps an epoch: 300 steps take 150 epochs, all of them
+    # run without validation data (no stopping on a noisy training loss).
+    history = dense_tuner().fine_tune(x, y, head_epochs=1, batch_size=20, verbose=0)
+    assert stage_lengths(history) == {"head": 1, "fine_tune": 150}
+    # Data of unknown length: 10 epochs.
+    unknown = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(20)
+    history = dense_tuner().fine_tune(unknown, head_epochs=1, verbose=0)
+    assert stage_lengths(history) == {"head": 1, "fine_tune": 10}
+
+
+def test_fine_tune_auto_early_stopping_waits_a_tenth_of_the_stage():
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 4), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype("int64")  # learnable, so the flipped labels below get worse
+    # Validation labels are the training labels flipped: val_loss soon only gets worse.
+    history = dense_tuner().fine_tune(
+        x, y, head_epochs=1, batch_size=20, validation_data=(x, 1 - y), verbose=0
+    )
+    stage = [i for i, name in enumerate(history.history["stage"]) if name == "fine_tune"]
+    val_loss = [history.history["val_loss"][i] for i in stage]
+    assert len(stage) < 150
+    assert len(stage) == int(np.argmin(val_loss)) + 1 + 15  # patience max(3, 150 // 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [({"epochs": "many"}, "epochs='many'"), ({"early_stopping": "yes"}, "early_stopping='yes'")],
+)
+def test_fine_tune_rejects_unknown_budget_words(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        dense_tuner().fine_tune(np.zeros((4, 4)), np.zeros(4), **kwargs)
