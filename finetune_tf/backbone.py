@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 import keras
+import tensorflow as tf
 
 from finetune_tf._utils import as_str_path, did_you_mean, shape_tuple, short_list
 from finetune_tf.hub import ARCHIVE_SUFFIXES, HubLayer, _is_url
@@ -182,6 +183,36 @@ class Backbone:
         models are replaced by their own layers, in order.
         """
         return flatten_layers(self.model)
+
+    def placed(self, strategy: tf.distribute.Strategy, dtype_policy: str | None = None) -> Backbone:
+        """This backbone with its variables under `strategy` and layers computing in `dtype_policy`.
+
+        Returns `self` when nothing needs to change (TensorFlow's default
+        strategy, or variables already created in `strategy.scope()`, and
+        float32); otherwise a copy with the same weights, built inside the
+        strategy's scope, since a model trains under the strategy its
+        variables were created in. Hub layers keep float32: their graphs are
+        fixed. Call it inside `strategy.scope()`.
+        """
+        in_scope = all(  # Keras variables hold the tf.Variable in `_value`
+            strategy.extended.variable_created_in_scope(getattr(v, "_value", v))
+            for v in self.model.weights
+        )
+        if in_scope and dtype_policy is None:
+            return self
+        try:
+            model = keras.models.clone_model(
+                self.model, clone_function=lambda layer: _clone_layer(layer, dtype_policy)
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"Backbone {self.name!r} cannot be rebuilt under {type(strategy).__name__} or "
+                f"with dtype policy {dtype_policy!r}: {error} Build the backbone model inside "
+                "`with strategy.scope():` and pass that strategy, or pass strategy=None and "
+                "mixed_precision=None."
+            ) from None
+        model.set_weights(self.model.get_weights())
+        return Backbone(model, preprocessing=self.preprocessing, source=self.source)
 
     def __repr__(self):
         return (
@@ -447,6 +478,18 @@ class Backbone:
             f"`source`={source!r} is not a keras.applications name, an existing file or "
             f"directory, or a Hub URL.{hint} Check the path or the spelling."
         )
+
+
+def _clone_layer(layer, dtype_policy: str | None):
+    """A fresh copy of `layer` (nested models layer by layer), computing in `dtype_policy`."""
+    if isinstance(layer, keras.Model):
+        return keras.models.clone_model(
+            layer, clone_function=lambda inner: _clone_layer(inner, dtype_policy)
+        )
+    config = layer.get_config()
+    if dtype_policy is not None and "dtype" in config and not isinstance(layer, HubLayer):
+        config["dtype"] = dtype_policy
+    return layer.__class__.from_config(config)
 
 
 @keras.saving.register_keras_serializable(package="finetune_tf")

@@ -442,7 +442,7 @@ def fit_on_cached_features(tuner, x, y, fit_kwargs: dict, setting: FeatureCache)
         kwargs["callbacks"] = [
             _OnFullModel(callback, tuner.model) for callback in kwargs.get("callbacks") or []
         ]
-        history = head_model.fit(fx, fy, **kwargs)
+        history = tuner._keras_fit(head_model, fx, fy, kwargs)
         history.set_model(tuner.model)
         tuner.model.history = history
         return history

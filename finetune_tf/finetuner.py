@@ -10,7 +10,10 @@ a change of `trainable` until the next `compile()`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import tempfile
 
 import keras
 import numpy as np
@@ -18,6 +21,14 @@ import tensorflow as tf
 
 from finetune_tf._utils import did_you_mean, shape_tuple
 from finetune_tf.backbone import Backbone, BackboneLayer
+from finetune_tf.devices import (
+    configure_memory_growth,
+    describe,
+    is_chief,
+    resolve_strategy,
+    strategy_devices,
+)
+from finetune_tf.distribute_compat import multi_worker_compat
 from finetune_tf.export import export_saved_model
 from finetune_tf.feature_cache import (
     FeatureCache,
@@ -33,6 +44,7 @@ from finetune_tf.layerwise import (
     layerwise_multipliers,
 )
 from finetune_tf.lr_finder import LRFinderResult, find_learning_rate
+from finetune_tf.precision import dtype_policy_scope, resolve_precision
 from finetune_tf.preprocessing import InputAdapter
 from finetune_tf.saving import save_model_atomically
 from finetune_tf.schedule import Stage, run_schedule, steps_per_epoch
@@ -72,6 +84,27 @@ def _first_array(data):
     return None
 
 
+def _in_scope(method):
+    """Runs a FineTuner method inside its strategy's scope (see `FineTuner._scope`)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._scope():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _is_xla_error(error: Exception) -> bool:
+    text = str(error)
+    return "XLA" in text or "jit" in text.lower()
+
+
+def xla_helps(devices: list[str]) -> bool:
+    """Whether `jit_compile="auto"` turns XLA on: on GPUs and TPUs, not on CPUs."""
+    return any(kind in d.upper() for d in devices for kind in ("GPU", "TPU"))
+
+
 class FineTuner:
     """Fine-tunes a pretrained `Backbone` with a new `Head`.
 
@@ -92,7 +125,32 @@ class FineTuner:
             augmentation applied to the raw inputs while training (e.g.
             `keras.layers.RandomFlip`); Keras' random layers pass inputs
             through unchanged at inference.
+        strategy: `"auto"`, None or a `tf.distribute.Strategy`. Where to
+            train. `"auto"`: the strategy of an enclosing `strategy.scope()`;
+            else `MultiWorkerMirroredStrategy` when `TF_CONFIG` describes
+            workers, `TPUStrategy` on TPUs, `MirroredStrategy` over several
+            local GPUs (or over a CPU split into logical devices), and
+            otherwise TensorFlow's device placement (the one GPU, or the
+            CPU). None: TensorFlow's current strategy. The model and its
+            optimizer are built in the strategy's scope; `batch_size` stays the
+            global batch, split across replicas. Defaults to `"auto"`.
+        mixed_precision: `"auto"`, None, `"mixed_float16"` or
+            `"mixed_bfloat16"`. `"auto"`: `mixed_float16` on GPUs of compute
+            capability 7.0 or more, `mixed_bfloat16` on TPUs, float32
+            elsewhere. Applies to this model's layers only (the global Keras
+            policy is left alone); the predictions and the loss stay float32
+            and `mixed_float16` gets loss scaling. Defaults to `"auto"`.
+        jit_compile: `"auto"`, True or False. XLA compilation of the train
+            step. `"auto"`: on GPUs and TPUs, where XLA is known to help, and
+            off on CPUs; when a layer cannot be compiled, training falls back
+            to no XLA with a log line. Defaults to `"auto"`.
+        memory_growth: bool or None. Let TensorFlow allocate GPU memory as
+            needed instead of all at once (None: leave the setting alone).
+            Defaults to True.
         name: str. The model's name. Defaults to `"fine_tuner"`.
+
+    With a strategy or mixed precision, the backbone's model is copied (same
+    weights) into the strategy's scope and dtype; `tuner.backbone` is the copy.
 
     Example:
 
@@ -118,8 +176,13 @@ class FineTuner:
         input_shape: tuple | None = None,
         input_channels: str = "auto",
         augmentation=None,
+        strategy="auto",
+        mixed_precision="auto",
+        jit_compile="auto",
+        memory_growth: bool | None = True,
         name: str = "fine_tuner",
     ):
+        configure_memory_growth(memory_growth)
         backbone = Backbone.load(backbone)
         if not isinstance(head, Head):
             raise TypeError(
@@ -130,6 +193,31 @@ class FineTuner:
         self._check_policy(freeze)
         model_input_shape, adapt = self._resolve_input_shape(backbone, input_shape)
         augmentation = self._resolve_augmentation(augmentation)
+        if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+            raise ValueError(
+                '`jit_compile` must be "auto", True or False. '
+                f"Received: jit_compile={jit_compile!r}."
+            )
+        self._strategy = resolve_strategy(strategy)
+        self.devices: list[str] = strategy_devices(self._strategy)
+        self.mixed_precision: str | None = resolve_precision(mixed_precision, self.devices)
+        self._jit_compile = jit_compile
+        self._xla_failed = False
+        self._placement_said = False
+        with self._scope(), dtype_policy_scope(self.mixed_precision):
+            self._build(
+                backbone,
+                head,
+                freeze,
+                augmentation,
+                (model_input_shape, adapt, input_channels),
+                name,
+            )
+
+    def _build(self, backbone, head, freeze, augmentation, input_spec, name):
+        """Builds the model; runs in the strategy's scope and under the dtype policy."""
+        model_input_shape, adapt, input_channels = input_spec
+        backbone = backbone.placed(self._strategy, self.mixed_precision)
         self._backbone = backbone
         self._head = head
         self._freeze = freeze
@@ -157,6 +245,28 @@ class FineTuner:
         self.model = keras.Model(inputs, outputs, name=name)
         self._feature_model = keras.Model(inputs, self._features, name=f"{name}_features")
         self._cached_head_model = None
+
+    # --- Placement ----------------------------------------------------------
+
+    @property
+    def strategy(self) -> tf.distribute.Strategy:
+        """The `tf.distribute.Strategy` this FineTuner builds and trains under."""
+        return self._strategy
+
+    @contextlib.contextmanager
+    def _scope(self):
+        """The strategy's scope (when it is not the default), mended for multi-worker Keras."""
+        with contextlib.ExitStack() as stack:
+            if self._strategy is not tf.distribute.get_strategy():
+                stack.enter_context(self._strategy.scope())
+            stack.enter_context(multi_worker_compat(self._strategy))
+            yield
+
+    def _say_placement(self, verbose):
+        if not self._placement_said:
+            precision = self.mixed_precision or "float32"
+            say(f"training on {describe(self._strategy)}, {precision}", verbose)
+            self._placement_said = True
 
     # --- Construction helpers ---------------------------------------------
 
@@ -276,6 +386,7 @@ class FineTuner:
 
     # --- Keras API ----------------------------------------------------------
 
+    @_in_scope
     def compile(
         self,
         optimizer="adam",
@@ -312,6 +423,7 @@ class FineTuner:
         self._layerwise_lr_decay = layerwise_lr_decay
         self._compile(fresh_optimizer=False)
 
+    @_in_scope
     def recompile(
         self, *, optimizer=None, learning_rate=None, layerwise_lr_decay: float | None = None
     ) -> None:
@@ -354,14 +466,23 @@ class FineTuner:
         args = dict(self._compile_args)
         if isinstance(args["metrics"], str) and args["metrics"] == "auto":
             args["metrics"] = self._head.default_metrics()
+        args.setdefault("jit_compile", self._resolved_jit_compile())
         decay = layerwise_lr_decay or self._layerwise_lr_decay
+        optimizer = args["optimizer"]
+        if self._strategy is not tf.distribute.get_strategy() or (
+            decay is not None and decay != 1.0
+        ):
+            # A copy made here, in the strategy's scope, owns distributed variables.
+            optimizer = optimizer.__class__.from_config(optimizer.get_config())
         if decay is not None and decay != 1.0:
-            optimizer = args["optimizer"]
-            args["optimizer"] = LayerwiseOptimizer(
-                optimizer.__class__.from_config(optimizer.get_config()),
-                layerwise_multipliers(self, decay),
-            )
+            optimizer = LayerwiseOptimizer(optimizer, layerwise_multipliers(self, decay))
+        args["optimizer"] = optimizer
         return args
+
+    def _resolved_jit_compile(self) -> bool:
+        if self._jit_compile != "auto":
+            return self._jit_compile
+        return not self._xla_failed and xla_helps(self.devices)
 
     def _compile(self, fresh_optimizer: bool, layerwise_lr_decay: float | None = None):
         if fresh_optimizer:
@@ -506,6 +627,7 @@ class FineTuner:
         self._check_inputs(x, "x", method)
         self._check_targets(x, y, "y", method)
 
+    @_in_scope
     def fit(
         self, x=None, y=None, *, schedule=None, feature_cache="auto", **kwargs
     ) -> keras.callbacks.History:
@@ -549,8 +671,24 @@ class FineTuner:
                 return history
         elif reason:
             say(f"feature cache off: {reason}", kwargs.get("verbose", "auto"))
-        return self.model.fit(x, y, **kwargs)
+        return self._keras_fit(self.model, x, y, kwargs)
 
+    def _keras_fit(self, model: keras.Model, x, y, kwargs) -> keras.callbacks.History:
+        """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain."""
+        self._say_placement(kwargs.get("verbose", "auto"))
+        try:
+            return model.fit(x, y, **kwargs)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            if not (model.jit_compile and self._jit_compile == "auto" and _is_xla_error(error)):
+                raise
+            first_line = str(error).strip().splitlines()[0][:200]
+            say(f"XLA cannot compile this model ({first_line}); training without XLA", 1)
+            self._xla_failed = True
+            model.jit_compile = False
+            model.train_function = model.test_function = model.predict_function = None
+            return model.fit(x, y, **kwargs)
+
+    @_in_scope
     def fine_tune(
         self,
         x=None,
@@ -636,6 +774,7 @@ class FineTuner:
         ]
         return self.fit(x, y, schedule=schedule, **kwargs)
 
+    @_in_scope
     def find_learning_rate(
         self,
         x=None,
@@ -699,6 +838,7 @@ class FineTuner:
             kwargs["validation_data"] = validation
         return x
 
+    @_in_scope
     def evaluate(self, x=None, y=None, **kwargs):
         """Evaluates the model; takes and returns what `keras.Model.evaluate` does."""
         self._require_compiled("evaluate")
@@ -706,6 +846,7 @@ class FineTuner:
         self._check_data(x, y, "evaluate")
         return self.model.evaluate(x, y, **kwargs)
 
+    @_in_scope
     def predict(self, x, **kwargs):
         """Predicts; takes and returns what `keras.Model.predict` does."""
         x = _as_tensor_if_text(x)
@@ -724,7 +865,14 @@ class FineTuner:
         `custom_objects` needed. A model with a SavedModel or Hub backbone
         stores the handle, which must still resolve when loading.
         """
-        save_model_atomically(self.model, filepath, overwrite=overwrite)
+        if is_chief(self._strategy):
+            save_model_atomically(self.model, filepath, overwrite=overwrite)
+            return
+        # A non-chief multi-worker writes a throwaway copy, as tf.distribute expects.
+        with tempfile.TemporaryDirectory(prefix="finetune_tf_worker_") as directory:
+            save_model_atomically(
+                self.model, os.path.join(directory, os.path.basename(os.fspath(filepath)))
+            )
 
     def export(self, path: str | os.PathLike, *, overwrite: bool = True) -> str:
         """Exports a self-contained SavedModel for serving; returns its path.
