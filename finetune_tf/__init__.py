@@ -7,6 +7,7 @@ Example:
 >>> policy = FreezePolicy.bottom(100)
 """
 
+from finetune_tf import devices as _devices
 from finetune_tf.backbone import Backbone, BackboneLayer
 from finetune_tf.feature_cache import FeatureCache
 from finetune_tf.finetuner import FineTuner
@@ -22,6 +23,11 @@ from finetune_tf.saving import load_model
 from finetune_tf.schedule import Stage, gradual_unfreezing
 
 __version__ = "0.1.0"
+
+if _devices.tf_config_workers() > 1 and not _devices.runtime_started():
+    # TensorFlow accepts a MultiWorkerMirroredStrategy only before its runtime
+    # starts, so a worker gets its strategy now; FineTuner(strategy="auto") uses it.
+    _devices.multi_worker_strategy()
 
 __all__ = [
     "ApplicationPreprocessing",

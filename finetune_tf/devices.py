@@ -150,7 +150,9 @@ def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
             return [tf.DeviceSpec.from_string(d).to_string() for d in devices]
     # The default strategy: TensorFlow places ops on the first GPU, else the CPU.
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return [devices[0].name]
+    spec = tf.DeviceSpec.from_string(devices[0].name)
+    local = tf.DeviceSpec(job="localhost", replica=0, task=0)
+    return [local.make_merged_spec(spec).to_string()]
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
@@ -162,7 +164,8 @@ def describe(strategy: tf.distribute.Strategy) -> str:
         kind = "default strategy"
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         resolver = strategy.cluster_resolver
-        kind = f"{kind}, worker {resolver.task_id} of {tf_config_workers()}"
+        kind = f"MultiWorkerMirroredStrategy, {resolver.task_type} {resolver.task_id}"
+        kind += f" of {tf_config_workers()}"
     return f"{len(devices)} device{'s' if len(devices) != 1 else ''} ({short}), {kind}"
 
 

@@ -254,9 +254,14 @@ class _Cached:
 def _compute(tuner, x, y, sample_weight, batch_size, setting) -> _Cached:
     store = _Store(setting.memory_limit, setting.directory)
     targets, weights, sizes = [], [], []
+    extract = tuner._feature_model.predict_on_batch
+    if tuner.strategy.num_replicas_in_sync > 1:
+        # predict_on_batch would run the whole batch on every replica and concatenate
+        # the copies; one call in cross-replica context reads the mirrored weights once.
+        extract = tf.function(lambda inputs: tuner._feature_model(inputs, training=False))
     try:
         for inputs, batch_y, batch_w in _batches(x, y, sample_weight, batch_size):
-            features = tuner._feature_model.predict_on_batch(inputs)
+            features = extract(inputs)
             store.append(np.asarray(features))
             sizes.append(len(features))
             if batch_y is not None:

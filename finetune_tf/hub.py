@@ -127,13 +127,20 @@ def _accepts_training(fn) -> bool:
         return False
 
 
+def _handle_of(variable):
+    """The resource handle a traced function captures for `variable`."""
+    if isinstance(variable, tf.distribute.DistributedValues):  # loaded in a strategy's scope
+        return variable._primary.handle
+    return variable.handle
+
+
 def _in_order_of_use(fn, variables) -> list:
     """`variables` in the order the traced function first reads them.
 
     Variables that cannot be placed (no traced graph, nested calls) keep their
     SavedModel order after the placed ones.
     """
-    by_handle = {id(v.handle): v for v in variables}
+    by_handle = {id(_handle_of(v)): v for v in variables}
     ordered, seen = [], set()
     concrete_functions = getattr(fn, "concrete_functions", None)
     if concrete_functions is None and hasattr(fn, "graph"):
