@@ -263,7 +263,7 @@ class FineTuner:
             yield
 
     def _say_placement(self, verbose):
-        if not self._placement_said:
+        if not self._placement_said and verbose != 0:
             precision = self.mixed_precision or "float32"
             say(f"training on {describe(self._strategy)}, {precision}", verbose)
             self._placement_said = True
@@ -681,8 +681,9 @@ class FineTuner:
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
             if not (model.jit_compile and self._jit_compile == "auto" and _is_xla_error(error)):
                 raise
-            first_line = str(error).strip().splitlines()[0][:200]
-            say(f"XLA cannot compile this model ({first_line}); training without XLA", 1)
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = next((line for line in lines if "XLA" in line), lines[0])[:200]
+            say(f"XLA cannot compile this model ({reason}); training without XLA", 1)
             self._xla_failed = True
             model.jit_compile = False
             model.train_function = model.test_function = model.predict_function = None

@@ -1,0 +1,181 @@
+"""Placement, mixed precision and XLA in one process (multi-device runs: test_distribute.py)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import small_cnn
+
+import finetune_tf.finetuner
+from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, devices
+
+CPU0 = "/job:localhost/replica:0/task:0/device:CPU:0"
+
+
+def make_tuner(**kwargs):
+    keras.utils.set_random_seed(0)
+    kwargs.setdefault("freeze", FreezePolicy.none())
+    return FineTuner(
+        Backbone.from_model(small_cnn()), Head.classifier(3, hidden_units=(5,)), **kwargs
+    )
+
+
+def test_auto_placement_on_a_cpu_machine_is_the_default_strategy(images, labels, capsys):
+    tuner = make_tuner()
+    assert tuner.strategy is tf.distribute.get_strategy()
+    assert tuner.devices == [CPU0]
+    assert tuner.mixed_precision is None  # float32 on CPUs
+    tuner.compile()
+    assert tuner.model.jit_compile is False  # XLA only where it is known to help
+    tuner.fit(images, labels, epochs=1, verbose=0)
+    assert "training on" not in capsys.readouterr().out
+    tuner.fit(images, labels, epochs=1, verbose=2)
+    out = capsys.readouterr().out
+    assert "finetune_tf: training on 1 device (CPU:0), default strategy, float32" in out
+    tuner.fit(images, labels, epochs=1, verbose=2)
+    assert "training on" not in capsys.readouterr().out  # said once
+
+
+def test_a_given_strategy_or_an_enclosing_scope_is_used_as_given(images, labels):
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    tuner = make_tuner(strategy=strategy)
+    assert tuner.strategy is strategy
+    # The backbone was rebuilt inside the strategy's scope, with the same weights.
+    for variable in tuner.model.weights:
+        assert strategy.extended.variable_created_in_scope(variable._value)
+    tuner.compile()
+    history = tuner.fit(images, labels, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    with strategy.scope():
+        inside = make_tuner()
+    assert inside.strategy is strategy
+
+
+def test_backbone_copy_under_a_strategy_keeps_the_pretrained_weights():
+    model = small_cnn()
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    tuner = FineTuner(Backbone.from_model(model), Head.classifier(3), strategy=strategy)
+    assert tuner.backbone.model is not model
+    for copy, original in zip(tuner.backbone.model.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(copy.numpy(), original.numpy())
+
+
+def test_mixed_bfloat16_applies_to_this_model_only_and_survives_saving(images, labels, tmp_path):
+    before = keras.config.dtype_policy().name
+    tuner = make_tuner(mixed_precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == before == "float32"  # nothing leaked
+    conv = tuner.backbone.model.get_layer("conv1")
+    assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+    assert tuner.model.get_layer("hidden_1").compute_dtype == "bfloat16"
+    assert tuner.model.get_layer("predictions").compute_dtype == "float32"
+    other = keras.layers.Dense(2)  # a model built afterwards in the same process
+    assert other.dtype_policy.name == "float32"
+    tuner.compile(learning_rate=1e-3)
+    history = tuner.fit(images, labels, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    predictions = tuner.predict(images, verbose=0)
+    assert predictions.dtype == np.float32
+    tuner.save(tmp_path / "mixed.keras")
+    restored = keras.models.load_model(tmp_path / "mixed.keras")
+    inner = restored.get_layer("backbone").backbone.get_layer("conv1")
+    assert inner.compute_dtype == "bfloat16"
+    assert restored.get_layer("predictions").compute_dtype == "float32"
+    np.testing.assert_allclose(restored.predict(images, verbose=0), predictions, atol=1e-6)
+
+
+def test_mixed_float16_gets_loss_scaling():
+    tuner = make_tuner(mixed_precision="mixed_float16")
+    tuner.compile(learning_rate=1e-3)
+    assert isinstance(tuner.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert float(tuner.model.optimizer.learning_rate) == pytest.approx(1e-3)
+    plain = make_tuner()
+    plain.compile()
+    assert not isinstance(plain.model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+class NumpyDouble(keras.layers.Layer):
+    """A layer XLA cannot compile (a Python callback)."""
+
+    def call(self, x):
+        y = tf.numpy_function(lambda a: a * 2, [x], tf.float32)
+        y.set_shape(x.shape)
+        return y
+
+
+def python_callback_backbone():
+    inputs = keras.Input((4,))
+    return Backbone.from_model(keras.Model(inputs, keras.layers.Dense(3)(NumpyDouble()(inputs))))
+
+
+def test_auto_xla_falls_back_with_a_log_line_when_a_layer_cannot_compile(monkeypatch, capsys):
+    monkeypatch.setattr(finetune_tf.finetuner, "xla_helps", lambda devices: True)  # as on a GPU
+    tuner = FineTuner(python_callback_backbone(), Head.regressor(), freeze=FreezePolicy.none())
+    tuner.compile("sgd")
+    assert tuner.model.jit_compile is True
+    x, y = np.random.rand(16, 4).astype("float32"), np.random.rand(16)
+    history = tuner.fit(x, y, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all() and len(history.epoch) == 2
+    assert "XLA cannot compile this model" in capsys.readouterr().out
+    assert tuner.model.jit_compile is False
+    tuner.recompile()
+    assert tuner.model.jit_compile is False  # remembered
+
+
+def test_explicit_xla_is_not_silently_dropped():
+    tuner = FineTuner(
+        python_callback_backbone(), Head.regressor(), freeze=FreezePolicy.none(), jit_compile=True
+    )
+    tuner.compile("sgd")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="XLA"):
+        tuner.fit(np.random.rand(16, 4).astype("float32"), np.random.rand(16), verbose=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"strategy": "mirrored"}, TypeError, "strategy='mirrored'"),
+        ({"mixed_precision": "float16"}, ValueError, "mixed_precision='float16'"),
+        ({"jit_compile": "yes"}, ValueError, "jit_compile='yes'"),
+    ],
+)
+def test_bad_placement_arguments_are_named(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        make_tuner(**kwargs)
+
+
+def test_tf_config_is_read_for_workers():
+    config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"], "chief": ["127.0.0.1:3"]}}
+    assert devices.tf_config_workers({"TF_CONFIG": json.dumps(config)}) == 3
+    config["cluster"]["ps"] = ["127.0.0.1:4"]  # a parameter-server cluster is not ours
+    assert devices.tf_config_workers({"TF_CONFIG": json.dumps(config)}) == 0
+    assert devices.tf_config_workers({}) == 0
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        devices.tf_config_workers({"TF_CONFIG": "{not json"})
+
+
+def test_multi_worker_too_late_is_a_clear_error(monkeypatch):
+    config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker"}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    monkeypatch.setattr(devices, "_multi_worker_strategy", None)
+    assert devices.runtime_started()  # earlier tests ran TensorFlow
+    with pytest.raises(RuntimeError, match="Import finetune_tf before any other TensorFlow work"):
+        make_tuner()
+
+
+def test_memory_growth_after_gpu_start_warns_instead_of_crashing(monkeypatch):
+    calls = []
+
+    def set_memory_growth(device, enabled):
+        calls.append((device, enabled))
+        raise RuntimeError("Physical devices cannot be modified after being initialized")
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    monkeypatch.setattr(tf.config.experimental, "get_memory_growth", lambda device: False)
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth", set_memory_growth)
+    with pytest.warns(RuntimeWarning, match="already initialised the GPUs"):
+        devices.configure_memory_growth(True)
+    assert calls == [("GPU:0", True)]
+    devices.configure_memory_growth(None)  # leave it alone: no call at all
+    assert len(calls) == 1
