@@ -25,6 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetune_tf.distribute_compat import in_multi_worker_mode
+
 _DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 # Arrays go through the backbone this many at a time (fewer, larger calls are faster).
 _FEATURE_BATCH = 256
@@ -378,6 +380,8 @@ def _compiled_head_model(tuner, steps: int) -> keras.Model:
     """The head alone, compiled like the full model and sharing its optimizer (one state)."""
     head_model = tuner._head_model()
     steps_per_execution = min(_HEAD_STEPS_PER_EXECUTION, max(1, steps))  # not beyond an epoch
+    if in_multi_worker_mode(tuner.strategy):
+        steps_per_execution = 1  # Keras 3.15's multi-step loop fails under multi-worker
     key = (tuner._compile_count, steps_per_execution)
     if getattr(head_model, "_finetune_tf_compiled_for", None) != key:
         compile_args = tuner._keras_compile_args()

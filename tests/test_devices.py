@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import small_cnn
 
+import finetune_tf
 import finetune_tf.finetuner
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, devices
 
@@ -179,3 +180,31 @@ def test_memory_growth_after_gpu_start_warns_instead_of_crashing(monkeypatch):
     assert calls == [("GPU:0", True)]
     devices.configure_memory_growth(None)  # leave it alone: no call at all
     assert len(calls) == 1
+
+
+def test_hub_backbone_keeps_float32_inside_a_mixed_model(keras2_files, images, labels):
+    tuner = FineTuner(
+        Backbone.from_hub(keras2_files["saved_model"], trainable=True),
+        Head.classifier(3, hidden_units=(5,)),
+        freeze=FreezePolicy.none(),
+        mixed_precision="mixed_bfloat16",
+    )
+    hub_layer = tuner.backbone.model.layers[-1]
+    assert hub_layer.compute_dtype == "float32"  # a fixed graph: its dtype cannot change
+    assert tuner.model.get_layer("hidden_1").compute_dtype == "bfloat16"
+    tuner.compile(learning_rate=1e-3)
+    history = tuner.fit(images, labels, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_loss_scaling_wraps_layerwise_learning_rates(images, labels):
+    tuner = make_tuner(mixed_precision="mixed_float16")
+    tuner.compile(learning_rate=1e-2, layerwise_lr_decay=0.5)
+    optimizer = tuner.model.optimizer
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(optimizer.inner_optimizer, finetune_tf.LayerwiseOptimizer)
+    conv1 = tuner.backbone.model.get_layer("conv1").kernel
+    before = conv1.numpy().copy()
+    history = tuner.fit(images, labels, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert not np.array_equal(conv1.numpy(), before)  # the scaled gradients were applied

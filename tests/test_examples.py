@@ -25,3 +25,11 @@ def test_quickstart_runs_and_reports(tmp_path, capsys):
     assert result["reloaded_same"]
     assert os.path.exists(tmp_path / "tuned_digits_5-9.keras")
     assert np.isfinite(result["fine_tuned"])
+
+
+def test_multi_worker_example_trains_on_two_local_workers(tmp_path, capsys):
+    outputs = load_example("multi_worker").launch(2, 2, 2, workdir=str(tmp_path))
+    assert "2 workers: test accuracy" in outputs[0]  # the chief reports
+    assert "test accuracy" not in outputs[1]  # the other worker stays quiet
+    assert "MultiWorkerMirroredStrategy, worker 0 of 2" in outputs[0]
+    assert os.path.exists(tmp_path / "tuned.keras")
