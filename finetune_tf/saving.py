@@ -18,6 +18,7 @@ import zipfile
 import keras
 
 from finetune_tf._utils import as_str_path
+from finetune_tf.devices import resolve_strategy
 
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -100,7 +101,13 @@ def load_keras_file(path, *, safe_mode: bool = True, compile: bool = True, argna
     return keras.models.load_model(path, compile=compile, safe_mode=safe_mode)
 
 
-def load_model(filepath: str | os.PathLike, *, compile: bool = True, safe_mode: bool = True):
+def load_model(
+    filepath: str | os.PathLike,
+    *,
+    compile: bool = True,
+    safe_mode: bool = True,
+    strategy=None,
+):
     """Loads a model saved by `FineTuner.save` (or any `.keras` / `.h5` model).
 
     Equivalent to `keras.models.load_model` with finetune_tf's layers
@@ -114,6 +121,11 @@ def load_model(filepath: str | os.PathLike, *, compile: bool = True, safe_mode: 
         safe_mode: bool. Refuse files that would run Python code on load
             (Lambda layers). Pass `False` only for files you trust. Defaults
             to `True`.
+        strategy: None, `"auto"` or a `tf.distribute.Strategy`. Restore the
+            model and its optimizer in this strategy's scope, to go on
+            training on several devices (`"auto"` picks as
+            `FineTuner(strategy="auto")` does). Defaults to None: TensorFlow's
+            current strategy.
 
     Returns:
         The `keras.Model`.
@@ -130,7 +142,8 @@ def load_model(filepath: str | os.PathLike, *, compile: bool = True, safe_mode: 
     ...                  model.predict(np.ones((1, 3)), verbose=0)))
     True
     """
-    return load_keras_file(filepath, safe_mode=safe_mode, compile=compile)
+    with resolve_strategy(strategy).scope():
+        return load_keras_file(filepath, safe_mode=safe_mode, compile=compile)
 
 
 def save_model_atomically(model: keras.Model, filepath, *, overwrite: bool = True) -> str:

@@ -208,3 +208,20 @@ def test_loss_scaling_wraps_layerwise_learning_rates(images, labels):
     history = tuner.fit(images, labels, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert not np.array_equal(conv1.numpy(), before)  # the scaled gradients were applied
+
+
+def test_load_model_restores_into_a_strategy_and_trains_on(images, labels, tmp_path):
+    tuner = make_tuner()
+    tuner.compile(learning_rate=1e-3)
+    tuner.fit(images, labels, epochs=1, verbose=0)
+    tuner.save(tmp_path / "tuned.keras")
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    restored = finetune_tf.load_model(tmp_path / "tuned.keras", strategy=strategy)
+    assert restored.distribute_strategy is strategy
+    for variable in restored.weights + restored.optimizer.variables:
+        assert strategy.extended.variable_created_in_scope(variable._value)
+    np.testing.assert_allclose(
+        restored.predict(images, verbose=0), tuner.predict(images, verbose=0), atol=1e-6
+    )
+    history = restored.fit(images, labels, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
