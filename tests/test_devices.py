@@ -225,3 +225,22 @@ def test_load_model_restores_into_a_strategy_and_trains_on(images, labels, tmp_p
     )
     history = restored.fit(images, labels, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((8, 0), "mixed_float16"), ((7, 0), "mixed_float16"), ((6, 1), None)],
+)
+def test_auto_precision_follows_the_gpu_compute_capability(monkeypatch, capability, expected):
+    from finetune_tf import precision
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU0", "GPU1"])
+    monkeypatch.setattr(
+        tf.config.experimental,
+        "get_device_details",
+        lambda device: {"compute_capability": capability},
+    )
+    gpu = "/job:localhost/replica:0/task:0/device:GPU:{}"
+    assert precision.resolve_precision("auto", [gpu.format(0), gpu.format(1)]) == expected
+    assert precision.resolve_precision("auto", ["/device:TPU:0"]) == "mixed_bfloat16"
+    assert precision.resolve_precision("auto", [CPU0]) is None
