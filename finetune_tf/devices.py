@@ -26,7 +26,14 @@ _multi_worker_strategy = None  # created once per process: TensorFlow allows no 
 
 
 def tf_config_workers(environ=None) -> int:
-    """How many workers `TF_CONFIG` describes (0 when it describes none, or a PS cluster)."""
+    """How many workers `TF_CONFIG` describes (0 when it describes none, or a PS cluster).
+
+    Example:
+
+    >>> from finetune_tf.devices import tf_config_workers
+    >>> tf_config_workers({"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}'})
+    2
+    """
     raw = (environ if environ is not None else os.environ).get("TF_CONFIG", "")
     if not raw:
         return 0
@@ -54,13 +61,8 @@ def multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
 
     TensorFlow configures collective ops only before its runtime starts, so
     this must first run before any other TensorFlow work; `import finetune_tf`
-    does it when `TF_CONFIG` describes several workers.
-
-    Example:
-
-    >>> from finetune_tf.devices import tf_config_workers
-    >>> tf_config_workers({"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}'})
-    2
+    does it when `TF_CONFIG` describes several workers; `FineTuner(strategy="auto")`
+    then uses it. See `examples/multi_worker.py` for a whole run.
     """
     global _multi_worker_strategy
     if _multi_worker_strategy is None:
@@ -82,6 +84,11 @@ def configure_memory_growth(enabled: bool | None) -> None:
 
     Must run before TensorFlow first uses the GPUs; afterwards it warns and
     changes nothing, since TensorFlow cannot change it then.
+
+    Example:
+
+    >>> from finetune_tf.devices import configure_memory_growth
+    >>> configure_memory_growth(True)  # what FineTuner(memory_growth=True) does first
     """
     if enabled is None:
         return
@@ -143,7 +150,15 @@ def resolve_strategy(strategy="auto") -> tf.distribute.Strategy:
 
 
 def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
-    """The devices `strategy` computes on, as full TensorFlow device names."""
+    """The devices `strategy` computes on, as full TensorFlow device names.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from finetune_tf.devices import strategy_devices
+    >>> strategy_devices(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    ['/job:localhost/replica:0/task:0/device:CPU:0']
+    """
     if strategy is not tf.distribute.get_strategy() or tf.distribute.has_strategy():
         devices = getattr(strategy.extended, "worker_devices", None)
         if devices:
@@ -156,7 +171,15 @@ def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
-    """One line saying where training runs, e.g. "1 device (CPU:0), default strategy"."""
+    """One line saying where training runs.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from finetune_tf.devices import describe
+    >>> describe(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    '1 device (CPU:0), OneDeviceStrategy'
+    """
     devices = strategy_devices(strategy)
     short = ", ".join(d.split("device:")[-1] for d in devices)
     kind = type(strategy).__name__
@@ -170,7 +193,15 @@ def describe(strategy: tf.distribute.Strategy) -> str:
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes files: always, except on non-chief multi-workers."""
+    """Whether this process writes files: always, except on non-chief multi-workers.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from finetune_tf.devices import is_chief
+    >>> is_chief(tf.distribute.get_strategy())
+    True
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True

@@ -152,6 +152,14 @@ class FineTuner:
     With a strategy or mixed precision, the backbone's model is copied (same
     weights) into the strategy's scope and dtype; `tuner.backbone` is the copy.
 
+    Attributes:
+        model: the `keras.Model` (inputs to predictions) that trains and saves.
+        strategy: the `tf.distribute.Strategy` it builds and trains under.
+        devices: list of str. The devices it computes on, e.g.
+            `["/job:localhost/replica:0/task:0/device:GPU:0"]`.
+        mixed_precision: str or None. The dtype policy of its layers (None:
+            float32). See docs/devices.md.
+
     Example:
 
     >>> import keras, numpy as np

@@ -14,6 +14,8 @@ import finetune_tf
 
 MODULES = [
     "backbone",
+    "devices",
+    "distribute_compat",
     "feature_cache",
     "finetuner",
     "freeze",
@@ -23,6 +25,7 @@ MODULES = [
     "losses",
     "lr_finder",
     "metrics",
+    "precision",
     "preprocessing",
     "saving",
     "schedule",
