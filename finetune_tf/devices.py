@@ -20,6 +20,7 @@ import os
 import warnings
 
 import tensorflow as tf
+from tensorflow.python.distribute import distribute_lib as _distribute_lib
 from tensorflow.python.eager import context as _context
 
 _multi_worker_strategy = None  # created once per process: TensorFlow allows no second one
@@ -92,6 +93,11 @@ def configure_memory_growth(enabled: bool | None) -> None:
     """
     if enabled is None:
         return
+    if not isinstance(enabled, bool):
+        raise TypeError(
+            "`memory_growth` must be True (grow GPU memory as needed), False (take it all "
+            f"at once) or None (leave the setting alone). Received: memory_growth={enabled!r}."
+        )
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
             if tf.config.experimental.get_memory_growth(gpu) != enabled:
@@ -149,6 +155,19 @@ def resolve_strategy(strategy="auto") -> tf.distribute.Strategy:
     )
 
 
+def is_default(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` is TensorFlow's default one (plain device placement, no scope).
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from finetune_tf.devices import is_default
+    >>> is_default(tf.distribute.get_strategy()), is_default(tf.distribute.MirroredStrategy())
+    (True, False)
+    """
+    return isinstance(strategy, _distribute_lib._DefaultDistributionStrategy)
+
+
 def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
     """The devices `strategy` computes on, as full TensorFlow device names.
 
@@ -159,10 +178,8 @@ def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
     >>> strategy_devices(tf.distribute.OneDeviceStrategy("/cpu:0"))
     ['/job:localhost/replica:0/task:0/device:CPU:0']
     """
-    if strategy is not tf.distribute.get_strategy() or tf.distribute.has_strategy():
-        devices = getattr(strategy.extended, "worker_devices", None)
-        if devices:
-            return [tf.DeviceSpec.from_string(d).to_string() for d in devices]
+    if not is_default(strategy):
+        return [tf.DeviceSpec.from_string(d).to_string() for d in strategy.extended.worker_devices]
     # The default strategy: TensorFlow places ops on the first GPU, else the CPU.
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     spec = tf.DeviceSpec.from_string(devices[0].name)
@@ -182,9 +199,7 @@ def describe(strategy: tf.distribute.Strategy) -> str:
     """
     devices = strategy_devices(strategy)
     short = ", ".join(d.split("device:")[-1] for d in devices)
-    kind = type(strategy).__name__
-    if kind.startswith("_Default") or kind == "Strategy":
-        kind = "default strategy"
+    kind = "default strategy" if is_default(strategy) else type(strategy).__name__
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         resolver = strategy.cluster_resolver
         kind = f"MultiWorkerMirroredStrategy, {resolver.task_type} {resolver.task_id}"

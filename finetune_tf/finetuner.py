@@ -25,6 +25,7 @@ from finetune_tf.devices import (
     configure_memory_growth,
     describe,
     is_chief,
+    is_default,
     resolve_strategy,
     strategy_devices,
 )
@@ -96,8 +97,7 @@ def _in_scope(method):
 
 
 def _is_xla_error(error: Exception) -> bool:
-    text = str(error)
-    return "XLA" in text or "jit" in text.lower()
+    return "XLA" in str(error)
 
 
 def xla_helps(devices: list[str]) -> bool:
@@ -477,9 +477,7 @@ class FineTuner:
         args.setdefault("jit_compile", self._resolved_jit_compile())
         decay = layerwise_lr_decay or self._layerwise_lr_decay
         optimizer = args["optimizer"]
-        if self._strategy is not tf.distribute.get_strategy() or (
-            decay is not None and decay != 1.0
-        ):
+        if not is_default(self._strategy) or (decay is not None and decay != 1.0):
             # A copy made here, in the strategy's scope, owns distributed variables.
             optimizer = optimizer.__class__.from_config(optimizer.get_config())
         if decay is not None and decay != 1.0:

@@ -54,6 +54,16 @@ def test_a_given_strategy_or_an_enclosing_scope_is_used_as_given(images, labels)
     assert inside.strategy is strategy
 
 
+def test_an_optimizer_made_outside_the_scope_is_recreated_inside_it(images, labels):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    tuner = make_tuner(strategy=strategy)
+    tuner.compile(keras.optimizers.Adam(1e-3))  # built outside: Keras alone would refuse it
+    history = tuner.fit(images, labels, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    for variable in tuner.model.optimizer.variables:
+        assert strategy.extended.variable_created_in_scope(variable._value)
+
+
 def test_backbone_copy_under_a_strategy_keeps_the_pretrained_weights():
     model = small_cnn()
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -139,6 +149,7 @@ def test_explicit_xla_is_not_silently_dropped():
         ({"strategy": "mirrored"}, TypeError, "strategy='mirrored'"),
         ({"mixed_precision": "float16"}, ValueError, "mixed_precision='float16'"),
         ({"jit_compile": "yes"}, ValueError, "jit_compile='yes'"),
+        ({"memory_growth": "yes"}, TypeError, "memory_growth='yes'"),
     ],
 )
 def test_bad_placement_arguments_are_named(kwargs, error, words):
