@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from finetune_tf._utils import did_you_mean, shape_tuple
 from finetune_tf.backbone import Backbone, BackboneLayer
+from finetune_tf.checkpoint import chief_writes
 from finetune_tf.devices import (
     configure_memory_growth,
     describe,
@@ -664,9 +665,10 @@ class FineTuner:
             self._require_compiled("fit")
         setting = FeatureCache.get(feature_cache)
         x = self._prepare_fit_data(x, y, kwargs)
-        if schedule is not None:
-            return run_schedule(self, schedule, x, y, kwargs, setting)
-        return self._fit_stage(x, y, kwargs, setting)
+        with chief_writes(self._strategy, kwargs):
+            if schedule is not None:
+                return run_schedule(self, schedule, x, y, kwargs, setting)
+            return self._fit_stage(x, y, kwargs, setting)
 
     def _fit_stage(self, x, y, kwargs, setting: FeatureCache) -> keras.callbacks.History:
         """`model.fit`, on cached features when the stage allows it."""

@@ -1,6 +1,8 @@
 """Placement, mixed precision and XLA in one process (multi-device runs: test_distribute.py)."""
 
 import json
+import os
+import tempfile
 
 import keras
 import numpy as np
@@ -9,6 +11,7 @@ import tensorflow as tf
 from conftest import small_cnn
 
 import finetune_tf
+import finetune_tf.checkpoint
 import finetune_tf.finetuner
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, devices
 
@@ -255,3 +258,63 @@ def test_auto_precision_follows_the_gpu_compute_capability(monkeypatch, capabili
     assert precision.resolve_precision("auto", [gpu.format(0), gpu.format(1)]) == expected
     assert precision.resolve_precision("auto", ["/device:TPU:0"]) == "mixed_bfloat16"
     assert precision.resolve_precision("auto", [CPU0]) is None
+
+
+def test_checkpoint_callbacks_on_a_non_chief_worker_write_temporary_copies(
+    images, labels, tmp_path, monkeypatch
+):
+    """tf.distribute's rule: only the chief writes the real checkpoint (2 real workers:
+    test_distribute.py). A non-chief still restores from the real backup."""
+    tuner = make_tuner()
+    tuner.compile()
+    backup = tmp_path / "backup"
+    tuner.fit(
+        images,
+        labels,
+        epochs=2,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)],
+    )
+    written = {name: (backup / name).stat().st_mtime_ns for name in os.listdir(backup)}
+    assert "latest.weights.h5" in written
+
+    monkeypatch.setattr(finetune_tf.checkpoint, "is_chief", lambda strategy: False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "worker_tmp"))
+    os.mkdir(tmp_path / "worker_tmp")
+    seen = []
+
+    class LookInTemporaryDirectory(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.extend(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"))
+    restore = keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)
+    history = tuner.fit(
+        images,
+        labels,
+        epochs=3,
+        verbose=0,
+        callbacks=[checkpoint, restore, LookInTemporaryDirectory()],
+    )
+    assert history.epoch == [2]  # restored from the chief's backup: epochs 0 and 1 were done
+    assert not (tmp_path / "best.keras").exists()
+    assert {name: (backup / name).stat().st_mtime_ns for name in os.listdir(backup)} == written
+    copies = {os.path.basename(p) for p in seen if p.startswith("worker_tmp/finetune_tf_worker_")}
+    assert {"best.keras", "latest.weights.h5"} <= copies
+    assert os.listdir(tmp_path / "worker_tmp") == []  # removed after fit
+    assert checkpoint.filepath == str(tmp_path / "best.keras")  # the user's objects untouched
+    assert restore.backup_dir == str(backup)
+
+
+def test_augmentation_layers_made_outside_the_scope_train_under_mirrored_strategy(images, labels):
+    augmentation = [keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.1)]
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    tuner = make_tuner(strategy=strategy, augmentation=augmentation)
+    states = [v for v in tuner.augmentation.variables if "seed_generator" in v.path]
+    before = [v.numpy().copy() for v in states]
+    tuner.compile()
+    history = tuner.fit(images, labels, epochs=2, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    # Their random streams advanced: each step drew new augmentations.
+    assert len(states) == 2
+    assert all((a != v.numpy()).any() for a, v in zip(before, states, strict=True))

@@ -94,12 +94,20 @@ def test_auto_strategy_mirrors_over_logical_cpus_like_one_device(backbone, refer
 def test_two_workers_on_localhost_train_like_one_process(reference, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     outs = [tmp_path / f"worker{i}.npz" for i in range(2)]
+    temporary = [tmp_path / f"tmp{i}" for i in range(2)]
+    for directory in temporary:
+        directory.mkdir()
     processes = [
         launch(
             out,
             "multi_worker",
             "keras",
-            {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": i}}
+                ),
+                "TMPDIR": str(temporary[i]),
+            },
         )
         for i, out in enumerate(outs)
     ]
@@ -116,11 +124,28 @@ def test_two_workers_on_localhost_train_like_one_process(reference, tmp_path):
     # Only the chief wrote the model file; it loads with plain Keras.
     assert (r0["is_chief"], r1["is_chief"]) == (True, False)
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["tuned.keras", *[o.name for o in outs], *[f"{o.name}.json" for o in outs]]
+        [
+            "tuned.keras",
+            "checkpoint.keras",
+            "backup",
+            "tmp0",
+            "tmp1",
+            *[o.name for o in outs],
+            *[f"{o.name}.json" for o in outs],
+        ]
     )
     restored = keras.models.load_model(tmp_path / "tuned.keras")
     for a, b in zip(restored.get_weights(), w0, strict=True):
         np.testing.assert_allclose(a, b)
+    # The user's ModelCheckpoint and BackupAndRestore: the chief wrote the real files, the
+    # other worker wrote its copies into a temporary directory, removed after fit.
+    assert keras.models.load_model(tmp_path / "checkpoint.keras").count_params() > 0
+    assert "latest.weights.h5" in os.listdir(tmp_path / "backup")
+    assert r0["temporary_files"] == []
+    worker_files = {os.path.basename(name) for name in r1["temporary_files"]}
+    assert {"checkpoint.keras", "latest.weights.h5"} <= worker_files, r1["temporary_files"]
+    assert all(name.startswith("finetune_tf_worker_") for name in r1["temporary_files"])
+    assert os.listdir(temporary[0]) == os.listdir(temporary[1]) == []
 
 
 def test_plain_keras_multi_worker_fit_is_still_broken_upstream(tmp_path):

@@ -6,7 +6,8 @@ MODE "reference": one device, TensorFlow's default strategy.
 MODE "logical_cpus": the CPU split into 2 logical devices; strategy="auto" must pick
     MirroredStrategy over them.
 MODE "multi_worker": one of the workers TF_CONFIG describes; strategy="auto" must pick
-    MultiWorkerMirroredStrategy. Saves the model (from the chief only).
+    MultiWorkerMirroredStrategy. Saves the model (from the chief only); a ModelCheckpoint
+    and a BackupAndRestore callback write there too (the others write temporary copies).
 MODE "canary": a worker that only runs plain Keras fit without our compatibility module
     and reports how it fails (keras-team/keras#20585).
 
@@ -17,6 +18,7 @@ shuffling, from the same initial weights, so their results must agree.
 import json
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 out, mode = sys.argv[1], sys.argv[2]
@@ -94,7 +96,27 @@ tuner.model.set_weights(
 x = np.random.default_rng(2).normal(size=(64, 6)).astype("float32")
 y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0.5)
 tuner.compile("sgd", learning_rate=0.1)
-history = tuner.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=2)
+callbacks = []
+if mode == "multi_worker":
+    # The user's checkpoint callbacks, the same paths on every worker (shared storage).
+    shared = os.path.dirname(out)
+
+    class SeeTemporaryFiles(keras.callbacks.Callback):
+        """Records what this worker has written under its temporary directory."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            report["temporary_files"] = sorted(
+                os.path.relpath(os.path.join(root, name), tempfile.gettempdir())
+                for root, _, names in os.walk(tempfile.gettempdir())
+                for name in names
+            )
+
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(os.path.join(shared, "checkpoint.keras")),
+        keras.callbacks.BackupAndRestore(os.path.join(shared, "backup"), delete_checkpoint=False),
+        SeeTemporaryFiles(),
+    ]
+history = tuner.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=2, callbacks=callbacks)
 report["loss"] = history.history["loss"]
 report["evaluate"] = tuner.evaluate(x, y, batch_size=16, verbose=0)
 report["predict_shape"] = list(tuner.predict(x, batch_size=16, verbose=0).shape)

@@ -1,0 +1,96 @@
+"""Checkpoints: who writes them under multi-worker training.
+
+Under `MultiWorkerMirroredStrategy` every worker runs the same `fit`, with
+the same callbacks. If they all wrote the same checkpoint path they would
+race and could leave a torn file on shared storage; tf.distribute's rule is
+that the chief writes the real file and the other workers write throwaway
+copies. Keras 3's `ModelCheckpoint` and `BackupAndRestore` do not follow
+that rule, so `chief_writes` gives non-chief workers copies of those
+callbacks that write into a temporary directory (removed afterwards),
+while `BackupAndRestore` still restores from the real backup, as the chief
+does, so that every worker resumes from the same epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from finetune_tf.devices import is_chief
+
+WORKER_TEMP_PREFIX = "finetune_tf_worker_"
+
+
+def _redirected_model_checkpoint(callback, directory: str):
+    clone = copy.copy(callback)
+    clone.filepath = os.path.join(directory, os.path.basename(os.fspath(callback.filepath)))
+    return clone
+
+
+def _redirected_backup(callback, directory: str):
+    """A copy that restores from the real backup but writes under `directory`."""
+    clone = copy.copy(callback)
+    # Paths Keras derives from `backup_dir` in __init__; take them from a fresh instance.
+    fresh = keras.callbacks.BackupAndRestore(directory)
+    written_paths = {
+        name: value
+        for name, value in vars(fresh).items()
+        if isinstance(value, str) and value.startswith(directory)
+    }
+    restore = clone.on_train_begin
+
+    def on_train_begin(logs=None):
+        restore(logs)
+        for name, value in written_paths.items():
+            setattr(clone, name, value)
+
+    clone.on_train_begin = on_train_begin
+    return clone
+
+
+def _redirected(callbacks, directory: str) -> list:
+    redirected = []
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.ModelCheckpoint):
+            callback = _redirected_model_checkpoint(callback, directory)
+        elif isinstance(callback, keras.callbacks.BackupAndRestore):
+            callback = _redirected_backup(callback, directory)
+        redirected.append(callback)
+    return redirected
+
+
+@contextlib.contextmanager
+def chief_writes(strategy: tf.distribute.Strategy, fit_kwargs: dict):
+    """Within it, `fit_kwargs["callbacks"]` write checkpoints on the chief only.
+
+    On a non-chief multi-worker, `ModelCheckpoint` and `BackupAndRestore`
+    callbacks are replaced by copies writing into a temporary directory that
+    is removed on exit; the user's callback objects are left untouched.
+    Elsewhere this does nothing.
+
+    Example:
+
+    >>> import keras, tensorflow as tf
+    >>> from finetune_tf.checkpoint import chief_writes
+    >>> kwargs = {"callbacks": [keras.callbacks.ModelCheckpoint("best.keras")]}
+    >>> with chief_writes(tf.distribute.get_strategy(), kwargs):
+    ...     kwargs["callbacks"][0].filepath  # one process: it is the chief
+    'best.keras'
+    """
+    callbacks = fit_kwargs.get("callbacks")
+    if not callbacks or is_chief(strategy):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix=WORKER_TEMP_PREFIX)
+    fit_kwargs["callbacks"] = _redirected(list(callbacks), directory)
+    try:
+        yield
+    finally:
+        fit_kwargs["callbacks"] = callbacks
+        shutil.rmtree(directory, ignore_errors=True)
