@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import tempfile
 from collections.abc import Iterable
 
 
@@ -40,3 +42,24 @@ def as_str_path(value, argname: str, expected: str) -> str:
             f"Received: {argname}={value!r} of type {type(value).__name__}."
         )
     return value
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, suffix: str = ""):
+    """Yields a temporary path next to `path`; on success it is synced and renamed to `path`.
+
+    The rename is atomic, so `path` holds the previous file or the complete new one,
+    never a partial write, even if the process is killed. On error the temporary file
+    is removed and `path` is untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

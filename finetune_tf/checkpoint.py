@@ -1,4 +1,16 @@
-"""Checkpoints: who writes them under multi-worker training.
+"""Checkpoints: resuming an interrupted `fit`, and who writes under multi-worker.
+
+`fit(..., checkpoint_dir=d)` (also `fine_tune` and staged schedules) keeps a
+`TrainingRun`: at the end of every epoch it snapshots the model's variables
+(random-stream states included), the optimizer's state, the position in the
+schedule (stage and epoch), the history so far and the state of the stage's
+early stopping, and writes them to `d/state.npz` through a temporary file
+and an atomic rename. The same call after a crash restores them and goes on
+from the epoch after the last one completed; when the call returns normally
+the state is removed, as `keras.callbacks.BackupAndRestore` does. Without a
+directory the snapshot stays in memory, where it serves the non-finite-loss
+guard: a NaN or inf loss stops training, the model gets its last good
+weights back, and `fit` raises `FloatingPointError`.
 
 Under `MultiWorkerMirroredStrategy` every worker runs the same `fit`, with
 the same callbacks. If they all wrote the same checkpoint path they would
@@ -15,13 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import shutil
 import tempfile
+import zipfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from finetune_tf._utils import as_str_path, atomic_file
 from finetune_tf.devices import is_chief
 
 WORKER_TEMP_PREFIX = "finetune_tf_worker_"
@@ -94,3 +110,250 @@ def chief_writes(strategy: tf.distribute.Strategy, fit_kwargs: dict):
     finally:
         fit_kwargs["callbacks"] = callbacks
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- Resuming an interrupted fit ---------------------------------------------------------
+
+STATE_FILE = "state.npz"
+_FORMAT = 1
+
+
+def _variables(model: keras.Model, with_optimizer: bool) -> list:
+    variables = list(model.variables)
+    if with_optimizer and model.optimizer is not None and model.optimizer.built:
+        variables += list(model.optimizer.variables)
+    return variables
+
+
+class TrainingRun(keras.callbacks.Callback):
+    """The progress of one `fit` call: snapshots, resumption, and the NaN guard.
+
+    One instance serves every stage of the call; `FineTuner.fit` appends it
+    as the last callback of each stage (after the stage's early stopping,
+    whose state it saves and restores).
+
+    Args:
+        model: the `keras.Model` that trains (`tuner.model`).
+        directory: str or None. Where to keep the state on disk.
+        strategy: the `tf.distribute.Strategy`; only its chief writes.
+        signature: JSON-able description of the call (stages and epochs); a
+            saved state made by another call is refused rather than mixed in.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from finetune_tf.checkpoint import TrainingRun
+    >>> inputs = keras.Input((2,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    >>> model.compile("sgd", "mse")
+    >>> run = TrainingRun(model, None, None, {"epochs": 2})
+    >>> run.begin_stage(0, "fit", 0)
+    >>> model.fit(np.ones((4, 2)), np.ones(4), epochs=2, callbacks=[run], verbose=0).epoch
+    [0, 1]
+    >>> run.history["stage"]
+    ['fit', 'fit']
+    """
+
+    def __init__(self, model, directory, strategy, signature: dict):
+        super().__init__()
+        self.full_model = model
+        self.directory = directory
+        self.strategy = strategy
+        self.signature = json.loads(json.dumps(signature))
+        self.history: dict[str, list] = {}
+        self.epochs: list[int] = []  # the epoch numbers of `history`
+        self.resume: dict | None = None  # the saved position, if any
+        self._pending: list[np.ndarray] | None = None  # values to restore at train begin
+        self._last_good: list[np.ndarray] | None = None
+        self.failure: str | None = None
+        self.early_stopping: keras.callbacks.EarlyStopping | None = None
+        self.stage, self.stage_name, self.stage_start = 0, "fit", 0
+        if directory is not None:
+            self._read()
+
+    # -- where the state lives --
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, STATE_FILE)
+
+    def _read(self):
+        if not os.path.exists(self.path):
+            return
+        try:
+            with np.load(self.path, allow_pickle=False) as state:
+                meta = json.loads(str(state["meta"]))
+                total = meta["count"] + meta.get("best_weights", 0)
+                arrays = [state[f"v{i}"] for i in range(total)]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            raise ValueError(
+                f"`checkpoint_dir`={self.directory!r} holds a {STATE_FILE} that cannot be "
+                f"read ({type(error).__name__}: {error}). It was not written by finetune_tf "
+                "or is damaged; delete it to start over, or pass another directory."
+            ) from None
+        if meta.get("signature") != self.signature:
+            raise ValueError(
+                f"`checkpoint_dir`={self.directory!r} holds the state of a different training "
+                f"call ({meta.get('signature')}), not of this one ({self.signature}). Resume "
+                "with the same arguments, or pass a new directory (or delete it) to start over."
+            )
+        self.resume = meta
+        self.history, self.epochs = meta["history"], meta["epochs"]
+        if meta["optimizer"]:
+            self._pending = arrays  # restored once fit has built the optimizer
+        else:
+            self._restore(arrays)  # between stages: the model's variables only
+
+    def _write(self, epoch: int, with_optimizer: bool, values: list[np.ndarray]):
+        meta = {
+            "format": _FORMAT,
+            "signature": self.signature,
+            "stage": self.stage,
+            "stage_start": self.stage_start,
+            "epoch": epoch,
+            "optimizer": with_optimizer,
+            "history": self.history,
+            "epochs": self.epochs,
+            "count": len(values),
+            "early_stopping": self._early_stopping_state(),
+        }
+        if self.early_stopping is not None and self.early_stopping.best_weights is not None:
+            meta["best_weights"] = len(self.early_stopping.best_weights)
+            values = values + list(self.early_stopping.best_weights)
+        if not is_chief(self.strategy):
+            return  # the chief writes the state everyone resumes from
+        os.makedirs(self.directory, exist_ok=True)
+        arrays = {f"v{i}": np.asarray(v) for i, v in enumerate(values)}
+        with atomic_file(self.path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+    def finish(self):
+        """The call completed: its state is no longer needed."""
+        if self.directory is not None and is_chief(self.strategy) and os.path.exists(self.path):
+            os.remove(self.path)
+
+    # -- stages --
+
+    def begin_stage(self, index: int, name: str, start: int, early_stopping=None):
+        """Called before each stage's `model.fit`."""
+        self.stage, self.stage_name, self.stage_start = index, name, start
+        self.early_stopping = early_stopping
+
+    def end_stage(self, next_index: int, next_start: int):
+        """Called after a stage: saves the weights it ended with, for the next stage."""
+        self.stage, self.stage_start = next_index, next_start
+        self.early_stopping = None
+        if self.directory is not None:
+            self._write(next_start, False, self._snapshot(False))
+
+    def _snapshot(self, with_optimizer: bool) -> list[np.ndarray]:
+        return [np.array(v.numpy()) for v in _variables(self.full_model, with_optimizer)]
+
+    def _early_stopping_state(self):
+        es = self.early_stopping
+        if es is None:
+            return None
+        best = None if es.best is None else float(es.best)
+        return {"wait": int(es.wait), "best": best, "best_epoch": int(es.best_epoch)}
+
+    # -- Keras hooks --
+
+    def on_train_begin(self, logs=None):
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+        self._last_good = self._snapshot(True)
+
+    def _restore(self, values: list[np.ndarray]):
+        meta = self.resume
+        count = meta["count"]
+        optimizer = self.full_model.optimizer
+        if meta["optimizer"] and optimizer is not None and not optimizer.built:
+            optimizer.build(self.full_model.trainable_variables)  # as BackupAndRestore does
+        variables = _variables(self.full_model, meta["optimizer"])
+        if len(variables) != count or any(
+            tuple(v.shape) != a.shape for v, a in zip(variables, values[:count], strict=False)
+        ):
+            raise ValueError(
+                f"`checkpoint_dir`={self.directory!r} holds the state of a model with other "
+                f"variables ({count} saved, {len(variables)} here). Resume with the same "
+                "FineTuner construction, or pass a new directory to start over."
+            )
+        for variable, value in zip(variables, values[:count], strict=True):
+            variable.assign(value)
+        es, saved = self.early_stopping, meta.get("early_stopping")
+        if es is not None and saved is not None:
+            es.wait, es.best, es.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
+            if meta.get("best_weights"):
+                es.best_weights = list(values[count:])
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)) and self.failure is None:
+            self.failure = f"batch {batch}"
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        loss = logs.get("loss")
+        if self.failure is None and loss is not None and not np.isfinite(float(loss)):
+            self.failure = "the end"
+        if self.failure is not None:
+            self.failure = (
+                f"The loss became {float(loss) if loss is not None else 'non-finite'} in "
+                f"epoch {epoch} ({self.failure} of it), stage {self.stage_name!r}"
+            )
+            for variable, value in zip(
+                _variables(self.full_model, True), self._last_good, strict=False
+            ):
+                variable.assign(value)
+            self.full_model.stop_training = self.model.stop_training = True
+            return
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        self.history.setdefault("stage", []).append(self.stage_name)
+        self.epochs.append(epoch)
+        self._last_good = self._snapshot(True)
+        if self.directory is not None:
+            self._write(epoch + 1, True, self._last_good)
+
+    def as_history(self, stages: bool) -> keras.callbacks.History:
+        """Every epoch of the call (those before a resumption too) as one Keras `History`."""
+        history = keras.callbacks.History()
+        history.set_model(self.full_model)
+        history.history = {k: list(v) for k, v in self.history.items() if stages or k != "stage"}
+        history.epoch = list(self.epochs)
+        return history
+
+    def raise_if_failed(self, history: keras.callbacks.History):
+        if self.failure is None:
+            return
+        kept = " and in `checkpoint_dir`" if self.directory is not None else ""
+        error = FloatingPointError(
+            f"{self.failure}: training stopped. The model holds the weights of the last "
+            f"epoch that ended with a finite loss{kept}. Common causes: a learning rate too "
+            "high (try tuner.find_learning_rate()), NaN or inf in the inputs or labels, or "
+            'float16 overflow (try mixed_precision=None or "mixed_bfloat16").'
+        )
+        error.history = history
+        raise error
+
+
+def check_checkpoint_dir(value) -> str | None:
+    """`checkpoint_dir` as a str path (created if missing), or a clear error."""
+    if value is None:
+        return None
+    path = as_str_path(value, "checkpoint_dir", "a directory path (str or os.PathLike)")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"`checkpoint_dir`={path!r} exists and is a file, not a directory. Pass a "
+            "directory path (it is created if missing)."
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(
+            f"The parent directory of `checkpoint_dir`={path!r} does not exist. Create "
+            f"{parent!r} first."
+        )
+    return path

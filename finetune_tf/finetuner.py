@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from finetune_tf._utils import did_you_mean, shape_tuple
 from finetune_tf.backbone import Backbone, BackboneLayer
-from finetune_tf.checkpoint import chief_writes
+from finetune_tf.checkpoint import TrainingRun, check_checkpoint_dir, chief_writes
 from finetune_tf.devices import (
     configure_memory_growth,
     describe,
@@ -49,7 +49,8 @@ from finetune_tf.lr_finder import LRFinderResult, find_learning_rate
 from finetune_tf.precision import dtype_policy_scope, resolve_precision
 from finetune_tf.preprocessing import InputAdapter
 from finetune_tf.saving import save_model_atomically
-from finetune_tf.schedule import Stage, run_schedule, steps_per_epoch
+from finetune_tf.schedule import Stage, run_schedule, schedule_signature, steps_per_epoch
+from finetune_tf.seeding import check_seed, epoch_keyed
 
 
 def _optimizer_names() -> list[str]:
@@ -84,6 +85,20 @@ def _first_array(data):
     if isinstance(data, (list, tuple)) and data and isinstance(data[0], (int, float)):
         return np.asarray(data)
     return None
+
+
+def _check_finite(array, argname: str, method: str) -> None:
+    """A ValueError if a float array holds NaN or inf (they would poison every weight)."""
+    array = np.asarray(array) if not isinstance(array, np.ndarray) else array
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return
+    bad = ~np.isfinite(array)
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f"`FineTuner.{method}` got `{argname}` with {int(bad.sum())} NaN or inf values "
+        f"(the first at index {where}). One would make the loss and then every weight NaN. "
+        "Clean or impute them first, e.g. x = np.nan_to_num(x), or drop those examples."
+    )
 
 
 def _in_scope(method):
@@ -148,6 +163,15 @@ class FineTuner:
         memory_growth: bool or None. Let TensorFlow allocate GPU memory as
             needed instead of all at once (None: leave the setting alone).
             Defaults to True.
+        seed: int, optional. Makes training repeatable: seeds Python, NumPy
+            and TensorFlow (`keras.utils.set_random_seed`) before building, so
+            the head starts from the same weights and random layers draw the
+            same numbers, and orders each epoch's shuffle of array data by
+            `(seed, epoch)`, so a run resumed from `checkpoint_dir` sees the
+            batches the uninterrupted run would have. Two runs with the same
+            seed on CPU end with identical weights; on GPUs also call
+            `tf.config.experimental.enable_op_determinism()`. Create your own
+            augmentation layers with a `seed` too. Defaults to None.
         name: str. The model's name. Defaults to `"fine_tuner"`.
 
     With a strategy or mixed precision, the backbone's model is copied (same
@@ -189,9 +213,11 @@ class FineTuner:
         mixed_precision="auto",
         jit_compile="auto",
         memory_growth: bool | None = True,
+        seed: int | None = None,
         name: str = "fine_tuner",
     ):
         configure_memory_growth(memory_growth)
+        self._seed = check_seed(seed)
         backbone = Backbone.load(backbone)
         if not isinstance(head, Head):
             raise TypeError(
@@ -213,6 +239,9 @@ class FineTuner:
         self._jit_compile = jit_compile
         self._xla_failed = False
         self._placement_said = False
+        self._run: TrainingRun | None = None  # the progress of the running fit call
+        if self._seed is not None:
+            keras.utils.set_random_seed(self._seed)
         with self._scope(), dtype_policy_scope(self.mixed_precision):
             self._build(
                 backbone,
@@ -576,6 +605,8 @@ class FineTuner:
                 "Pass at least one example."
             )
         self._check_sample_shape(tuple(array.shape)[1:], argname, method)
+        if method != "predict":  # a NaN prediction harms nothing; a NaN step harms all
+            _check_finite(array, argname, method)
 
     def _check_sample_shape(self, shape, argname, method):
         expected = self.input_shape
@@ -599,6 +630,7 @@ class FineTuner:
         if array is None:
             return
         array = np.asarray(array)
+        _check_finite(array, argname, method)
         inputs = _first_array(x)
         if inputs is not None and len(inputs) != len(array):
             raise ValueError(
@@ -636,7 +668,14 @@ class FineTuner:
 
     @_in_scope
     def fit(
-        self, x=None, y=None, *, schedule=None, feature_cache="auto", **kwargs
+        self,
+        x=None,
+        y=None,
+        *,
+        schedule=None,
+        feature_cache="auto",
+        checkpoint_dir: str | os.PathLike | None = None,
+        **kwargs,
     ) -> keras.callbacks.History:
         """Trains the model; takes and returns what `keras.Model.fit` does.
 
@@ -660,30 +699,71 @@ class FineTuner:
                 `epochs` times faster). `"auto"` does so when the data is
                 known to be the same every epoch, and says why not otherwise
                 (e.g. augmentation). See `FeatureCache`.
+            checkpoint_dir: str or path, optional. Save the training state
+                (weights, optimizer, stage and epoch, history, early
+                stopping) there at the end of every epoch, atomically. If the
+                process dies, the same call resumes from the last completed
+                epoch (and stage) instead of starting over; with `seed=` on
+                the FineTuner it ends with the weights of an uninterrupted
+                run. The state is removed when the call completes. Resuming
+                with other arguments is refused.
+
+        Whatever the arguments, a NaN or inf loss stops training: the model
+        gets back the weights of the last epoch that ended with a finite loss
+        and `fit` raises `FloatingPointError` (its `.history` holds the epochs
+        run).
         """
         if schedule is None:
             self._require_compiled("fit")
         setting = FeatureCache.get(feature_cache)
+        checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
         x = self._prepare_fit_data(x, y, kwargs)
-        with chief_writes(self._strategy, kwargs):
-            if schedule is not None:
-                return run_schedule(self, schedule, x, y, kwargs, setting)
-            return self._fit_stage(x, y, kwargs, setting)
+        if schedule is not None:
+            signature = {"schedule": schedule_signature(schedule)}
+        else:
+            signature = {k: kwargs.get(k, d) for k, d in (("epochs", 1), ("initial_epoch", 0))}
+        self._run = TrainingRun(self.model, checkpoint_dir, self._strategy, signature)
+        try:
+            with chief_writes(self._strategy, kwargs):
+                if schedule is not None:
+                    history = run_schedule(self, schedule, x, y, kwargs, setting)
+                else:
+                    history = self._fit_single(x, y, kwargs, setting)
+            self._run.finish()
+            return history
+        finally:
+            self._run = None
+
+    def _fit_single(self, x, y, kwargs, setting):
+        run = self._run
+        run.begin_stage(0, "fit", kwargs.get("initial_epoch", 0))
+        if run.resume is not None:
+            kwargs["initial_epoch"] = run.resume["epoch"]
+        keras_history = self._fit_stage(x, y, kwargs, setting)
+        history = run.as_history(stages=False)
+        history.params = keras_history.params
+        self.model.history = history
+        return history
 
     def _fit_stage(self, x, y, kwargs, setting: FeatureCache) -> keras.callbacks.History:
-        """`model.fit`, on cached features when the stage allows it."""
+        """`model.fit`, on cached features when the stage allows it, watched by the run."""
+        kwargs = dict(kwargs, callbacks=[*(kwargs.get("callbacks") or []), self._run])
+        history = None
         reason = cache_decision(self, x, kwargs, setting)
         if reason is None:
             history = fit_on_cached_features(self, x, y, kwargs, setting)
-            if history is not None:
-                return history
         elif reason:
             say(f"feature cache off: {reason}", kwargs.get("verbose", "auto"))
-        return self._keras_fit(self.model, x, y, kwargs)
+        if history is None:
+            history = self._keras_fit(self.model, x, y, kwargs)
+        self._run.raise_if_failed(history)
+        return history
 
     def _keras_fit(self, model: keras.Model, x, y, kwargs) -> keras.callbacks.History:
         """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain."""
         self._say_placement(kwargs.get("verbose", "auto"))
+        if self._seed is not None:
+            x, y, kwargs = epoch_keyed(x, y, kwargs, self._seed)
         try:
             return model.fit(x, y, **kwargs)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:

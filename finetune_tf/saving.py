@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import keras
 
-from finetune_tf._utils import as_str_path
+from finetune_tf._utils import as_str_path, atomic_file
 from finetune_tf.devices import resolve_strategy
 
 KERAS_SUFFIXES = (".keras",)
@@ -165,14 +164,6 @@ def save_model_atomically(model: keras.Model, filepath, *, overwrite: bool = Tru
             f"`filepath`={filepath!r} exists and overwrite=False. Pass overwrite=True "
             "or choose another path."
         )
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_file(filepath, suffix=".keras") as tmp:
         model.save(tmp, overwrite=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, filepath)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return filepath

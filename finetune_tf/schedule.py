@@ -252,12 +252,19 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> kera
     )
     user_callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     verbose = fit_kwargs.get("verbose", "auto")
-    combined = keras.callbacks.History()
-    combined.set_model(tuner.model)
-    combined.history, combined.epoch = {}, []
+    run = tuner._run
+    resume = run.resume
+    params = {}
     epoch = 0
     for index, stage in enumerate(schedule):
         name = stage.name or f"stage_{index + 1}"
+        initial_epoch = epoch
+        if resume is not None:
+            if index < resume["stage"]:
+                continue  # done before the interruption; its weights are restored
+            if index == resume["stage"]:
+                epoch, initial_epoch = resume["stage_start"], resume["epoch"]
+                say(f"resuming stage {name!r} at epoch {initial_epoch}", verbose)
         if stage.freeze is not None:
             tuner._apply_freeze(stage.freeze)  # recompiled just below, once
         learning_rate = stage.learning_rate
@@ -280,26 +287,37 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> kera
         )
         callbacks = list(user_callbacks)
         monitor = "val_loss" if has_validation else "loss"
+        early_stopping = None
         if stage.early_stopping or (stage.restore_best_weights and has_validation):
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor=monitor,
-                    patience=stage.early_stopping or stage.epochs,
-                    restore_best_weights=stage.restore_best_weights and has_validation,
-                )
+            early_stopping = keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                patience=stage.early_stopping or stage.epochs,
+                restore_best_weights=stage.restore_best_weights and has_validation,
             )
+            callbacks.append(early_stopping)
         say(f"stage {name!r}: {stage.epochs} epochs, {tuner.freeze_report}", verbose)
+        run.begin_stage(index, name, epoch, early_stopping)
         history = tuner._fit_stage(
             x,
             y,
-            dict(fit_kwargs, initial_epoch=epoch, epochs=epoch + stage.epochs, callbacks=callbacks),
+            dict(
+                fit_kwargs,
+                initial_epoch=initial_epoch,
+                epochs=epoch + stage.epochs,
+                callbacks=callbacks,
+            ),
             feature_cache,
         )
-        ran = len(history.epoch)
-        for key, values in history.history.items():
-            combined.history.setdefault(key, []).extend(values)
-        combined.history.setdefault("stage", []).extend([name] * ran)
-        combined.epoch.extend(history.epoch)
-        combined.params = history.params
-        epoch += ran
+        params = history.params
+        epoch = initial_epoch + len(history.epoch)
+        run.end_stage(index + 1, epoch)
+    combined = run.as_history(stages=True)
+    combined.params = params
+    tuner.model.history = combined
     return combined
+
+
+def schedule_signature(schedule) -> list:
+    """What identifies a schedule's run for resuming: each stage's name and epochs."""
+    stages = [schedule] if isinstance(schedule, Stage) else list(schedule or [])
+    return [[getattr(s, "name", None), getattr(s, "epochs", None)] for s in stages]

@@ -14,6 +14,7 @@ import finetune_tf
 
 MODULES = [
     "backbone",
+    "checkpoint",
     "devices",
     "distribute_compat",
     "feature_cache",

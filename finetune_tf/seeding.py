@@ -1,0 +1,102 @@
+"""Seeds: reproducible initialisation and an epoch-keyed data order.
+
+`FineTuner(seed=...)` seeds Python, NumPy and TensorFlow before building
+(`keras.utils.set_random_seed`), so the head's initial weights and every
+layer's random stream (dropout, augmentation made afterwards) repeat. Keras
+shuffles arrays with a stateful op whose order depends on how many epochs
+the dataset has served, so a run resumed at epoch 5 would see other batches
+than the run it continues. With a seed, arrays are therefore fed as a
+`tf.data.Dataset` whose order in epoch `e` is a stateless shuffle keyed by
+`(seed, e)`: the same in an uninterrupted and in a resumed run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+
+def check_seed(seed) -> int | None:
+    """`seed` as an int, or a TypeError/ValueError naming it."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(
+            f"`seed` must be an int or None. Received: seed={seed!r} of type "
+            f"{type(seed).__name__}. Pass e.g. seed=42."
+        )
+    if seed < 0:
+        raise ValueError(f"`seed` must be >= 0. Received: seed={seed}. Pass e.g. seed=42.")
+    return int(seed)
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, (np.ndarray, tf.Tensor))
+
+
+def epoch_keyed(x, y, fit_kwargs: dict, seed: int) -> tuple:
+    """`(x, y, fit_kwargs)` for `keras.Model.fit`, with arrays ordered by `(seed, epoch)`.
+
+    Applies when `x` (and `y`, `sample_weight`) are arrays and `shuffle` is on;
+    otherwise returns the arguments unchanged. `validation_split` is taken
+    as Keras takes it (the last examples, before shuffling).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from finetune_tf.seeding import epoch_keyed
+    >>> x, y = np.arange(10.0)[:, None], np.arange(10)
+    >>> data, _, kwargs = epoch_keyed(x, y, {"batch_size": 4, "epochs": 2}, seed=0)
+    >>> kwargs["steps_per_epoch"], len(list(data))  # 3 batches an epoch, 2 epochs
+    (3, 6)
+    """
+    kwargs = dict(fit_kwargs)
+    shuffle = kwargs.get("shuffle", True)
+    sample_weight = kwargs.get("sample_weight")
+    if not (
+        shuffle
+        and _is_array(x)
+        and _is_array(y)
+        and (sample_weight is None or _is_array(sample_weight))
+        and not kwargs.get("steps_per_epoch")
+    ):
+        return x, y, fit_kwargs
+    arrays = [x, y] + ([sample_weight] if sample_weight is not None else [])
+    count = int(x.shape[0])
+    split = kwargs.pop("validation_split", 0.0) or 0.0
+    if split:
+        at = int(math.floor(count * (1.0 - split)))
+        if kwargs.get("validation_data") is None:
+            kwargs["validation_data"] = tuple(a[at:] for a in arrays)
+        arrays, count = [a[:at] for a in arrays], at
+    batch_size = kwargs.pop("batch_size", None) or 32
+    kwargs.pop("sample_weight", None)
+    kwargs["shuffle"] = False  # the dataset orders itself
+    first, last = kwargs.get("initial_epoch", 0), kwargs.get("epochs", 1)
+    tensors = tuple(tf.convert_to_tensor(a) for a in arrays)
+    by_batch = shuffle == "batch"
+    key = tf.constant(seed, tf.int64)
+
+    def one_epoch(epoch):
+        seed_pair = tf.stack([key, epoch])
+        if by_batch:  # whole batches in a new order, as Keras' shuffle="batch"
+            batches = -(-count // batch_size)
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(batches, dtype=tf.int64), seed=seed_pair
+            )
+            return tf.data.Dataset.from_tensor_slices(order).map(
+                lambda b: tf.range(b * batch_size, tf.minimum((b + 1) * batch_size, count))
+            )
+        indices = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=seed_pair
+        )
+        return tf.data.Dataset.from_tensor_slices(indices).batch(batch_size)
+
+    def take(indices):
+        return tuple(tf.gather(t, indices) for t in tensors)
+
+    dataset = tf.data.Dataset.range(first, max(first, last)).flat_map(one_epoch)
+    kwargs["steps_per_epoch"] = max(1, -(-count // batch_size))
+    return dataset.map(take).prefetch(2), None, kwargs
