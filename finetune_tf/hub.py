@@ -17,6 +17,7 @@ import os
 
 import keras
 import tensorflow as tf
+from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import as_str_path, short_list
 
@@ -196,6 +197,59 @@ class VariableGroup:
         return f"<VariableGroup {self.name!r}: {len(self.weights)} variables>"
 
 
+# TensorFlow ops through which a SavedModel's graph can write files or call back into
+# Python. A SavedModel runs no Python of its own, but its graph runs whatever ops it holds.
+UNSAFE_OPS = frozenset(
+    {
+        "WriteFile",
+        "PyFunc",
+        "PyFuncStateless",
+        "EagerPyFunc",
+        "SaveDataset",
+        "SaveDatasetV2",
+        "CreateSummaryFileWriter",
+        "DebugIdentityV2",
+        "DebugIdentityV3",
+    }
+)
+
+
+def unsafe_ops(path: str) -> list[str]:
+    """The ops of `UNSAFE_OPS` (and `PrintV2` to a file) in a SavedModel's graphs.
+
+    Example:
+
+    >>> import tempfile, tensorflow as tf
+    >>> from finetune_tf.hub import unsafe_ops
+    >>> class Writes(tf.Module):
+    ...     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    ...     def __call__(self, x):
+    ...         tf.io.write_file("/tmp/anything", "text")
+    ...         return x
+    >>> path = tempfile.mkdtemp()
+    >>> tf.saved_model.save(Writes(), path)
+    >>> unsafe_ops(path)
+    ['WriteFile']
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    found = set()
+    for meta_graph in saved_model.meta_graphs:
+        graph = meta_graph.graph_def
+        nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
+        for node in nodes:
+            if node.op in UNSAFE_OPS:
+                found.add(node.op)
+            elif node.op == "PrintV2":
+                stream = node.attr["output_stream"].s.decode(errors="replace")
+                if stream.startswith("file://"):
+                    found.add(f"PrintV2 to {stream}")
+    return sorted(found)
+
+
 @keras.saving.register_keras_serializable(package="finetune_tf")
 class HubLayer(keras.layers.Layer):
     """A Keras 3 layer that runs and fine-tunes a TF2 SavedModel.
@@ -348,6 +402,23 @@ class HubLayer(keras.layers.Layer):
             for loss_fn in self._regularization_losses:
                 self.add_loss(loss_fn())
         return result
+
+    @classmethod
+    def from_config(cls, config):
+        # Loading a model file: the file, not the user, chose this SavedModel. In safe
+        # mode, refuse one whose graph can write files or call Python when it runs.
+        if serialization_lib.in_safe_mode() is not False:
+            handle = config.get("handle")
+            path = resolve_handle(as_str_path(handle, "handle", "a URL or a SavedModel path"))
+            found = unsafe_ops(path)
+            if found:
+                raise ValueError(
+                    f"The model file loads the SavedModel at {handle!r}, whose graph holds "
+                    f"ops that write files or run Python when it is called ({', '.join(found)}). "
+                    "Refused in safe mode. If you trust that SavedModel, load with "
+                    "safe_mode=False."
+                )
+        return cls(**config)
 
     def get_config(self):
         return {

@@ -23,20 +23,76 @@ KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
-def _code_carrying_layers(config) -> list[str]:
-    """Names of layers in a model config that carry Python code."""
+# Where a model config may take objects from: Keras and packages built on its registry.
+_SAFE_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp", "finetune_tf")
+# Modules whose functions a config may name (losses, metrics, activations, ...).
+_SAFE_FUNCTION_MODULES = (
+    "builtins",
+    "keras.activations",
+    "keras.losses",
+    "keras.metrics",
+    "keras.ops",
+    "keras.src.activations",
+    "keras.src.losses",
+    "keras.src.metrics",
+    "keras.src.ops",
+)
+
+
+def _in_modules(module: str, modules) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in modules)
+
+
+def _unsafe_objects(config) -> list[str]:
+    """What in a model config could run code on load: Lambda layers (marshalled Python
+    bytecode), Python lambdas, functions from outside Keras' modelling modules (e.g.
+    `keras.config.enable_unsafe_deserialization`, CVE-2025-1550/9906) and objects from
+    packages other than Keras'."""
     found = []
     if isinstance(config, dict):
-        class_name = config.get("class_name")
-        if isinstance(class_name, str) and class_name.endswith("Lambda"):
-            inner = config.get("config", {})
-            found.append(inner.get("name", class_name) if isinstance(inner, dict) else class_name)
+        class_name, module = config.get("class_name"), config.get("module")
+        if isinstance(class_name, str):
+            inner = config.get("config")
+            if class_name.endswith("Lambda"):
+                name = inner.get("name", class_name) if isinstance(inner, dict) else class_name
+                found.append(f"Lambda layer {name!r}")
+            elif class_name == "__lambda__":
+                found.append("a Python lambda")
+            elif class_name == "function" and isinstance(module, str):
+                if not _in_modules(module, _SAFE_FUNCTION_MODULES):
+                    found.append(f"function {module}.{inner}")
+            elif isinstance(module, str) and not _in_modules(module, _SAFE_PACKAGES):
+                found.append(f"object {module}.{class_name}")
         for value in config.values():
-            found.extend(_code_carrying_layers(value))
+            found.extend(_unsafe_objects(value))
     elif isinstance(config, list):
         for value in config:
-            found.extend(_code_carrying_layers(value))
+            found.extend(_unsafe_objects(value))
     return found
+
+
+def _refuse_unsafe(config, path: str, argname: str, why: str) -> None:
+    unsafe = _unsafe_objects(config)
+    if unsafe:
+        raise ValueError(
+            f"Refusing to load `{argname}`={path!r}: its config holds "
+            f"{', '.join(sorted(set(unsafe)))}, which could run code on load{why}. If you "
+            "trust the file's author, pass safe_mode=False."
+        )
+
+
+def check_keras_archive(path: str, argname: str = "filepath") -> None:
+    """Raises ValueError if a `.keras` archive is not one, or its config could run code."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        raise ValueError(
+            f"`{argname}`={path!r} is not a Keras archive (a .keras file is a zip archive "
+            f"holding config.json; {type(error).__name__}: {error}). It may be damaged or "
+            "be another kind of file."
+        ) from None
+    _refuse_unsafe(config, path, argname, "")
 
 
 def check_h5_file(path: str, argname: str = "filepath") -> None:
@@ -59,14 +115,7 @@ def check_h5_file(path: str, argname: str = "filepath") -> None:
         )
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8")
-    unsafe = _code_carrying_layers(json.loads(raw))
-    if unsafe:
-        raise ValueError(
-            f"Refusing to load `{argname}`={path!r}: it contains Lambda layers "
-            f"({', '.join(unsafe)}) whose Python code would run on load, and Keras' .h5 "
-            "loader does not honour safe_mode. If you trust the file's author, pass "
-            "safe_mode=False."
-        )
+    _refuse_unsafe(json.loads(raw), path, argname, " (Keras' .h5 loader ignores safe_mode)")
 
 
 def load_keras_file(path, *, safe_mode: bool = True, compile: bool = True, argname="filepath"):
@@ -87,7 +136,9 @@ def load_keras_file(path, *, safe_mode: bool = True, compile: bool = True, argna
         if safe_mode:
             check_h5_file(path, argname)
     elif lower.endswith(KERAS_SUFFIXES):
-        if not zipfile.is_zipfile(path):
+        if safe_mode:
+            check_keras_archive(path, argname)  # before Keras: a second line of defence
+        elif not zipfile.is_zipfile(path):
             raise ValueError(
                 f"`{argname}`={path!r} is not a Keras archive (a .keras file is a zip "
                 "archive). It may be damaged or be another kind of file."

@@ -80,7 +80,7 @@ def make_malicious_model(marker):
 @pytest.mark.parametrize(
     "suffix, message",
     [
-        (".h5", r"Lambda layers \(evil\).*safe_mode=False"),  # Keras' .h5 loader ignores safe_mode
+        (".h5", r"Lambda layer .evil.*ignores safe_mode.*safe_mode=False"),
         (".keras", "safe_mode"),
     ],
 )
