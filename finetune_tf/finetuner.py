@@ -651,9 +651,10 @@ class FineTuner:
                 )
             bad = (array < 0) | (array >= classes) | (array != np.round(array))
             if bad.any():
+                example = array[bad].ravel()[0].item()
                 raise ValueError(
                     f"`{argname}` has labels outside the integer range 0..{classes - 1} of this "
-                    f"{classes}-class head (e.g. {array[bad].ravel()[0]!r}). Check the labels, "
+                    f"{classes}-class head (e.g. {example!r}). Check the labels, "
                     "or build the head with the right num_classes."
                 )
             return

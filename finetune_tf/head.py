@@ -18,11 +18,12 @@ _POOLINGS = ("avg", "max", "flatten", "none")
 _TASKS = ("multiclass", "binary", "multilabel", "regression")
 
 
-def _check_positive_int(value, argname, method):
+def _check_positive_int(value, argname, method, received=None):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        where = f"`Head.{method}({argname})`" if method else f"Each of `{argname}`"
+        received = value if received is None else received
         raise ValueError(
-            f"`Head.{method}({argname})` expects a positive whole number. "
-            f"Received: {argname}={value!r}."
+            f"{where} expects a positive whole number. Received: {argname}={received!r}."
         )
 
 
@@ -75,7 +76,7 @@ class Head:
             )
         hidden_units = (hidden_units,) if isinstance(hidden_units, int) else tuple(hidden_units)
         for width in hidden_units:
-            _check_positive_int(width, "hidden_units", task)
+            _check_positive_int(width, "hidden_units", None, hidden_units)
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be a rate in [0, 1). Received: dropout={dropout!r}.")
         if not isinstance(weight_decay, (int, float)) or weight_decay < 0:

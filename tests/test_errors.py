@@ -1,0 +1,289 @@
+"""Bad input, caught at the door: every row of the table in docs/robustness.md.
+
+Each case is called as a user would call it and must raise the named builtin exception
+with a message naming the argument and what to do; nothing is left half-built.
+"""
+
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import finetune_tf
+from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Stage
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "robustness.md")
+
+
+def backbone():
+    inputs = keras.Input((6,), name="x")
+    x = keras.layers.Dense(8, name="dense_1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    return Backbone.from_model(keras.Model(inputs, keras.layers.Dense(5, name="features")(x)))
+
+
+def tuner(**kwargs):
+    return FineTuner(backbone(), Head.classifier(3), **kwargs)
+
+
+def compiled():
+    t = tuner(freeze=FreezePolicy.none())
+    t.compile()
+    return t
+
+
+X = np.random.default_rng(0).random((12, 6), dtype=np.float32)
+Y = np.arange(12) % 3
+
+
+def with_nan():
+    x = X.copy()
+    x[4, 2] = np.nan
+    return x
+
+
+def text_file(tmp):
+    path = os.path.join(tmp, "notes.txt")
+    with open(path, "w") as f:
+        f.write("hello")
+    return path
+
+
+def weights_only(tmp):
+    path = os.path.join(tmp, "only.weights.h5")
+    backbone().model.save_weights(path)
+    return path
+
+
+# id, call (given a temporary directory), exception, words the message must contain
+CASES = [
+    ("backbone-type", lambda d: Backbone.load(42), TypeError, r"Received.*42"),
+    (
+        "backbone-missing-file",
+        lambda d: Backbone.from_file(f"{d}/nope.keras"),
+        FileNotFoundError,
+        r"`path`.*does not exist",
+    ),
+    (
+        "backbone-not-a-model",
+        lambda d: Backbone.from_file(text_file(d)),
+        ValueError,
+        r"`path`.*not a supported model file.*\.keras",
+    ),
+    (
+        "backbone-unknown-layer",
+        lambda d: Backbone.from_model(backbone().model, output_layer="dense1"),
+        ValueError,
+        r"dense1.*Did you mean 'dense_1'",
+    ),
+    (
+        "backbone-unknown-application",
+        lambda d: Backbone.from_keras_applications("ResNet5O"),
+        ValueError,
+        r"ResNet5O.*Did you mean 'ResNet50'",
+    ),
+    (
+        "hub-handle-unresolvable",
+        lambda d: Backbone.from_hub(f"{d}/no_such_model"),
+        FileNotFoundError,
+        r"handle.*no_such_model",
+    ),
+    (
+        "load-missing",
+        lambda d: finetune_tf.load_model(f"{d}/gone.keras"),
+        FileNotFoundError,
+        r"`filepath`.*does not exist",
+    ),
+    (
+        "load-directory",
+        lambda d: finetune_tf.load_model(d),
+        ValueError,
+        r"`filepath`.*is a directory.*Backbone.from_file",
+    ),
+    (
+        "load-weights-only",
+        lambda d: finetune_tf.load_model(weights_only(d)),
+        ValueError,
+        r"weights-only.*load_weights",
+    ),
+    (
+        "load-not-a-model",
+        lambda d: finetune_tf.load_model(text_file(d)),
+        ValueError,
+        r"`filepath`.*unsupported extension",
+    ),
+    ("head-num-classes", lambda d: Head.classifier(0), ValueError, r"num_classes.*0"),
+    ("head-dropout", lambda d: Head.classifier(3, dropout=1.5), ValueError, r"dropout.*1\.5"),
+    (
+        "head-pooling",
+        lambda d: Head.classifier(3, pooling="median"),
+        ValueError,
+        r"pooling.*median",
+    ),
+    (
+        "head-hidden-units",
+        lambda d: Head.classifier(3, hidden_units=(0,)),
+        ValueError,
+        r"hidden_units",
+    ),
+    ("freeze-negative", lambda d: FreezePolicy.bottom(-1), ValueError, r"bottom.*-1"),
+    (
+        "freeze-beyond-layers",
+        lambda d: tuner(freeze=FreezePolicy.bottom(50)),
+        ValueError,
+        r"50.*layers",
+    ),
+    (
+        "freeze-unknown-layer",
+        lambda d: tuner(freeze=FreezePolicy.until("dense1")),
+        ValueError,
+        r"dense1.*Did you mean 'dense_1'",
+    ),
+    (
+        "freeze-bad-pattern",
+        lambda d: FreezePolicy.matching("conv[").apply(backbone()),
+        ValueError,
+        r"pattern.*conv\[",
+    ),
+    (
+        "freeze-batchnorm",
+        lambda d: FreezePolicy.all(batchnorm="maybe"),
+        ValueError,
+        r"batchnorm.*maybe",
+    ),
+    (
+        "tuner-head-type",
+        lambda d: FineTuner(backbone(), "dense"),
+        TypeError,
+        r"`head`.*Head\.classifier",
+    ),
+    (
+        "tuner-freeze-type",
+        lambda d: FineTuner(backbone(), Head.classifier(3), freeze="all"),
+        TypeError,
+        r"`freeze`.*FreezePolicy",
+    ),
+    ("tuner-jit-compile", lambda d: tuner(jit_compile="yes"), ValueError, r"jit_compile.*yes"),
+    ("tuner-seed", lambda d: tuner(seed="42"), TypeError, r"seed.*'42'"),
+    (
+        "tuner-precision",
+        lambda d: tuner(mixed_precision="fp16"),
+        ValueError,
+        r"mixed_precision.*fp16",
+    ),
+    ("tuner-memory-growth", lambda d: tuner(memory_growth="yes"), TypeError, r"memory_growth.*yes"),
+    ("tuner-strategy", lambda d: tuner(strategy="gpu"), TypeError, r"strategy.*gpu"),
+    (
+        "compile-optimizer",
+        lambda d: tuner().compile(optimizer="adamm"),
+        ValueError,
+        r"adamm.*Did you mean 'adam'",
+    ),
+    (
+        "compile-loss",
+        lambda d: tuner().compile(loss="categorical_crossentropyy"),
+        ValueError,
+        r"categorical_crossentropyy.*Did you mean",
+    ),
+    (
+        "compile-learning-rate",
+        lambda d: tuner().compile(learning_rate=0),
+        ValueError,
+        r"learning_rate.*0",
+    ),
+    (
+        "fit-before-compile",
+        lambda d: tuner().fit(X, Y),
+        RuntimeError,
+        r"before `compile\(\)`.*tuner\.compile",
+    ),
+    (
+        "fit-labels-out-of-range",
+        lambda d: compiled().fit(X, Y + 1),
+        ValueError,
+        r"`y`.*0\.\.2.*num_classes",
+    ),
+    (
+        "fit-one-hot-width",
+        lambda d: compiled().fit(X, np.eye(4)[Y]),
+        ValueError,
+        r"`y`.*shape \(12, 4\).*\(n, 3\)",
+    ),
+    (
+        "fit-string-labels",
+        lambda d: compiled().fit(X, np.array(list("abcabcabcabc"))),
+        ValueError,
+        r"`y`.*LabelEncoder",
+    ),
+    (
+        "fit-length-mismatch",
+        lambda d: compiled().fit(X, Y[:10]),
+        ValueError,
+        r"12 inputs but 10 labels",
+    ),
+    ("fit-empty", lambda d: compiled().fit(X[:0], Y[:0]), ValueError, r"empty `x`"),
+    ("fit-sample-shape", lambda d: compiled().fit(X[:, :4], Y), ValueError, r"`x`.*\(4,\).*\(6,\)"),
+    (
+        "fit-nan-inputs",
+        lambda d: compiled().fit(with_nan(), Y),
+        ValueError,
+        r"`x`.*NaN.*index \(4, 2\).*nan_to_num",
+    ),
+    (
+        "fit-empty-schedule",
+        lambda d: tuner().fit(X, Y, schedule=[]),
+        ValueError,
+        r"`schedule`.*non-empty",
+    ),
+    ("stage-no-epochs", lambda d: Stage(0), ValueError, r"epochs.*0"),
+    (
+        "fit-schedule-and-epochs",
+        lambda d: tuner().fit(X, Y, schedule=[Stage(1)], epochs=3),
+        ValueError,
+        r"`epochs`.*Stage\(epochs",
+    ),
+    (
+        "fine-tune-epochs",
+        lambda d: tuner().fine_tune(X, Y, epochs="many"),
+        ValueError,
+        r"epochs.*many",
+    ),
+    (
+        "fit-checkpoint-dir-file",
+        lambda d: compiled().fit(X, Y, checkpoint_dir=text_file(d)),
+        ValueError,
+        r"`checkpoint_dir`.*is a file",
+    ),
+    ("save-format", lambda d: tuner().save(f"{d}/model.h5"), ValueError, r"`filepath`.*\.keras"),
+    (
+        "save-missing-directory",
+        lambda d: tuner().save(f"{d}/no/dir/m.keras"),
+        FileNotFoundError,
+        r"`filepath`.*Create",
+    ),
+    (
+        "export-over-other-directory",
+        lambda d: tuner().export(d),
+        ValueError,
+        r"`path`.*not a SavedModel directory",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_at_the_door(case, tmp_path):
+    _, call, exception, words = case
+    with pytest.raises(exception) as info:
+        call(str(tmp_path))
+    assert type(info.value) is exception  # the builtin type itself, not a subclass
+    assert re.search(words, str(info.value), re.S), str(info.value)
+
+
+def test_the_docs_table_lists_every_case():
+    with open(DOCS) as f:
+        docs = f.read()
+    documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", docs, re.M))
+    assert documented == {c[0] for c in CASES}
+    assert len(documented) >= 30
