@@ -63,3 +63,13 @@ def atomic_file(path: str, suffix: str = ""):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def require_parent_directory(path: str, argname: str) -> str:
+    """The directory `path` goes into; a FileNotFoundError naming `argname` if it is missing."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(
+            f"The directory of `{argname}`={path!r} does not exist. Create {parent!r} first."
+        )
+    return parent

@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetune_tf._utils import as_str_path, atomic_file
+from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
 from finetune_tf.devices import is_chief
 
 WORKER_TEMP_PREFIX = "finetune_tf_worker_"
@@ -350,10 +350,5 @@ def check_checkpoint_dir(value) -> str | None:
             f"`checkpoint_dir`={path!r} exists and is a file, not a directory. Pass a "
             "directory path (it is created if missing)."
         )
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(
-            f"The parent directory of `checkpoint_dir`={path!r} does not exist. Create "
-            f"{parent!r} first."
-        )
+    require_parent_directory(path, "checkpoint_dir")
     return path

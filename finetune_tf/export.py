@@ -15,17 +15,13 @@ import tempfile
 
 import keras
 
-from finetune_tf._utils import as_str_path
+from finetune_tf._utils import as_str_path, require_parent_directory
 
 
 def export_saved_model(model: keras.Model, path, *, overwrite: bool = True) -> str:
     """Writes `model` as a serving SavedModel directory at `path`; returns `path`."""
     path = os.path.abspath(as_str_path(path, "path", "a directory path for the SavedModel"))
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(
-            f"The parent directory of `path`={path!r} does not exist. Create {parent!r} first."
-        )
+    parent = require_parent_directory(path, "path")
     if os.path.exists(path):
         if not overwrite:
             raise FileExistsError(

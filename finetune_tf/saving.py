@@ -16,7 +16,7 @@ import zipfile
 
 import keras
 
-from finetune_tf._utils import as_str_path, atomic_file
+from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
 from finetune_tf.devices import resolve_strategy
 
 KERAS_SUFFIXES = (".keras",)
@@ -205,11 +205,7 @@ def save_model_atomically(model: keras.Model, filepath, *, overwrite: bool = Tru
             f"Received: filepath={filepath!r}. Use e.g. 'tuned.keras'; for a serving "
             "SavedModel use model.export(dir)."
         )
-    directory = os.path.dirname(os.path.abspath(filepath))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"The directory of `filepath`={filepath!r} does not exist. Create {directory!r} first."
-        )
+    require_parent_directory(filepath, "filepath")
     if os.path.exists(filepath) and not overwrite:
         raise FileExistsError(
             f"`filepath`={filepath!r} exists and overwrite=False. Pass overwrite=True "
