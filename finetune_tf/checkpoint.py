@@ -168,6 +168,8 @@ class TrainingRun(keras.callbacks.Callback):
         self.failure: str | None = None
         self.early_stopping: keras.callbacks.EarlyStopping | None = None
         self.stage, self.stage_name, self.stage_start = 0, "fit", 0
+        # Only the chief writes the state; every worker reads it to resume.
+        self._writes = directory is not None and is_chief(strategy)
         if directory is not None:
             self._read()
 
@@ -220,8 +222,6 @@ class TrainingRun(keras.callbacks.Callback):
         if self.early_stopping is not None and self.early_stopping.best_weights is not None:
             meta["best_weights"] = len(self.early_stopping.best_weights)
             values = values + list(self.early_stopping.best_weights)
-        if not is_chief(self.strategy):
-            return  # the chief writes the state everyone resumes from
         os.makedirs(self.directory, exist_ok=True)
         arrays = {f"v{i}": np.asarray(v) for i, v in enumerate(values)}
         with atomic_file(self.path, suffix=".npz") as tmp:
@@ -230,7 +230,7 @@ class TrainingRun(keras.callbacks.Callback):
 
     def finish(self):
         """The call completed: its state is no longer needed."""
-        if self.directory is not None and is_chief(self.strategy) and os.path.exists(self.path):
+        if self._writes and os.path.exists(self.path):
             os.remove(self.path)
 
     # -- stages --
@@ -244,7 +244,7 @@ class TrainingRun(keras.callbacks.Callback):
         """Called after a stage: saves the weights it ended with, for the next stage."""
         self.stage, self.stage_start = next_index, next_start
         self.early_stopping = None
-        if self.directory is not None:
+        if self._writes:
             self._write(next_start, False, self._snapshot(False))
 
     def _snapshot(self, with_optimizer: bool) -> list[np.ndarray]:
@@ -315,7 +315,7 @@ class TrainingRun(keras.callbacks.Callback):
         self.history.setdefault("stage", []).append(self.stage_name)
         self.epochs.append(epoch)
         self._last_good = self._snapshot(True)
-        if self.directory is not None:
+        if self._writes:
             self._write(epoch + 1, True, self._last_good)
 
     def as_history(self, stages: bool) -> keras.callbacks.History:

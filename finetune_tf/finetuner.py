@@ -828,7 +828,7 @@ class FineTuner:
         training from scratch with the same steps and the Keras guide's recipe
         (20 head epochs at 1e-3, then 1e-5 everywhere) written by hand.
 
-        Takes what `fit` takes (`validation_data`, `callbacks`,
+        Takes what `fit` takes (`validation_data`, `callbacks`, `checkpoint_dir`,
         `feature_cache`, ...) and returns one `History` for both stages.
 
         Example:
