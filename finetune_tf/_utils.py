@@ -44,6 +44,17 @@ def as_str_path(value, argname: str, expected: str) -> str:
     return value
 
 
+def directory_path(value, argname: str) -> str:
+    """`value` as a str path to a directory that may not exist yet, or a clear error."""
+    path = as_str_path(value, argname, "a directory path (str or os.PathLike)")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"`{argname}`={path!r} exists and is a file, not a directory. Pass a "
+            "directory path (it is created if missing)."
+        )
+    return path
+
+
 @contextlib.contextmanager
 def atomic_file(path: str, suffix: str = ""):
     """Yields a temporary path next to `path`; on success it is synced and renamed to `path`.

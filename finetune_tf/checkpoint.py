@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
+from finetune_tf._utils import atomic_file, directory_path, require_parent_directory
 from finetune_tf.devices import is_chief
 
 WORKER_TEMP_PREFIX = "finetune_tf_worker_"
@@ -344,11 +344,6 @@ def check_checkpoint_dir(value) -> str | None:
     """`checkpoint_dir` as a str path (created if missing), or a clear error."""
     if value is None:
         return None
-    path = as_str_path(value, "checkpoint_dir", "a directory path (str or os.PathLike)")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(
-            f"`checkpoint_dir`={path!r} exists and is a file, not a directory. Pass a "
-            "directory path (it is created if missing)."
-        )
+    path = directory_path(value, "checkpoint_dir")
     require_parent_directory(path, "checkpoint_dir")
     return path

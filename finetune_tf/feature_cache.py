@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetune_tf._utils import directory_path
 from finetune_tf.distribute_compat import in_multi_worker_mode
 
 _DEFAULT_MEMORY_LIMIT = 2 * 1024**3
@@ -56,7 +57,7 @@ class FeatureCache:
             always turns the cache off.
         memory_limit: int. Bytes of features kept in memory; beyond it they
             spill to a file in `directory`. Defaults to 2 GiB.
-        directory: str, optional. Where spilled features go (a temporary
+        directory: str or path, optional. Where spilled features go (a temporary
             directory, removed after the stage, when `None`).
 
     Example:
@@ -83,6 +84,10 @@ class FeatureCache:
             raise ValueError(
                 "`FeatureCache(memory_limit)` is a number of bytes >= 0 (0 always spills to "
                 f"disk). Received: memory_limit={self.memory_limit!r}."
+            )
+        if self.directory is not None:
+            object.__setattr__(
+                self, "directory", directory_path(self.directory, "FeatureCache(directory)")
             )
 
     @classmethod

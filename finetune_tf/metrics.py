@@ -16,9 +16,13 @@ def label_accuracy(y_true, y_pred, from_logits=False):
     if y_pred.shape[-1] == 1:
         threshold = 0.0 if from_logits else 0.5
         predicted = ops.cast(y_pred > threshold, "float32")
-        return ops.squeeze(ops.cast(predicted == binary_targets(y_true, predicted), "float32"), -1)
+        # ops.equal, not `==`: TensorFlow's `==` on shapes (None, 1) and (4, 1)
+        # gives a tensor of unknown rank in graph mode.
+        hits = ops.equal(predicted, binary_targets(y_true, predicted))
+        return ops.squeeze(ops.cast(hits, "float32"), -1)
     predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
-    return ops.cast(predicted == ops.cast(sparse_targets(y_true, y_pred), "int32"), "float32")
+    hits = ops.equal(predicted, ops.cast(sparse_targets(y_true, y_pred), "int32"))
+    return ops.cast(hits, "float32")
 
 
 @keras.saving.register_keras_serializable(package="finetune_tf")

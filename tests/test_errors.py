@@ -256,6 +256,20 @@ CASES = [
         ValueError,
         r"`checkpoint_dir`.*is a file",
     ),
+    (
+        "feature-cache-directory-type",
+        lambda d: finetune_tf.FeatureCache(directory=3),
+        TypeError,
+        r"`FeatureCache\(directory\)`.*directory path.*Received.*3",
+    ),
+    (
+        "feature-cache-directory-file",
+        lambda d: compiled().fit(
+            X, Y, feature_cache=finetune_tf.FeatureCache(directory=text_file(d))
+        ),
+        ValueError,
+        r"`FeatureCache\(directory\)`.*is a file",
+    ),
     ("save-format", lambda d: tuner().save(f"{d}/model.h5"), ValueError, r"`filepath`.*\.keras"),
     (
         "save-missing-directory",

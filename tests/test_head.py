@@ -79,6 +79,30 @@ def test_binary_crossentropy_accepts_01_and_one_hot():
 
 
 @pytest.mark.parametrize(
+    "y, y_pred",
+    [
+        (np.array([1, 0, 1, 1]), np.array([[0.9], [0.2], [0.1], [0.7]], "float32")),
+        (np.array([2, 0, 1, 1]), np.eye(3, dtype="float32")[[2, 0, 0, 1]]),
+    ],
+)
+def test_accuracy_in_a_graph_with_a_static_label_batch_and_a_dynamic_prediction_batch(y, y_pred):
+    # What a string tensor x through Keras' array adapter gives: labels of shape (4,),
+    # predictions of shape (None, units). TensorFlow's `==` on those has no known rank.
+    import tensorflow as tf
+
+    metric = LabelAccuracy()
+
+    @tf.function(
+        input_signature=[tf.TensorSpec((4,), tf.int64), tf.TensorSpec((None, y_pred.shape[1]))]
+    )
+    def update(labels, predictions):
+        metric.update_state(labels, predictions)
+
+    update(y, y_pred)
+    assert float(metric.result()) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(
     "head, y",
     [
         (Head.classifier(3), np.arange(24) % 3),

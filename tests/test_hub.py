@@ -143,7 +143,8 @@ def test_text_encoder_with_string_inputs_fine_tunes_and_round_trips(tmp_path):
     tuner.compile(learning_rate=0.1)
     texts = np.array(["good movie", "bad film", "great film", "awful movie"] * 4)
     labels = np.array([1, 0, 1, 0] * 4)
-    tuner.fit(texts, labels, epochs=10, verbose=0, validation_data=(texts, labels))
+    # Mini-batches of a string tensor: labels of static batch size, predictions of None.
+    tuner.fit(texts, labels, epochs=10, batch_size=4, verbose=0, validation_data=(texts, labels))
     assert tuner.evaluate(texts, labels, verbose=0)[1] == 1.0
     path = str(tmp_path / "text.keras")
     tuner.save(path)
