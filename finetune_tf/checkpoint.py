@@ -118,11 +118,28 @@ STATE_FILE = "state.npz"
 _FORMAT = 1
 
 
-def _variables(model: keras.Model, with_optimizer: bool) -> list:
+def _variables(model: keras.Model, with_optimizer: bool, changeable_only: bool = False) -> list:
+    """The model's variables (and its optimizer's, once built).
+
+    `changeable_only`: leave out the variables of frozen layers, which `fit`
+    cannot change (their weights get no gradient and frozen BatchNorm runs in
+    inference mode). A frozen backbone is most of a model, so the NaN guard's
+    per-epoch snapshot then copies only the head's few weights.
+    """
     variables = list(model.variables)
+    if changeable_only:
+        frozen = set()
+        for layer in model._flatten_layers(include_self=False):
+            if not layer.trainable:
+                frozen.update(id(v) for v in layer.variables)
+        variables = [v for v in variables if id(v) not in frozen]
     if with_optimizer and model.optimizer is not None and model.optimizer.built:
         variables += list(model.optimizer.variables)
     return variables
+
+
+def _values(variables: list) -> list[np.ndarray]:
+    return [np.array(v.numpy()) for v in variables]
 
 
 class TrainingRun(keras.callbacks.Callback):
@@ -164,7 +181,8 @@ class TrainingRun(keras.callbacks.Callback):
         self.epochs: list[int] = []  # the epoch numbers of `history`
         self.resume: dict | None = None  # the saved position, if any
         self._pending: list[np.ndarray] | None = None  # values to restore at train begin
-        self._last_good: list[np.ndarray] | None = None
+        # The NaN guard's last good state: (variables, their values at the last good epoch).
+        self._last_good: tuple[list, list[np.ndarray]] | None = None
         self.failure: str | None = None
         self.early_stopping: keras.callbacks.EarlyStopping | None = None
         self.stage, self.stage_name, self.stage_start = 0, "fit", 0
@@ -248,7 +266,13 @@ class TrainingRun(keras.callbacks.Callback):
             self._write(next_start, False, self._snapshot(False))
 
     def _snapshot(self, with_optimizer: bool) -> list[np.ndarray]:
-        return [np.array(v.numpy()) for v in _variables(self.full_model, with_optimizer)]
+        return _values(_variables(self.full_model, with_optimizer))
+
+    def _remember_good_state(self):
+        """Snapshot for the NaN guard: everything when it is also the state written to
+        disk (a resumed stage needs the frozen layers too), else what fit can change."""
+        variables = _variables(self.full_model, True, changeable_only=not self._writes)
+        self._last_good = (variables, _values(variables))
 
     def _early_stopping_state(self):
         es = self.early_stopping
@@ -263,7 +287,7 @@ class TrainingRun(keras.callbacks.Callback):
         if self._pending is not None:
             self._restore(self._pending)
             self._pending = None
-        self._last_good = self._snapshot(True)
+        self._remember_good_state()
 
     def _restore(self, values: list[np.ndarray]):
         meta = self.resume
@@ -304,9 +328,7 @@ class TrainingRun(keras.callbacks.Callback):
                 f"The loss became {float(loss) if loss is not None else 'non-finite'} in "
                 f"epoch {epoch} ({self.failure} of it), stage {self.stage_name!r}"
             )
-            for variable, value in zip(
-                _variables(self.full_model, True), self._last_good, strict=False
-            ):
+            for variable, value in zip(*self._last_good, strict=True):
                 variable.assign(value)
             self.full_model.stop_training = self.model.stop_training = True
             return
@@ -314,9 +336,9 @@ class TrainingRun(keras.callbacks.Callback):
             self.history.setdefault(key, []).append(float(value))
         self.history.setdefault("stage", []).append(self.stage_name)
         self.epochs.append(epoch)
-        self._last_good = self._snapshot(True)
+        self._remember_good_state()
         if self._writes:
-            self._write(epoch + 1, True, self._last_good)
+            self._write(epoch + 1, True, self._last_good[1])
 
     def as_history(self, stages: bool) -> keras.callbacks.History:
         """Every epoch of the call (those before a resumption too) as one Keras `History`."""

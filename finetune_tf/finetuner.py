@@ -82,9 +82,21 @@ def _first_array(data):
     """The array-like inside `x` (numpy/tensor), or None for generators etc."""
     if isinstance(data, (np.ndarray, tf.Tensor)):
         return data
-    if isinstance(data, (list, tuple)) and data and isinstance(data[0], (int, float)):
+    if isinstance(data, (list, tuple)) and data and _is_scalar_or_row(data[0]):
         return np.asarray(data)
     return None
+
+
+def _batch_of(shape: tuple) -> str:
+    """`(3,)` as "(n, 3)", `()` as "(n,)": a shape with its batch axis, for messages."""
+    return "(" + ", ".join(["n", *map(str, shape)]) + ("" if shape else ",") + ")"
+
+
+def _is_scalar_or_row(item) -> bool:
+    """A label or number (or a list of them): what a Python list of examples holds."""
+    if isinstance(item, list):
+        return bool(item) and _is_scalar_or_row(item[0])
+    return isinstance(item, (int, float, str, bytes, np.generic))
 
 
 def _check_finite(array, argname: str, method: str) -> None:
@@ -503,7 +515,7 @@ class FineTuner:
     def _keras_compile_args(self, layerwise_lr_decay: float | None = None) -> dict:
         args = dict(self._compile_args)
         if isinstance(args["metrics"], str) and args["metrics"] == "auto":
-            args["metrics"] = self._head.default_metrics()
+            args["metrics"] = self._head.default_metrics(len(self.model.output_shape))
         args.setdefault("jit_compile", self._resolved_jit_compile())
         decay = layerwise_lr_decay or self._layerwise_lr_decay
         optimizer = args["optimizer"]
@@ -630,38 +642,78 @@ class FineTuner:
         if array is None:
             return
         array = np.asarray(array)
-        _check_finite(array, argname, method)
         inputs = _first_array(x)
         if inputs is not None and len(inputs) != len(array):
             raise ValueError(
                 f"`FineTuner.{method}` got {len(inputs)} inputs but {len(array)} labels in "
                 f"`{argname}`. Pass one label per example."
             )
+        head = self._head
+        if head.num_classes is None or head.task == "multilabel":
+            self._check_real_targets(array, argname, method)
+        else:
+            self._check_class_labels(array, argname, method)
+
+    def _prediction_shape(self) -> tuple:
+        """The model's output shape for one example, e.g. `(3,)` or `(6, 6, 3)`."""
+        return shape_tuple(self.model.output_shape)[1:]
+
+    def _check_class_labels(self, array: np.ndarray, argname: str, method: str):
+        """Integer class ids (`(n, ...)` or `(n, ..., 1)`) or one-hot rows for a classifier."""
         classes = self._head.num_classes
-        if classes is None:
-            return
-        if array.ndim == 2 and array.shape[1] == classes:
+        lead = self._prediction_shape()[:-1]
+        sample = shape_tuple(array.shape[1:])
+        if _shapes_compatible(sample, (*lead, classes)):
             return  # one-hot
-        if array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1):
-            if not np.issubdtype(array.dtype, np.number):
-                raise ValueError(
-                    f"`{argname}` holds {array.dtype} labels; the model needs integer class ids "
-                    f"0..{classes - 1} or one-hot rows. Encode them first, e.g. with "
-                    "sklearn.preprocessing.LabelEncoder."
+        if not (_shapes_compatible(sample, lead) or _shapes_compatible(sample, (*lead, 1))):
+            raise ValueError(
+                f"`{argname}` has shape {array.shape}; a {classes}-class head takes integer labels "
+                f"of shape {_batch_of(lead)} or one-hot labels of shape "
+                f"{_batch_of((*lead, classes))}."
+            )
+        if array.dtype.kind not in "biuf":
+            raise ValueError(
+                f"`{argname}` holds {array.dtype} labels; the model needs integer class ids "
+                f"0..{classes - 1} or one-hot rows. Encode them first, e.g. with "
+                "sklearn.preprocessing.LabelEncoder."
+            )
+        _check_finite(array, argname, method)
+        bad = (array < 0) | (array >= classes) | (array != np.round(array))
+        if bad.any():
+            example = array[bad].ravel()[0].item()
+            raise ValueError(
+                f"`{argname}` has labels outside the integer range 0..{classes - 1} of this "
+                f"{classes}-class head (e.g. {example!r}). Check the labels, "
+                "or build the head with the right num_classes."
+            )
+
+    def _check_real_targets(self, array: np.ndarray, argname: str, method: str):
+        """Targets of the predictions' shape for multi-label and regression heads."""
+        head = self._head
+        out = self._prediction_shape()
+        sample = shape_tuple(array.shape[1:])
+        what = f"{head.units}-label" if head.task == "multilabel" else f"{head.units}-output"
+        accepted = [out] + ([out[:-1]] if out[-1] == 1 else [])
+        if not any(_shapes_compatible(sample, shape) for shape in accepted):
+            raise ValueError(
+                f"`{argname}` has shape {array.shape}; this {what} {head.task} head predicts "
+                f"{out} per example, so it takes targets of shape {('n', *out)}.".replace(
+                    "'n'", "n"
                 )
-            bad = (array < 0) | (array >= classes) | (array != np.round(array))
-            if bad.any():
-                example = array[bad].ravel()[0].item()
-                raise ValueError(
-                    f"`{argname}` has labels outside the integer range 0..{classes - 1} of this "
-                    f"{classes}-class head (e.g. {example!r}). Check the labels, "
-                    "or build the head with the right num_classes."
-                )
-            return
-        raise ValueError(
-            f"`{argname}` has shape {array.shape}; a {classes}-class head takes integer labels "
-            f"of shape (n,) or one-hot labels of shape (n, {classes})."
-        )
+                + (" Pass one column per label (0/1 each)." if head.task == "multilabel" else "")
+            )
+        if array.dtype.kind not in "biuf":
+            raise ValueError(
+                f"`{argname}` holds {array.dtype} values; a {head.task} head needs numbers. "
+                "Convert them first, e.g. y.astype('float32')."
+            )
+        _check_finite(array, argname, method)
+        if head.task == "multilabel" and ((array < 0) | (array > 1)).any():
+            raise ValueError(
+                f"`{argname}` has multi-label targets outside [0, 1] (e.g. "
+                f"{array[(array < 0) | (array > 1)].ravel()[0].item()!r}); each column is 1 "
+                "when the label applies and 0 when not."
+            )
 
     def _check_data(self, x, y, method):
         self._check_inputs(x, "x", method)

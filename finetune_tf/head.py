@@ -220,8 +220,22 @@ class Head:
             return keras.losses.BinaryCrossentropy(from_logits=self.logits)
         return keras.losses.MeanSquaredError()
 
-    def default_metrics(self) -> list:
-        """The metrics that fit this head."""
+    def default_metrics(self, prediction_rank: int = 2) -> list:
+        """The metrics that fit this head.
+
+        Args:
+            prediction_rank: int. Rank of the predictions with the batch axis:
+                2 for one prediction per example, more for per-position
+                predictions (`pooling="none"` on image or sequence features),
+                where a multi-label head's AUC pools all positions and labels
+                instead of averaging per label. Defaults to 2.
+
+        Example:
+
+        >>> from finetune_tf import Head
+        >>> [m.name for m in Head.multilabel(3).default_metrics()]
+        ['binary_accuracy', 'auc']
+        """
         if self.task in ("multiclass", "binary"):
             return [LabelAccuracy(from_logits=self.logits)]
         if self.task == "multilabel":
@@ -229,7 +243,9 @@ class Head:
                 keras.metrics.BinaryAccuracy(
                     threshold=0.0 if self.logits else 0.5, name="binary_accuracy"
                 ),
-                keras.metrics.AUC(multi_label=True, from_logits=self.logits, name="auc"),
+                keras.metrics.AUC(
+                    multi_label=prediction_rank == 2, from_logits=self.logits, name="auc"
+                ),
             ]
         return [keras.metrics.MeanAbsoluteError(name="mae")]
 

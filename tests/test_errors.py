@@ -34,6 +34,18 @@ def compiled():
     return t
 
 
+def regressor(outputs):
+    t = FineTuner(backbone(), Head.regressor(outputs))
+    t.compile()
+    return t
+
+
+def multilabel(labels):
+    t = FineTuner(backbone(), Head.multilabel(labels))
+    t.compile()
+    return t
+
+
 X = np.random.default_rng(0).random((12, 6), dtype=np.float32)
 Y = np.arange(12) % 3
 
@@ -230,6 +242,18 @@ CASES = [
         lambda d: compiled().fit(with_nan(), Y),
         ValueError,
         r"`x`.*NaN.*index \(4, 2\).*nan_to_num",
+    ),
+    (
+        "fit-regression-target-shape",
+        lambda d: regressor(2).fit(X, Y),
+        ValueError,
+        r"`y` has shape \(12,\).*2-output regression head.*\(n, 2\)",
+    ),
+    (
+        "fit-multilabel-targets-range",
+        lambda d: multilabel(3).fit(X, np.full((12, 3), 2.0)),
+        ValueError,
+        r"`y` has multi-label targets outside \[0, 1\]",
     ),
     (
         "fit-empty-schedule",
