@@ -9,6 +9,7 @@ Example:
 
 from finetune_tf import devices as _devices
 from finetune_tf.backbone import Backbone, BackboneLayer
+from finetune_tf.estimators import BackboneFeatures, FineTunerClassifier, FineTunerRegressor
 from finetune_tf.feature_cache import FeatureCache
 from finetune_tf.finetuner import FineTuner
 from finetune_tf.freeze import FreezePolicy, FreezeReport
@@ -32,9 +33,12 @@ if _devices.tf_config_workers() > 1 and not _devices.runtime_started():
 __all__ = [
     "ApplicationPreprocessing",
     "Backbone",
+    "BackboneFeatures",
     "BackboneLayer",
     "FeatureCache",
     "FineTuner",
+    "FineTunerClassifier",
+    "FineTunerRegressor",
     "FreezePolicy",
     "FreezeReport",
     "Head",

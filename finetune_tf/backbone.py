@@ -201,9 +201,7 @@ class Backbone:
         if in_scope and dtype_policy is None:
             return self
         try:
-            model = keras.models.clone_model(
-                self.model, clone_function=lambda layer: _clone_layer(layer, dtype_policy)
-            )
+            return self._copy(dtype_policy)
         except ValueError as error:
             raise ValueError(
                 f"Backbone {self.name!r} cannot be rebuilt under {type(strategy).__name__} or "
@@ -211,6 +209,36 @@ class Backbone:
                 "`with strategy.scope():` and pass that strategy, or pass strategy=None and "
                 "mixed_precision=None."
             ) from None
+
+    def copy(self) -> Backbone:
+        """An independent copy: same architecture, preprocessing and weights.
+
+        A `FineTuner` trains its backbone's model in place; train a copy to
+        keep the pretrained weights for another run (the scikit-learn
+        estimators do so on every `fit`). `copy.deepcopy(backbone)` does the
+        same.
+
+        Example:
+
+        >>> import keras, numpy as np
+        >>> from finetune_tf import Backbone
+        >>> inputs = keras.Input((4,))
+        >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+        >>> twin = backbone.copy()
+        >>> twin.model is backbone.model
+        False
+        >>> bool(np.array_equal(twin.model.get_weights()[0], backbone.model.get_weights()[0]))
+        True
+        """
+        return self._copy(None)
+
+    def __deepcopy__(self, memo) -> Backbone:
+        return self.copy()
+
+    def _copy(self, dtype_policy: str | None) -> Backbone:
+        model = keras.models.clone_model(
+            self.model, clone_function=lambda layer: _clone_layer(layer, dtype_policy)
+        )
         model.set_weights(self.model.get_weights())
         return Backbone(model, preprocessing=self.preprocessing, source=self.source)
 

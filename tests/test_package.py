@@ -17,6 +17,8 @@ MODULES = [
     "checkpoint",
     "devices",
     "distribute_compat",
+    "estimators",
+    "export",
     "feature_cache",
     "finetuner",
     "freeze",
@@ -30,7 +32,18 @@ MODULES = [
     "preprocessing",
     "saving",
     "schedule",
+    "seeding",
 ]
+
+
+def test_every_module_runs_its_examples():
+    package = os.path.dirname(finetune_tf.__file__)
+    modules = {
+        name[:-3]
+        for name in os.listdir(package)
+        if name.endswith(".py") and not name.startswith("_")
+    }
+    assert modules == set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)

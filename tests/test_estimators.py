@@ -1,0 +1,201 @@
+"""scikit-learn estimators: the estimator checks that apply, pipelines, cross-validation,
+grid search, any label type, and every fit starting from the pretrained weights."""
+
+import pickle
+
+import keras
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import finetune_tf
+from finetune_tf import (
+    Backbone,
+    BackboneFeatures,
+    FineTunerClassifier,
+    FineTunerRegressor,
+    FreezePolicy,
+)
+
+
+def set_encoder() -> keras.Model:
+    """A backbone for any number of features (scikit-learn's checks vary it): each feature
+    is embedded alone, then the embeddings are averaged."""
+    inputs = keras.Input((None,), name="x")
+    x = keras.layers.Reshape((-1, 1))(inputs)
+    x = keras.layers.Dense(
+        8,
+        activation="relu",
+        kernel_initializer=keras.initializers.RandomNormal(1.0, 0.5, seed=0),
+        bias_initializer=keras.initializers.RandomUniform(-0.5, 0.5, seed=1),
+        name="per_feature",
+    )(x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling1D(name="pool")(x))
+
+
+# The checks that cannot pass, and why (also in docs/sklearn.md).
+NOT_APPLICABLE = {
+    "check_classifiers_train": (
+        "asks for 83% accuracy on tabular blobs of any width; the only backbone that takes "
+        "any width is this permutation-invariant set encoder, which cannot separate them"
+    ),
+    "check_regressors_train": "asks for R2 > 0.5 on tabular data of any width; same reason",
+    "check_methods_subset_invariance": (
+        "asks for equal predictions to 1e-7 whether examples come in one batch or in two; "
+        "TensorFlow's float32 CPU kernels differ in the last bit (2e-7) between batch sizes"
+    ),
+}
+
+
+def expected_failures(estimator):
+    return NOT_APPLICABLE if not isinstance(estimator, BackboneFeatures) else {}
+
+
+@parametrize_with_checks(
+    [
+        FineTunerClassifier(set_encoder(), head_epochs=30, learning_rate=3e-2, random_state=0),
+        FineTunerRegressor(set_encoder(), head_epochs=30, learning_rate=3e-2, random_state=0),
+        BackboneFeatures(set_encoder()),
+    ],
+    expected_failed_checks=expected_failures,
+)
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# --- A "pretrained" backbone for digits -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    return train_test_split(x.astype("float32") / 16, y, test_size=0.3, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits):
+    """A small network pretrained on digits 0-4; its hidden layer is the backbone."""
+    x, _, y, _ = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,), name="pixels")
+    hidden = keras.layers.Dense(32, activation="relu", name="features")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(hidden))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    seen = y < 5
+    model.fit(x[seen], y[seen], epochs=40, verbose=0)
+    return Backbone.from_model(model, output_layer="features")
+
+
+NAMES = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+
+
+def test_string_labels_pipeline_and_pretrained_starting_point(digits, pretrained):
+    x_train, x_test, y_train, y_test = digits
+    before = [w.copy() for w in pretrained.model.get_weights()]
+    clf = FineTunerClassifier(
+        pretrained, freeze=FreezePolicy.none(), head_epochs=20, epochs=5, random_state=0
+    )
+    model = make_pipeline(StandardScaler(), clf).fit(x_train, NAMES[y_train])
+    assert list(clf.classes_) == sorted(NAMES)
+    predicted = model.predict(x_test)
+    assert predicted.dtype.kind == "U" and set(predicted) <= set(NAMES)
+    assert model.score(x_test, NAMES[y_test]) > 0.85
+    probabilities = model.predict_proba(x_test[:5])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # The backbone was fine-tuned (freeze=none), but as a copy: the pretrained weights
+    # the user handed in are intact, and a second fit starts from them again.
+    for old, new in zip(before, pretrained.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    assert not np.array_equal(
+        clf.tuner_.backbone.model.get_weights()[0], pretrained.model.get_weights()[0]
+    )
+    again = clone(clf).fit(StandardScaler().fit_transform(x_train), NAMES[y_train])
+    np.testing.assert_allclose(
+        again.predict_proba(StandardScaler().fit(x_train).transform(x_test[:20])),
+        clf.predict_proba(StandardScaler().fit(x_train).transform(x_test[:20])),
+        atol=1e-5,
+    )
+
+
+def test_cross_validation_and_grid_search(digits, pretrained):
+    x, _, y, _ = digits
+    x, y = x[:300], y[:300]
+    scores = cross_val_score(
+        FineTunerClassifier(pretrained, head_epochs=30, learning_rate=1e-2, random_state=0),
+        x,
+        y,
+        cv=3,
+    )
+    assert scores.shape == (3,) and scores.min() > 0.7
+    search = GridSearchCV(
+        FineTunerClassifier(pretrained, head_epochs=15, random_state=0),
+        {"learning_rate": [1e-4, 1e-2]},
+        cv=2,
+    ).fit(x, y)
+    assert search.best_params_ == {"learning_rate": 1e-2}  # 15 epochs at 1e-4 learn little
+    assert search.best_estimator_.score(x, y) > 0.8
+
+
+def test_regressor_multi_output_and_score():
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 6)).astype("float32")
+    # Targets the set encoder can express: it sees the features as a set.
+    y = np.stack([x.sum(axis=1), (x**2).mean(axis=1)], axis=1)
+    reg = FineTunerRegressor(
+        set_encoder(),
+        freeze=FreezePolicy.none(),
+        head_epochs=60,
+        learning_rate=3e-2,
+        random_state=0,
+    )
+    assert reg.fit(x, y).predict(x).shape == (200, 2)
+    single = FineTunerRegressor(set_encoder(), head_epochs=60, learning_rate=3e-2, random_state=0)
+    assert single.fit(x, y[:, 0]).predict(x).shape == (200,)
+    assert single.score(x, y[:, 0]) > 0.9
+
+
+def test_backbone_features_feed_a_classic_model(digits, pretrained):
+    x_train, x_test, y_train, y_test = digits
+    features = BackboneFeatures(pretrained)
+    pipeline = make_pipeline(features, LogisticRegression(max_iter=2000)).fit(x_train, y_train)
+    assert features.n_features_out_ == 32
+    assert features.get_feature_names_out()[0] == "backbonefeatures0"
+    np.testing.assert_allclose(
+        features.transform(x_test[:4]),
+        keras.Model(pretrained.model.input, pretrained.model.output).predict(x_test[:4], verbose=0),
+        rtol=1e-5,
+    )
+    assert pipeline.score(x_test, y_test) > 0.9
+
+
+def test_fitted_estimators_pickle_and_predict_the_same(digits, pretrained):
+    x_train, x_test, y_train, _ = digits
+    clf = FineTunerClassifier(pretrained, head_epochs=3, random_state=0).fit(x_train, y_train)
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(restored.predict_proba(x_test), clf.predict_proba(x_test))
+    assert not hasattr(restored, "tuner_")  # documented: model_ travels, the FineTuner not
+
+
+def test_estimator_errors_name_the_argument():
+    x = np.random.default_rng(0).random((10, 4)).astype("float32")
+    with pytest.raises(ValueError, match=r"`FineTunerClassifier\(backbone\)` is required"):
+        FineTunerClassifier().fit(x, np.arange(10) % 2)
+    with pytest.raises(TypeError, match=r"`random_state`.*int or None"):
+        FineTunerClassifier(set_encoder(), random_state=np.random.default_rng(0)).fit(
+            x, np.arange(10) % 2
+        )
+    with pytest.raises(ValueError, match=r"`pooling`.*'avg', 'max' or 'flatten'"):
+        BackboneFeatures(set_encoder(), pooling="none").fit(x)
+    with pytest.raises(ValueError, match=r"`y`.*multilabel-indicator.*Head.multilabel"):
+        FineTunerClassifier(set_encoder()).fit(x, np.eye(10)[:, :3].astype(int))
+
+
+def test_exported_names():
+    for name in ("FineTunerClassifier", "FineTunerRegressor", "BackboneFeatures"):
+        assert name in finetune_tf.__all__
