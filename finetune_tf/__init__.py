@@ -19,7 +19,9 @@ from finetune_tf.layerwise import LayerwiseOptimizer
 from finetune_tf.losses import LabelCrossentropy
 from finetune_tf.lr_finder import LRFinderResult
 from finetune_tf.metrics import LabelAccuracy
+from finetune_tf.plots import plot_confusion_matrix, plot_history
 from finetune_tf.preprocessing import ApplicationPreprocessing, InputAdapter
+from finetune_tf.report import Report
 from finetune_tf.saving import load_model
 from finetune_tf.schedule import Stage, gradual_unfreezing
 
@@ -48,8 +50,11 @@ __all__ = [
     "LabelCrossentropy",
     "LayerwiseOptimizer",
     "LRFinderResult",
+    "Report",
     "Stage",
     "__version__",
     "gradual_unfreezing",
     "load_model",
+    "plot_confusion_matrix",
+    "plot_history",
 ]

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from finetune_tf._utils import directory_path
 from finetune_tf.distribute_compat import in_multi_worker_mode
+from finetune_tf.progress import say
 
 _DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 # Arrays go through the backbone this many at a time (fewer, larger calls are faster).
@@ -101,11 +102,6 @@ class FeatureCache:
             "`feature_cache` must be 'auto', True, False or a finetune_tf.FeatureCache. "
             f"Received: feature_cache={value!r}."
         )
-
-
-def say(message: str, verbose) -> None:
-    if verbose != 0:
-        print(f"finetune_tf: {message}", flush=True)
 
 
 # --- Can this stage be cached? -------------------------------------------------

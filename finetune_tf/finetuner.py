@@ -32,12 +32,7 @@ from finetune_tf.devices import (
 )
 from finetune_tf.distribute_compat import multi_worker_compat
 from finetune_tf.export import export_saved_model
-from finetune_tf.feature_cache import (
-    FeatureCache,
-    cache_decision,
-    fit_on_cached_features,
-    say,
-)
+from finetune_tf.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
 from finetune_tf.freeze import FreezePolicy, FreezeReport
 from finetune_tf.head import Head
 from finetune_tf.layerwise import (
@@ -48,6 +43,8 @@ from finetune_tf.layerwise import (
 from finetune_tf.lr_finder import LRFinderResult, find_learning_rate
 from finetune_tf.precision import dtype_policy_scope, resolve_precision
 from finetune_tf.preprocessing import InputAdapter
+from finetune_tf.progress import say
+from finetune_tf.report import Report
 from finetune_tf.saving import save_model_atomically
 from finetune_tf.schedule import Stage, run_schedule, schedule_signature, steps_per_epoch
 from finetune_tf.seeding import check_seed, epoch_keyed
@@ -994,6 +991,101 @@ class FineTuner:
         x = _as_tensor_if_text(x)
         self._check_inputs(x, "x", "predict")
         return self.model.predict(x, **kwargs)
+
+    @_in_scope
+    def report(self, x=None, y=None, *, class_names: list | None = None, batch_size=None):
+        """Precision, recall, F1 and the confusion matrix of the model on `x`, `y`.
+
+        Args:
+            x: inputs (arrays, tensors, strings for text backbones), or a
+                `tf.data.Dataset` of `(inputs, labels)` batches.
+            y: labels in any format `fit` takes (integer ids, one-hot,
+                multi-label indicators, regression targets). None when `x`
+                is a dataset.
+            class_names: list of str, optional. Names for classes 0..k-1 (or
+                for the labels of a multi-label head).
+            batch_size: int, optional. Batch size for prediction.
+
+        Returns:
+            A `Report`: a dict (`report["accuracy"]`,
+            `report["per_class"]["cat"]["f1"]`, `report["confusion_matrix"]`;
+            `mae`, `rmse` and `r2` for regression heads) that prints as a
+            table and plots its confusion matrix with
+            `report.plot_confusion_matrix(path=None)`. Computed with
+            `sklearn.metrics`. Binary and multi-label predictions are
+            thresholded at 0.5 (logits at 0).
+
+        Example:
+
+        >>> import keras, numpy as np
+        >>> from finetune_tf import Backbone, FineTuner, Head
+        >>> inputs = keras.Input((4,))
+        >>> tuner = FineTuner(Backbone.from_model(
+        ...     keras.Model(inputs, keras.layers.Dense(8)(inputs))), Head.classifier(3))
+        >>> report = tuner.report(np.random.rand(30, 4), np.arange(30) % 3,
+        ...                       class_names=["a", "b", "c"])
+        >>> sorted(report["per_class"]), len(report["confusion_matrix"])
+        (['a', 'b', 'c'], 3)
+        """
+        if isinstance(x, tf.data.Dataset):
+            if y is not None:
+                raise ValueError(
+                    "`y` must be None when `x` is a tf.data.Dataset: the dataset yields "
+                    "(inputs, labels) batches."
+                )
+            predictions, labels = [], []
+            for batch in x:
+                if not isinstance(batch, tuple) or len(batch) < 2:
+                    raise ValueError(
+                        "`x` is a tf.data.Dataset without labels; report() needs "
+                        "(inputs, labels) batches."
+                    )
+                predictions.append(np.asarray(self.model.predict_on_batch(batch[0])))
+                labels.append(np.asarray(batch[1]))
+            predictions, y = np.concatenate(predictions), np.concatenate(labels)
+        else:
+            if y is None:
+                raise ValueError(
+                    "`FineTuner.report` needs the labels: report(x, y), or a tf.data.Dataset "
+                    "of (inputs, labels) as x."
+                )
+            x = _as_tensor_if_text(x)
+            self._check_data(x, y, "report")
+            predictions = self.model.predict(x, batch_size=batch_size, verbose=0)
+        return self._report(np.asarray(predictions), np.asarray(y), class_names)
+
+    def _report(self, predictions: np.ndarray, y: np.ndarray, class_names) -> Report:
+        head = self._head
+        threshold = 0.0 if head.logits else 0.5
+        if head.task == "regression":
+            return Report.for_values(y, predictions)
+        units = predictions.shape[-1]
+        if head.task == "multilabel":
+            labels = y.reshape(-1, units).astype(int)
+            return Report.for_labels(
+                labels,
+                (predictions.reshape(-1, units) > threshold).astype(int),
+                class_names=class_names,
+            )
+        classes = head.num_classes
+        if class_names is not None and len(class_names) != classes:
+            raise ValueError(
+                f"`class_names` has {len(class_names)} names, but the head has {classes} "
+                "classes. Pass one name per class, in class-id order."
+            )
+        if units == 1:
+            predicted = (predictions.reshape(-1) > threshold).astype(int)
+        else:
+            predicted = np.argmax(predictions, axis=-1).reshape(-1)
+        lead = predictions.shape[1:-1]
+        one_hot = y.ndim == predictions.ndim and y.shape[-1] == classes and classes > 1
+        if one_hot and not (units == 1 and classes == 2 and y.shape[-1] == 1):
+            truth = np.argmax(y, axis=-1).reshape(-1)
+        else:
+            truth = y.reshape(len(y), *lead, -1)[..., 0].reshape(-1).astype(int)
+        return Report.for_classes(
+            truth, predicted, class_names=class_names, labels=list(range(classes))
+        )
 
     def summary(self, **kwargs):
         """Prints the model summary (`keras.Model.summary`)."""

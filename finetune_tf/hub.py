@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import as_str_path, short_list
+from finetune_tf.progress import say
 
 
 def _is_url(handle: str) -> bool:
@@ -59,10 +60,13 @@ def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
         return path
     import tensorflow_hub as hub
 
+    expected = os.path.join(hub_cache_dir(), hashlib.sha1(handle.encode("utf8")).hexdigest())
+    cached = os.path.isdir(expected)
+    if not cached:
+        say(f"downloading Hub handle {handle} into {hub_cache_dir()} (once)")
     try:
-        return hub.resolve(handle)
+        path = hub.resolve(handle)
     except Exception as error:  # tensorflow_hub raises many network error types
-        expected = os.path.join(hub_cache_dir(), hashlib.sha1(handle.encode("utf8")).hexdigest())
         raise ValueError(
             f"Could not resolve the Hub handle {argname}={handle!r}: {error}. "
             f"tensorflow_hub's cache is {hub_cache_dir()!r} (set TFHUB_CACHE_DIR to "
@@ -71,6 +75,9 @@ def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
             "and copy that cache directory here, or pass the path of the extracted "
             "SavedModel directory instead."
         ) from error
+    if not cached:
+        say(f"Hub handle {handle} is in {path}")
+    return path
 
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")

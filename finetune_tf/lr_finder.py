@@ -14,6 +14,8 @@ import math
 import keras
 import numpy as np
 
+from finetune_tf.plots import plot_lr_finder
+
 SMOOTHING = 0.98  # of the loss curve, as in fastai: single batches are noisy
 
 
@@ -41,35 +43,10 @@ class LRFinderResult:
     def plot(self, path: str | None = None):
         """Plots loss against learning rate (log scale); saves it when `path` is given.
 
-        Needs matplotlib (`pip install matplotlib`). Returns the figure.
+        Needs matplotlib (`pip install "finetune_tf[plot]"`). Returns the
+        `matplotlib.figure.Figure`.
         """
-        try:
-            import matplotlib
-
-            if path is not None:
-                matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError as error:
-            raise ImportError(
-                "LRFinderResult.plot() needs matplotlib. Install it with `pip install "
-                "matplotlib`, or read result.learning_rates and result.losses directly."
-            ) from error
-        figure, axis = plt.subplots(figsize=(6, 4))
-        axis.plot(self.learning_rates, self.losses)
-        axis.axvline(
-            self.suggestion,
-            color="tab:red",
-            linestyle="--",
-            label=f"suggestion {self.suggestion:.2e}",
-        )
-        axis.set_xscale("log")
-        axis.set_xlabel("learning rate")
-        axis.set_ylabel("training loss")
-        axis.legend()
-        figure.tight_layout()
-        if path is not None:
-            figure.savefig(path)
-        return figure
+        return plot_lr_finder(self.learning_rates, self.losses, self.suggestion, path=path)
 
 
 class _ExponentialSweep(keras.callbacks.Callback):

@@ -17,9 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetune_tf.feature_cache import say
 from finetune_tf.freeze import FreezePolicy
 from finetune_tf.layerwise import check_layerwise_lr_decay, learning_rate_of
+from finetune_tf.progress import say
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ def test_url_handle_is_served_from_the_cache(url, tmp_path, monkeypatch, keras2_
     assert Backbone.load(url).output_shape == (6,)
 
 
-def test_unresolvable_url_says_where_the_cache_is(tmp_path, monkeypatch):
+def test_unresolvable_url_says_where_the_cache_is(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
     with socket.socket() as s:  # a loopback port with nothing listening
         s.bind(("127.0.0.1", 0))
@@ -54,6 +54,13 @@ def test_unresolvable_url_says_where_the_cache_is(tmp_path, monkeypatch):
     key = hashlib.sha1(url.encode()).hexdigest()
     with pytest.raises(ValueError, match=rf"TFHUB_CACHE_DIR.*{key}"):
         Backbone.from_hub(url)
+    # A notebook user saw what it was trying before the error came.
+    assert f"finetune_tf: downloading Hub handle {url}" in capsys.readouterr().out
+
+
+def test_a_cached_url_resolves_silently(hub_cache, capsys):
+    Backbone.from_hub(URL)
+    assert "downloading" not in capsys.readouterr().out
 
 
 def test_training_flag_reaches_the_saved_model(keras2_files, images):

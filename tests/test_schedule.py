@@ -104,6 +104,17 @@ def test_fine_tune_default_recipe(images, labels):
     assert model.get_layer("conv2").trainable and not model.get_layer("conv1").trainable
 
 
+def test_progress_lines_name_each_stage_and_the_cache(images, labels, capsys):
+    tuner, _ = make_tuner(FreezePolicy.top(3))
+    tuner.fine_tune(images, labels, head_epochs=1, epochs=1, verbose=2)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "finetune_tf:" in line]
+    assert lines[0].startswith("finetune_tf: stage 'head': 1 epochs, FreezePolicy.all()")
+    assert any("feature cache: running the frozen backbone once" in line for line in lines)
+    assert any(line.startswith("finetune_tf: stage 'fine_tune': 1 epochs") for line in lines)
+    tuner.fine_tune(images, labels, head_epochs=1, epochs=1, verbose=0)
+    assert "finetune_tf:" not in capsys.readouterr().out  # verbose=0 is silent
+
+
 def test_gradual_unfreezing_stages_train(images, labels):
     tuner, _ = make_tuner()
     stages = gradual_unfreezing(
