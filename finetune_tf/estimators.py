@@ -23,6 +23,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted
 
 from finetune_tf.backbone import Backbone
+from finetune_tf.export import export_model
 from finetune_tf.finetuner import FineTuner, _as_tensor_if_text
 from finetune_tf.freeze import FreezePolicy
 from finetune_tf.head import Head
@@ -198,7 +199,16 @@ class _FineTunerEstimator(BaseEstimator):
             )
         self.history_ = dict(history.history)
         self.model_ = self.tuner_.model
+        self.head_ = head
         return self
+
+    def export(self, path, **kwargs) -> str:
+        """Exports the fitted model like `FineTuner.export` (SavedModel or TFLite); a
+        classifier's `classes_` travel as the class names. Returns `path`."""
+        check_is_fitted(self, "model_")
+        if hasattr(self, "classes_"):
+            kwargs.setdefault("class_names", [str(c) for c in self.classes_])
+        return export_model(self.model_, self.head_, path, **kwargs)
 
     def _predict_raw(self, X):
         check_is_fitted(self, "model_")

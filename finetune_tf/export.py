@@ -1,10 +1,21 @@
-"""Export a fine-tuned model as a self-contained TF SavedModel for serving.
+"""Export a fine-tuned model for serving (TF SavedModel) and for mobile (TFLite).
 
-The SavedModel holds the graph and the fine-tuned weights (Hub and SavedModel
-backbones included, vocabulary tables too) and needs neither finetune_tf nor
-the original handle: `tf.saved_model.load(path).serve(x)` or TF Serving's
-`serving_default` signature. It is written to a temporary directory and moved
-into place, so an interrupted export never leaves a half-written model.
+Both exports hold the graph, the fine-tuned weights (Hub and SavedModel
+backbones included, vocabulary tables too) and the class names, and need
+neither finetune_tf nor the original handle:
+
+- SavedModel: `tf.saved_model.load(path).serve(x)` returns the predictions,
+  as Keras' own export does; the `serving_default` signature (what TF
+  Serving calls) takes `inputs` and returns named outputs: `predictions`,
+  and for classification heads `class_id` and `label` (the class name).
+  Multi-label heads also return `active` (predictions above the threshold);
+  their label names are in `assets/labels.txt`.
+- TFLite: one `.tflite` flatbuffer whose `serving_default` signature returns
+  the same named outputs, labels included; `quantize="dynamic"` stores the
+  weights in int8 (dynamic-range quantisation, about 4x smaller).
+
+Every export is written under a temporary name and moved into place, so an
+interrupted export never leaves a half-written model.
 """
 
 from __future__ import annotations
@@ -14,14 +25,106 @@ import shutil
 import tempfile
 
 import keras
+import tensorflow as tf
 
-from finetune_tf._utils import as_str_path, require_parent_directory
+from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
+from finetune_tf.progress import say
+
+FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = (None, "dynamic")
+LABELS_FILE = "labels.txt"
 
 
-def export_saved_model(model: keras.Model, path, *, overwrite: bool = True) -> str:
-    """Writes `model` as a serving SavedModel directory at `path`; returns `path`."""
-    path = os.path.abspath(as_str_path(path, "path", "a directory path for the SavedModel"))
+def export_model(
+    model: keras.Model,
+    head,
+    path,
+    *,
+    format: str = "saved_model",
+    class_names: list | None = None,
+    quantize: str | None = None,
+    overwrite: bool = True,
+) -> str:
+    """Writes `model` (with `head`'s named outputs) at `path`; returns `path`.
+
+    Example:
+
+    >>> import os, tempfile, keras, numpy as np, tensorflow as tf
+    >>> from finetune_tf import Head
+    >>> from finetune_tf.export import export_model
+    >>> inputs = keras.Input((4,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    >>> path = export_model(model, Head.classifier(3), os.path.join(tempfile.mkdtemp(), "m"),
+    ...                     class_names=["cat", "dog", "fox"])
+    >>> served = tf.saved_model.load(path)
+    >>> outputs = served.signatures["serving_default"](inputs=tf.ones((2, 4)))
+    >>> sorted(outputs), outputs["label"].shape
+    (['class_id', 'label', 'predictions'], TensorShape([2]))
+    """
+    if format not in FORMATS:
+        raise ValueError(
+            f"`format` must be one of {FORMATS}: 'saved_model' for TF Serving, 'tflite' for "
+            f"mobile and edge devices. Received: format={format!r}."
+        )
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(
+            f"`quantize` must be None or 'dynamic' (int8 weights). Received: quantize={quantize!r}."
+        )
+    if quantize is not None and format != "tflite":
+        raise ValueError(
+            f"`quantize`={quantize!r} applies to format='tflite' only; a SavedModel keeps "
+            "float32 weights. Pass format='tflite', or quantize=None."
+        )
+    names = _class_names(head, class_names)
+    path = os.path.abspath(as_str_path(path, "path", "a path for the export"))
     parent = require_parent_directory(path, "path")
+    if format == "tflite":
+        _check_tflite_target(path, overwrite)
+    else:
+        _check_saved_model_target(path, overwrite)
+    staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    try:
+        saved_model = os.path.join(staging, "model")
+        _archive(model, head, names).write_out(saved_model, verbose=False)
+        if names is not None:
+            with open(os.path.join(saved_model, "assets", LABELS_FILE), "w") as f:
+                f.write("".join(f"{name}\n" for name in names))
+        if format == "tflite":
+            flatbuffer = _to_tflite(saved_model, quantize)
+            with atomic_file(path, suffix=".tflite") as tmp, open(tmp, "wb") as f:
+                f.write(flatbuffer)
+        else:
+            if os.path.exists(path):
+                os.replace(path, os.path.join(staging, "previous"))
+            os.replace(saved_model, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _class_names(head, class_names) -> list[str] | None:
+    """The names that travel with the export: given ones, or "0".."k-1" for class heads."""
+    if head.task == "regression":
+        if class_names is not None:
+            raise ValueError(
+                "`class_names` applies to classification and multi-label heads; a regression "
+                "head has no classes. Leave class_names=None."
+            )
+        return None
+    count = head.num_classes if head.task in ("multiclass", "binary") else head.units
+    if class_names is None:
+        return [str(i) for i in range(count)]
+    names = [str(name) for name in class_names]
+    if len(names) != count:
+        raise ValueError(
+            f"`class_names` has {len(names)} names, but the head has {count} "
+            f"{'classes' if head.task != 'multilabel' else 'labels'}. Pass one name per class, "
+            "in class-id order."
+        )
+    return names
+
+
+def _check_saved_model_target(path: str, overwrite: bool):
     if os.path.exists(path):
         if not overwrite:
             raise FileExistsError(
@@ -33,14 +136,72 @@ def export_saved_model(model: keras.Model, path, *, overwrite: bool = True) -> s
                 f"`path`={path!r} exists and is not a SavedModel directory; refusing to "
                 "replace it. Choose a new directory."
             )
-    staging = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-    target = os.path.join(staging, "model")
+
+
+def _check_tflite_target(path: str, overwrite: bool):
+    if not path.endswith(".tflite"):
+        raise ValueError(
+            f"`path`={path!r} must end in .tflite for format='tflite', e.g. 'model.tflite'."
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"`path`={path!r} is a directory; pass a file path ending in .tflite.")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"`path`={path!r} exists and overwrite=False. Pass overwrite=True or choose "
+            "another file."
+        )
+
+
+def _archive(model: keras.Model, head, names: list[str] | None) -> keras.export.ExportArchive:
+    """`serve` (the predictions, as Keras exports) and `serving_default` (named outputs)."""
+    spec = model.inputs[0]
+    dtype = tf.string if spec.dtype == "string" else tf.as_dtype(spec.dtype)
+    signature = [tf.TensorSpec(spec.shape, dtype, name="inputs")]
+    threshold = 0.0 if head.logits else 0.5
+    labels = None if names is None else tf.constant(names)
+
+    def predictions(inputs):
+        return model(inputs, training=False)
+
+    def named_outputs(inputs):
+        scores = model(inputs, training=False)
+        outputs = {"predictions": scores}
+        if head.task in ("multiclass", "binary"):
+            if scores.shape[-1] == 1:
+                class_id = tf.cast(scores[..., 0] > threshold, tf.int32)
+            else:
+                class_id = tf.argmax(scores, axis=-1, output_type=tf.int32)
+            outputs["class_id"] = class_id
+            outputs["label"] = tf.gather(labels, class_id)
+        elif head.task == "multilabel":
+            outputs["active"] = scores > threshold
+        return outputs
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", predictions, input_signature=signature)
+    archive.add_endpoint("serving_default", named_outputs, input_signature=signature)
+    return archive
+
+
+def _to_tflite(saved_model: str, quantize: str | None) -> bytes:
+    """The `serving_default` signature as a TFLite flatbuffer; TensorFlow ops (Flex) only
+    when the builtin ops cannot express the graph (e.g. a text encoder's tables)."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model, signature_keys=["serving_default"]
+    )
+    if quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     try:
-        model.export(target, format="tf_saved_model", verbose=False)
-        if os.path.exists(path):
-            old = os.path.join(staging, "previous")
-            os.replace(path, old)
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+        return converter.convert()
+    except Exception as error:  # ConverterError and friends; retry with TensorFlow ops
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else repr(error)
+    say(
+        "TFLite: the builtin ops cannot express this model "
+        f"({first}); converting with TensorFlow ops (the app needs the Flex delegate)"
+    )
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+        tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
+    return converter.convert()

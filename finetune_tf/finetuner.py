@@ -31,7 +31,7 @@ from finetune_tf.devices import (
     strategy_devices,
 )
 from finetune_tf.distribute_compat import multi_worker_compat
-from finetune_tf.export import export_saved_model
+from finetune_tf.export import export_model
 from finetune_tf.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
 from finetune_tf.freeze import FreezePolicy, FreezeReport
 from finetune_tf.head import Head
@@ -1108,12 +1108,34 @@ class FineTuner:
                 self.model, os.path.join(directory, os.path.basename(os.fspath(filepath)))
             )
 
-    def export(self, path: str | os.PathLike, *, overwrite: bool = True) -> str:
-        """Exports a self-contained SavedModel for serving; returns its path.
+    def export(
+        self,
+        path: str | os.PathLike,
+        *,
+        format: str = "saved_model",
+        class_names: list | None = None,
+        quantize: str | None = None,
+        overwrite: bool = True,
+    ) -> str:
+        """Exports for serving (`"saved_model"`) or for mobile (`"tflite"`); returns `path`.
 
-        The export needs no handle and no finetune_tf: load it with
-        `tf.saved_model.load(path)` and call `.serve(x)`, or serve its
-        `serving_default` signature with TF Serving.
+        The export needs no handle and no finetune_tf, and carries the class
+        names. A SavedModel directory: `tf.saved_model.load(path).serve(x)`
+        returns the predictions; its `serving_default` signature (what TF
+        Serving calls) takes `inputs` and returns `predictions`, plus
+        `class_id` and `label` for classification heads (`active` for
+        multi-label heads, whose names are in `assets/labels.txt`). A
+        `.tflite` file: the same signature in one flatbuffer, for
+        `tf.lite.Interpreter` / LiteRT.
+
+        Args:
+            path: a directory for `"saved_model"`, a file ending in `.tflite`.
+            format: `"saved_model"` or `"tflite"`. Defaults to `"saved_model"`.
+            class_names: list of str, optional. The name of each class (or
+                label); defaults to "0", "1", ...
+            quantize: None or `"dynamic"`: TFLite weights in int8 (about 4x
+                smaller, outputs within about 1e-2). Defaults to None.
+            overwrite: bool. Replace an existing export. Defaults to True.
 
         Example:
 
@@ -1128,7 +1150,18 @@ class FineTuner:
         >>> bool(np.allclose(served.serve(x), tuner.predict(x, verbose=0), atol=1e-6))
         True
         """
-        return export_saved_model(self.model, path, overwrite=overwrite)
+        options = {"format": format, "class_names": class_names, "quantize": quantize}
+        if is_chief(self._strategy):
+            return export_model(self.model, self._head, path, overwrite=overwrite, **options)
+        # A non-chief multi-worker writes a throwaway copy, as tf.distribute expects.
+        with tempfile.TemporaryDirectory(prefix="finetune_tf_worker_") as directory:
+            export_model(
+                self.model,
+                self._head,
+                os.path.join(directory, os.path.basename(os.fspath(path))),
+                **options,
+            )
+        return os.fspath(path)
 
     def __repr__(self):
         return (

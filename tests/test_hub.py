@@ -197,22 +197,31 @@ def test_export_is_self_contained(tmp_path, keras2_files, images):
     texts = ["good movie", "awful film"]
     expected_image = image_tuner.predict(images, verbose=0)
     expected_text = text_tuner.predict(texts, verbose=0)
-    image_path = image_tuner.export(str(tmp_path / "image_export"))
-    text_path = text_tuner.export(str(tmp_path / "text_export"))
+    image_path = image_tuner.export(str(tmp_path / "image_export"), class_names=["a", "b", "c"])
+    text_path = text_tuner.export(str(tmp_path / "text_export"), class_names=["neg", "pos"])
+    image_lite = image_tuner.export(str(tmp_path / "image.tflite"), format="tflite")
     shutil.rmtree(handle)
     shutil.rmtree(text_handle)  # the exports must not need the handles
     image_served = tf.saved_model.load(image_path)
     np.testing.assert_allclose(image_served.serve(images).numpy(), expected_image, atol=1e-5)
-    serving = image_served.signatures["serving_default"]
-    np.testing.assert_allclose(
-        next(iter(serving(inputs=tf.constant(images)).values())).numpy(),
-        expected_image,
-        atol=1e-5,
-    )
+    served = image_served.signatures["serving_default"](inputs=tf.constant(images))
+    np.testing.assert_allclose(served["predictions"].numpy(), expected_image, atol=1e-5)
+    names = np.array(["a", "b", "c"])[np.argmax(expected_image, axis=-1)]
+    assert [label.decode() for label in served["label"].numpy()] == names.tolist()
     text_served = tf.saved_model.load(text_path)
     np.testing.assert_allclose(
         text_served.serve(tf.constant(texts)).numpy(), expected_text, atol=1e-5
     )
+    served = text_served.signatures["serving_default"](inputs=tf.constant(texts))
+    expected_labels = np.where(expected_text[:, 0] > 0.5, b"pos", b"neg")
+    assert served["label"].numpy().tolist() == expected_labels.tolist()
+    # TFLite: the Hub graph runs in the interpreter, labels included.
+    lite = tf.lite.Interpreter(model_path=image_lite).get_signature_runner("serving_default")
+    outputs = lite(inputs=images)
+    np.testing.assert_allclose(outputs["predictions"], expected_image, atol=1e-4)
+    assert outputs["label"].tolist() == [
+        name.encode() for name in np.arange(3).astype(str)[np.argmax(expected_image, axis=-1)]
+    ]
     # exporting again replaces the previous export in one move; other directories are refused
     assert image_tuner.export(image_path) == image_path
     (tmp_path / "notes").mkdir()
