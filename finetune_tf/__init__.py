@@ -1,10 +1,9 @@
 """finetune_tf: fine-tune pretrained TensorFlow models with a Keras-style API.
 
-Example:
-
->>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
->>> head = Head.classifier(num_classes=5, dropout=0.2)
->>> policy = FreezePolicy.bottom(100)
+Examples:
+    >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+    >>> head = Head.classifier(num_classes=5, dropout=0.2)
+    >>> policy = FreezePolicy.bottom(100)
 """
 
 from finetune_tf import devices as _devices
@@ -25,7 +24,7 @@ from finetune_tf.report import Report
 from finetune_tf.saving import load_model
 from finetune_tf.schedule import Stage, gradual_unfreezing
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if _devices.tf_config_workers() > 1 and not _devices.runtime_started():
     # TensorFlow accepts a MultiWorkerMirroredStrategy only before its runtime

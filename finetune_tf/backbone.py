@@ -99,15 +99,14 @@ class Backbone:
             `"torch"`, `"caffe"`). Defaults to `None` (inputs go in as given).
         source: str, optional. A description of where it came from.
 
-    Example:
-
-    >>> import keras
-    >>> from finetune_tf import Backbone
-    >>> inputs = keras.Input((16, 16, 3))
-    >>> x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
-    >>> backbone = Backbone.from_model(keras.Model(inputs, x))
-    >>> backbone.input_shape, backbone.output_shape
-    ((16, 16, 3), (14, 14, 4))
+    Examples:
+        >>> import keras
+        >>> from finetune_tf import Backbone
+        >>> inputs = keras.Input((16, 16, 3))
+        >>> x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+        >>> backbone = Backbone.from_model(keras.Model(inputs, x))
+        >>> backbone.input_shape, backbone.output_shape
+        ((16, 16, 3), (14, 14, 4))
     """
 
     def __init__(self, model: keras.Model, *, preprocessing=None, source: str | None = None):
@@ -218,17 +217,16 @@ class Backbone:
         estimators do so on every `fit`). `copy.deepcopy(backbone)` does the
         same.
 
-        Example:
-
-        >>> import keras, numpy as np
-        >>> from finetune_tf import Backbone
-        >>> inputs = keras.Input((4,))
-        >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
-        >>> twin = backbone.copy()
-        >>> twin.model is backbone.model
-        False
-        >>> bool(np.array_equal(twin.model.get_weights()[0], backbone.model.get_weights()[0]))
-        True
+        Examples:
+            >>> import keras, numpy as np
+            >>> from finetune_tf import Backbone
+            >>> inputs = keras.Input((4,))
+            >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+            >>> twin = backbone.copy()
+            >>> twin.model is backbone.model
+            False
+            >>> bool(np.array_equal(twin.model.get_weights()[0], backbone.model.get_weights()[0]))
+            True
         """
         return self._copy(None)
 
@@ -254,15 +252,14 @@ class Backbone:
     def from_model(cls, model: keras.Model, *, output_layer: str | None = None, preprocessing=None):
         """A backbone from a live Keras 3 model, optionally cut at `output_layer`.
 
-        Example:
-
-        >>> import keras
-        >>> from finetune_tf import Backbone
-        >>> inputs = keras.Input((8,))
-        >>> hidden = keras.layers.Dense(4, name="hidden")(inputs)
-        >>> model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
-        >>> Backbone.from_model(model, output_layer="hidden").output_shape
-        (4,)
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone
+            >>> inputs = keras.Input((8,))
+            >>> hidden = keras.layers.Dense(4, name="hidden")(inputs)
+            >>> model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+            >>> Backbone.from_model(model, output_layer="hidden").output_shape
+            (4,)
         """
         if isinstance(model, keras.Model) and not _is_tf_keras_model(model):
             source = f"model {model.name!r}"
@@ -295,13 +292,12 @@ class Backbone:
             **kwargs: passed to the constructor (e.g. `alpha=0.75`).
                 `include_top` is always `False`.
 
-        Example:
-
-        >>> from finetune_tf import Backbone
-        >>> backbone = Backbone.from_keras_applications(
-        ...     "MobileNetV3Small", weights=None, input_shape=(96, 96, 3))
-        >>> backbone.output_shape
-        (3, 3, 576)
+        Examples:
+            >>> from finetune_tf import Backbone
+            >>> backbone = Backbone.from_keras_applications(
+            ...     "MobileNetV3Small", weights=None, input_shape=(96, 96, 3))
+            >>> backbone.output_shape
+            (3, 3, 576)
         """
         names = application_names()
         if not isinstance(name, str) or name not in names:
@@ -362,16 +358,15 @@ class Backbone:
                 Defaults to `True`.
             signature, output_key: see `HubLayer`.
 
-        Example:
-
-        >>> import os, tempfile, keras
-        >>> from finetune_tf import Backbone
-        >>> inputs = keras.Input((8,))
-        >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
-        >>> path = os.path.join(tempfile.mkdtemp(), "pretrained.keras")
-        >>> model.save(path)
-        >>> Backbone.from_file(path).output_shape
-        (4,)
+        Examples:
+            >>> import os, tempfile, keras
+            >>> from finetune_tf import Backbone
+            >>> inputs = keras.Input((8,))
+            >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+            >>> path = os.path.join(tempfile.mkdtemp(), "pretrained.keras")
+            >>> model.save(path)
+            >>> Backbone.from_file(path).output_shape
+            (4,)
         """
         path = as_str_path(path, "path", "a path to a .keras/.h5 file or a SavedModel directory")
         if not os.path.exists(path):
@@ -419,21 +414,20 @@ class Backbone:
         (`TFHUB_CACHE_DIR`). The model runs in a trainable Keras 3
         `HubLayer`.
 
-        Example:
-
-        >>> import tempfile, tensorflow as tf
-        >>> from finetune_tf import Backbone
-        >>> class Features(tf.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.w = tf.Variable(tf.ones((3, 5)))
-        ...     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-        ...     def __call__(self, x):
-        ...         return tf.matmul(x, self.w)
-        >>> path = tempfile.mkdtemp()
-        >>> tf.saved_model.save(Features(), path)
-        >>> Backbone.from_hub(path).output_shape
-        (5,)
+        Examples:
+            >>> import tempfile, tensorflow as tf
+            >>> from finetune_tf import Backbone
+            >>> class Features(tf.Module):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.w = tf.Variable(tf.ones((3, 5)))
+            ...     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+            ...     def __call__(self, x):
+            ...         return tf.matmul(x, self.w)
+            >>> path = tempfile.mkdtemp()
+            >>> tf.saved_model.save(Features(), path)
+            >>> Backbone.from_hub(path).output_shape
+            (5,)
         """
         handle = as_str_path(handle, "handle", "a Hub URL or a SavedModel directory")
         return cls._from_saved_model(
@@ -478,12 +472,11 @@ class Backbone:
         `.keras` / `.h5` file, a SavedModel directory or a Hub URL.
         `kwargs` go to that constructor.
 
-        Example:
-
-        >>> from finetune_tf import Backbone
-        >>> Backbone.load("MobileNetV3Small", weights=None,
-        ...               input_shape=(64, 64, 3)).source
-        'keras.applications.MobileNetV3Small(weights=None)'
+        Examples:
+            >>> from finetune_tf import Backbone
+            >>> Backbone.load("MobileNetV3Small", weights=None,
+            ...               input_shape=(64, 64, 3)).source
+            'keras.applications.MobileNetV3Small(weights=None)'
         """
         if isinstance(source, Backbone):
             return source
@@ -535,16 +528,15 @@ class BackboneLayer(keras.layers.Layer):
         backbone: keras.Model. The backbone model.
         inference_mode: bool. Defaults to `True`.
 
-    Example:
-
-    >>> import keras, numpy as np
-    >>> from finetune_tf import BackboneLayer
-    >>> inputs = keras.Input((4,))
-    >>> bn = keras.layers.BatchNormalization()
-    >>> layer = BackboneLayer(keras.Model(inputs, bn(inputs)))
-    >>> _ = layer(np.random.rand(8, 4) * 10, training=True)
-    >>> float(bn.moving_mean.numpy().max())  # statistics untouched
-    0.0
+    Examples:
+        >>> import keras, numpy as np
+        >>> from finetune_tf import BackboneLayer
+        >>> inputs = keras.Input((4,))
+        >>> bn = keras.layers.BatchNormalization()
+        >>> layer = BackboneLayer(keras.Model(inputs, bn(inputs)))
+        >>> _ = layer(np.random.rand(8, 4) * 10, training=True)
+        >>> float(bn.moving_mean.numpy().max())  # statistics untouched
+        0.0
     """
 
     def __init__(self, backbone: keras.Model, inference_mode: bool = True, **kwargs):

@@ -90,14 +90,13 @@ def chief_writes(strategy: tf.distribute.Strategy, fit_kwargs: dict):
     is removed on exit; the user's callback objects are left untouched.
     Elsewhere this does nothing.
 
-    Example:
-
-    >>> import keras, tensorflow as tf
-    >>> from finetune_tf.checkpoint import chief_writes
-    >>> kwargs = {"callbacks": [keras.callbacks.ModelCheckpoint("best.keras")]}
-    >>> with chief_writes(tf.distribute.get_strategy(), kwargs):
-    ...     kwargs["callbacks"][0].filepath  # one process: it is the chief
-    'best.keras'
+    Examples:
+        >>> import keras, tensorflow as tf
+        >>> from finetune_tf.checkpoint import chief_writes
+        >>> kwargs = {"callbacks": [keras.callbacks.ModelCheckpoint("best.keras")]}
+        >>> with chief_writes(tf.distribute.get_strategy(), kwargs):
+        ...     kwargs["callbacks"][0].filepath  # one process: it is the chief
+        'best.keras'
     """
     callbacks = fit_kwargs.get("callbacks")
     if not callbacks or is_chief(strategy):
@@ -156,19 +155,18 @@ class TrainingRun(keras.callbacks.Callback):
         signature: JSON-able description of the call (stages and epochs); a
             saved state made by another call is refused rather than mixed in.
 
-    Example:
-
-    >>> import keras, numpy as np
-    >>> from finetune_tf.checkpoint import TrainingRun
-    >>> inputs = keras.Input((2,))
-    >>> model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
-    >>> model.compile("sgd", "mse")
-    >>> run = TrainingRun(model, None, None, {"epochs": 2})
-    >>> run.begin_stage(0, "fit", 0)
-    >>> model.fit(np.ones((4, 2)), np.ones(4), epochs=2, callbacks=[run], verbose=0).epoch
-    [0, 1]
-    >>> run.history["stage"]
-    ['fit', 'fit']
+    Examples:
+        >>> import keras, numpy as np
+        >>> from finetune_tf.checkpoint import TrainingRun
+        >>> inputs = keras.Input((2,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+        >>> model.compile("sgd", "mse")
+        >>> run = TrainingRun(model, None, None, {"epochs": 2})
+        >>> run.begin_stage(0, "fit", 0)
+        >>> model.fit(np.ones((4, 2)), np.ones(4), epochs=2, callbacks=[run], verbose=0).epoch
+        [0, 1]
+        >>> run.history["stage"]
+        ['fit', 'fit']
     """
 
     def __init__(self, model, directory, strategy, signature: dict):

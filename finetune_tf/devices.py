@@ -29,11 +29,11 @@ _multi_worker_strategy = None  # created once per process: TensorFlow allows no 
 def tf_config_workers(environ=None) -> int:
     """How many workers `TF_CONFIG` describes (0 when it describes none, or a PS cluster).
 
-    Example:
-
-    >>> from finetune_tf.devices import tf_config_workers
-    >>> tf_config_workers({"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}'})
-    2
+    Examples:
+        >>> from finetune_tf.devices import tf_config_workers
+        >>> cluster = '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}'
+        >>> tf_config_workers({"TF_CONFIG": cluster})
+        2
     """
     raw = (environ if environ is not None else os.environ).get("TF_CONFIG", "")
     if not raw:
@@ -86,10 +86,9 @@ def configure_memory_growth(enabled: bool | None) -> None:
     Must run before TensorFlow first uses the GPUs; afterwards it warns and
     changes nothing, since TensorFlow cannot change it then.
 
-    Example:
-
-    >>> from finetune_tf.devices import configure_memory_growth
-    >>> configure_memory_growth(True)  # what FineTuner(memory_growth=True) does first
+    Examples:
+        >>> from finetune_tf.devices import configure_memory_growth
+        >>> configure_memory_growth(True)  # what FineTuner(memory_growth=True) does first
     """
     if enabled is None:
         return
@@ -126,12 +125,11 @@ def resolve_strategy(strategy="auto") -> tf.distribute.Strategy:
     `None` is the strategy in effect where the FineTuner is created
     (TensorFlow's default one outside any `strategy.scope()`).
 
-    Example:
-
-    >>> import tensorflow as tf
-    >>> from finetune_tf.devices import resolve_strategy
-    >>> resolve_strategy(None) is tf.distribute.get_strategy()
-    True
+    Examples:
+        >>> import tensorflow as tf
+        >>> from finetune_tf.devices import resolve_strategy
+        >>> resolve_strategy(None) is tf.distribute.get_strategy()
+        True
     """
     if strategy is None or (isinstance(strategy, str) and strategy == "auto"):
         if strategy is None or tf.distribute.has_strategy():
@@ -158,12 +156,11 @@ def resolve_strategy(strategy="auto") -> tf.distribute.Strategy:
 def is_default(strategy: tf.distribute.Strategy) -> bool:
     """Whether `strategy` is TensorFlow's default one (plain device placement, no scope).
 
-    Example:
-
-    >>> import tensorflow as tf
-    >>> from finetune_tf.devices import is_default
-    >>> is_default(tf.distribute.get_strategy()), is_default(tf.distribute.MirroredStrategy())
-    (True, False)
+    Examples:
+        >>> import tensorflow as tf
+        >>> from finetune_tf.devices import is_default
+        >>> is_default(tf.distribute.get_strategy()), is_default(tf.distribute.MirroredStrategy())
+        (True, False)
     """
     return isinstance(strategy, _distribute_lib._DefaultDistributionStrategy)
 
@@ -171,12 +168,11 @@ def is_default(strategy: tf.distribute.Strategy) -> bool:
 def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
     """The devices `strategy` computes on, as full TensorFlow device names.
 
-    Example:
-
-    >>> import tensorflow as tf
-    >>> from finetune_tf.devices import strategy_devices
-    >>> strategy_devices(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    ['/job:localhost/replica:0/task:0/device:CPU:0']
+    Examples:
+        >>> import tensorflow as tf
+        >>> from finetune_tf.devices import strategy_devices
+        >>> strategy_devices(tf.distribute.OneDeviceStrategy("/cpu:0"))
+        ['/job:localhost/replica:0/task:0/device:CPU:0']
     """
     if not is_default(strategy):
         return [tf.DeviceSpec.from_string(d).to_string() for d in strategy.extended.worker_devices]
@@ -190,12 +186,11 @@ def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
 def describe(strategy: tf.distribute.Strategy) -> str:
     """One line saying where training runs.
 
-    Example:
-
-    >>> import tensorflow as tf
-    >>> from finetune_tf.devices import describe
-    >>> describe(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    '1 device (CPU:0), OneDeviceStrategy'
+    Examples:
+        >>> import tensorflow as tf
+        >>> from finetune_tf.devices import describe
+        >>> describe(tf.distribute.OneDeviceStrategy("/cpu:0"))
+        '1 device (CPU:0), OneDeviceStrategy'
     """
     devices = strategy_devices(strategy)
     short = ", ".join(d.split("device:")[-1] for d in devices)
@@ -210,12 +205,11 @@ def describe(strategy: tf.distribute.Strategy) -> str:
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes files: always, except on non-chief multi-workers.
 
-    Example:
-
-    >>> import tensorflow as tf
-    >>> from finetune_tf.devices import is_chief
-    >>> is_chief(tf.distribute.get_strategy())
-    True
+    Examples:
+        >>> import tensorflow as tf
+        >>> from finetune_tf.devices import is_chief
+        >>> is_chief(tf.distribute.get_strategy())
+        True
     """
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

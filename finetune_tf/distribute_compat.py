@@ -85,12 +85,11 @@ def _reduce_per_replica(values, strategy, reduction):
 def multi_worker_compat(strategy):
     """Mend Keras 3 for `strategy` while the block runs (nested use is fine).
 
-    Example:
-
-    >>> import tensorflow as tf
-    >>> from finetune_tf.distribute_compat import multi_worker_compat
-    >>> with multi_worker_compat(tf.distribute.get_strategy()):  # not multi-worker: no-op
-    ...     pass
+    Examples:
+        >>> import tensorflow as tf
+        >>> from finetune_tf.distribute_compat import multi_worker_compat
+        >>> with multi_worker_compat(tf.distribute.get_strategy()):  # not multi-worker: no-op
+        ...     pass
     """
     global _depth
     if not in_multi_worker_mode(strategy):

@@ -268,19 +268,18 @@ class FineTunerClassifier(ClassifierMixin, _FineTunerEstimator):
     `fit` also takes Keras `fit` arguments (`validation_data`, `callbacks`,
     `sample_weight`, ...).
 
-    Example:
-
-    >>> import keras, numpy as np
-    >>> from finetune_tf import FineTunerClassifier
-    >>> inputs = keras.Input((4,))
-    >>> backbone = keras.Model(inputs, keras.layers.Dense(8, activation="relu")(inputs))
-    >>> X = np.random.default_rng(0).random((40, 4))
-    >>> y = np.where(X[:, 0] > 0.5, "big", "small")
-    >>> clf = FineTunerClassifier(backbone, head_epochs=5, random_state=0).fit(X, y)
-    >>> clf.classes_.tolist()
-    ['big', 'small']
-    >>> clf.predict_proba(X[:2]).shape
-    (2, 2)
+    Examples:
+        >>> import keras, numpy as np
+        >>> from finetune_tf import FineTunerClassifier
+        >>> inputs = keras.Input((4,))
+        >>> backbone = keras.Model(inputs, keras.layers.Dense(8, activation="relu")(inputs))
+        >>> X = np.random.default_rng(0).random((40, 4))
+        >>> y = np.where(X[:, 0] > 0.5, "big", "small")
+        >>> clf = FineTunerClassifier(backbone, head_epochs=5, random_state=0).fit(X, y)
+        >>> clf.classes_.tolist()
+        ['big', 'small']
+        >>> clf.predict_proba(X[:2]).shape
+        (2, 2)
     """
 
     def fit(self, X, y, **fit_params) -> FineTunerClassifier:
@@ -331,16 +330,15 @@ class FineTunerRegressor(RegressorMixin, _FineTunerEstimator):
     Takes the arguments of `FineTunerClassifier`; `y` may be 1-D (one target)
     or 2-D (several). `score` is R².
 
-    Example:
-
-    >>> import keras, numpy as np
-    >>> from finetune_tf import FineTunerRegressor
-    >>> inputs = keras.Input((3,))
-    >>> backbone = keras.Model(inputs, keras.layers.Dense(8)(inputs))
-    >>> X = np.random.default_rng(0).random((32, 3))
-    >>> reg = FineTunerRegressor(backbone, head_epochs=3, random_state=0).fit(X, X.sum(axis=1))
-    >>> reg.predict(X[:4]).shape
-    (4,)
+    Examples:
+        >>> import keras, numpy as np
+        >>> from finetune_tf import FineTunerRegressor
+        >>> inputs = keras.Input((3,))
+        >>> backbone = keras.Model(inputs, keras.layers.Dense(8)(inputs))
+        >>> X = np.random.default_rng(0).random((32, 3))
+        >>> reg = FineTunerRegressor(backbone, head_epochs=3, random_state=0).fit(X, X.sum(axis=1))
+        >>> reg.predict(X[:4]).shape
+        (4,)
     """
 
     def fit(self, X, y, **fit_params) -> FineTunerRegressor:
@@ -396,14 +394,13 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
     Attributes:
         n_features_out_: int. The width of the embeddings.
 
-    Example:
-
-    >>> import keras, numpy as np
-    >>> from finetune_tf import BackboneFeatures
-    >>> inputs = keras.Input((8, 8, 1))
-    >>> backbone = keras.Model(inputs, keras.layers.Conv2D(5, 3)(inputs))
-    >>> BackboneFeatures(backbone).fit_transform(np.zeros((3, 8, 8, 1))).shape
-    (3, 5)
+    Examples:
+        >>> import keras, numpy as np
+        >>> from finetune_tf import BackboneFeatures
+        >>> inputs = keras.Input((8, 8, 1))
+        >>> backbone = keras.Model(inputs, keras.layers.Conv2D(5, 3)(inputs))
+        >>> BackboneFeatures(backbone).fit_transform(np.zeros((3, 8, 8, 1))).shape
+        (3, 5)
     """
 
     def __init__(

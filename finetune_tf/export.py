@@ -47,19 +47,18 @@ def export_model(
 ) -> str:
     """Writes `model` (with `head`'s named outputs) at `path`; returns `path`.
 
-    Example:
-
-    >>> import os, tempfile, keras, numpy as np, tensorflow as tf
-    >>> from finetune_tf import Head
-    >>> from finetune_tf.export import export_model
-    >>> inputs = keras.Input((4,))
-    >>> model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
-    >>> path = export_model(model, Head.classifier(3), os.path.join(tempfile.mkdtemp(), "m"),
-    ...                     class_names=["cat", "dog", "fox"])
-    >>> served = tf.saved_model.load(path)
-    >>> outputs = served.signatures["serving_default"](inputs=tf.ones((2, 4)))
-    >>> sorted(outputs), outputs["label"].shape
-    (['class_id', 'label', 'predictions'], TensorShape([2]))
+    Examples:
+        >>> import os, tempfile, keras, numpy as np, tensorflow as tf
+        >>> from finetune_tf import Head
+        >>> from finetune_tf.export import export_model
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+        >>> path = export_model(model, Head.classifier(3), os.path.join(tempfile.mkdtemp(), "m"),
+        ...                     class_names=["cat", "dog", "fox"])
+        >>> served = tf.saved_model.load(path)
+        >>> outputs = served.signatures["serving_default"](inputs=tf.ones((2, 4)))
+        >>> sorted(outputs), outputs["label"].shape
+        (['class_id', 'label', 'predictions'], TensorShape([2]))
     """
     if format not in FORMATS:
         raise ValueError(

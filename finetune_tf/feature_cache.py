@@ -61,11 +61,10 @@ class FeatureCache:
         directory: str or path, optional. Where spilled features go (a temporary
             directory, removed after the stage, when `None`).
 
-    Example:
-
-    >>> from finetune_tf import FeatureCache
-    >>> FeatureCache(memory_limit=512 * 1024**2).mode
-    'auto'
+    Examples:
+        >>> from finetune_tf import FeatureCache
+        >>> FeatureCache(memory_limit=512 * 1024**2).mode
+        'auto'
     """
 
     mode: str | bool = "auto"

@@ -194,19 +194,18 @@ class FineTuner:
         mixed_precision: str or None. The dtype policy of its layers (None:
             float32). See docs/devices.md.
 
-    Example:
-
-    >>> import keras, numpy as np
-    >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
-    >>> inputs = keras.Input((8, 8, 1))
-    >>> x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
-    >>> backbone = Backbone.from_model(keras.Model(inputs, x))
-    >>> tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.none())
-    >>> tuner.compile(optimizer="adam", learning_rate=1e-3)
-    >>> history = tuner.fit(np.random.rand(12, 8, 8, 1), np.arange(12) % 3,
-    ...                     epochs=1, verbose=0)
-    >>> tuner.predict(np.random.rand(2, 8, 8, 1), verbose=0).shape
-    (2, 3)
+    Examples:
+        >>> import keras, numpy as np
+        >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+        >>> inputs = keras.Input((8, 8, 1))
+        >>> x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+        >>> backbone = Backbone.from_model(keras.Model(inputs, x))
+        >>> tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.none())
+        >>> tuner.compile(optimizer="adam", learning_rate=1e-3)
+        >>> history = tuner.fit(np.random.rand(12, 8, 8, 1), np.arange(12) % 3,
+        ...                     epochs=1, verbose=0)
+        >>> tuner.predict(np.random.rand(2, 8, 8, 1), verbose=0).shape
+        (2, 3)
     """
 
     def __init__(
@@ -408,15 +407,14 @@ class FineTuner:
         Returns:
             The `FreezeReport`.
 
-        Example:
-
-        >>> import keras
-        >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
-        >>> inputs = keras.Input((4,))
-        >>> x = keras.layers.Dense(3, name="features")(inputs)
-        >>> tuner = FineTuner(Backbone.from_model(keras.Model(inputs, x)), Head.regressor())
-        >>> tuner.set_freeze(FreezePolicy.none()).trainable_params
-        15
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+            >>> inputs = keras.Input((4,))
+            >>> x = keras.layers.Dense(3, name="features")(inputs)
+            >>> tuner = FineTuner(Backbone.from_model(keras.Model(inputs, x)), Head.regressor())
+            >>> tuner.set_freeze(FreezePolicy.none()).trainable_params
+            15
         """
         report = self._apply_freeze(policy)
         if self._compile_args is not None:
@@ -482,17 +480,16 @@ class FineTuner:
         `layerwise_lr_decay` applies to this compilation only (`None`: the
         one given to `compile()`).
 
-        Example:
-
-        >>> import keras
-        >>> from finetune_tf import Backbone, FineTuner, Head
-        >>> inputs = keras.Input((4,))
-        >>> tuner = FineTuner(Backbone.from_model(
-        ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
-        >>> tuner.compile(optimizer="adam", learning_rate=1e-3)
-        >>> tuner.recompile(learning_rate=1e-5)
-        >>> round(float(tuner.model.optimizer.learning_rate), 6)
-        1e-05
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> tuner = FineTuner(Backbone.from_model(
+            ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
+            >>> tuner.compile(optimizer="adam", learning_rate=1e-3)
+            >>> tuner.recompile(learning_rate=1e-5)
+            >>> round(float(tuner.model.optimizer.learning_rate), 6)
+            1e-05
         """
         self._check_learning_rate(learning_rate)
         check_layerwise_lr_decay(layerwise_lr_decay)
@@ -812,6 +809,9 @@ class FineTuner:
     def _keras_fit(self, model: keras.Model, x, y, kwargs) -> keras.callbacks.History:
         """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain."""
         self._say_placement(kwargs.get("verbose", "auto"))
+        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) and "shuffle" not in kwargs:
+            # Keras ignores `shuffle` for these but warns about its default (True) each time.
+            kwargs = dict(kwargs, shuffle=False)
         if self._seed is not None:
             x, y, kwargs = epoch_keyed(x, y, kwargs, self._seed)
         try:
@@ -880,18 +880,17 @@ class FineTuner:
         Takes what `fit` takes (`validation_data`, `callbacks`, `checkpoint_dir`,
         `feature_cache`, ...) and returns one `History` for both stages.
 
-        Example:
-
-        >>> import keras, numpy as np
-        >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
-        >>> inputs = keras.Input((4,))
-        >>> backbone = Backbone.from_model(
-        ...     keras.Model(inputs, keras.layers.Dense(8, name="features")(inputs)))
-        >>> tuner = FineTuner(backbone, Head.classifier(2), freeze=FreezePolicy.none())
-        >>> history = tuner.fine_tune(np.random.rand(32, 4), np.arange(32) % 2,
-        ...                           head_epochs=2, epochs=2, verbose=0)
-        >>> history.history["stage"]
-        ['head', 'head', 'fine_tune', 'fine_tune']
+        Examples:
+            >>> import keras, numpy as np
+            >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+            >>> inputs = keras.Input((4,))
+            >>> backbone = Backbone.from_model(
+            ...     keras.Model(inputs, keras.layers.Dense(8, name="features")(inputs)))
+            >>> tuner = FineTuner(backbone, Head.classifier(2), freeze=FreezePolicy.none())
+            >>> history = tuner.fine_tune(np.random.rand(32, 4), np.arange(32) % 2,
+            ...                           head_epochs=2, epochs=2, verbose=0)
+            >>> history.history["stage"]
+            ['head', 'head', 'fine_tune', 'fine_tune']
         """
         policy = self._freeze
         epochs, early_stopping = _fine_tune_budget(epochs, early_stopping, x, kwargs)
@@ -938,17 +937,16 @@ class FineTuner:
             `LRFinderResult` with `learning_rates`, `losses`, `suggestion` (one
             tenth of the rate at the smoothed loss's minimum) and `plot(path=None)`.
 
-        Example:
-
-        >>> import keras, numpy as np
-        >>> from finetune_tf import Backbone, FineTuner, Head
-        >>> inputs = keras.Input((4,))
-        >>> tuner = FineTuner(Backbone.from_model(
-        ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
-        >>> result = tuner.find_learning_rate(np.random.rand(64, 4), np.random.rand(64),
-        ...                                   steps=20, batch_size=8)
-        >>> 0.0 < result.suggestion < 1.0
-        True
+        Examples:
+            >>> import keras, numpy as np
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> tuner = FineTuner(Backbone.from_model(
+            ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
+            >>> result = tuner.find_learning_rate(np.random.rand(64, 4), np.random.rand(64),
+            ...                                   steps=20, batch_size=8)
+            >>> 0.0 < result.suggestion < 1.0
+            True
         """
         if self._compile_args is None:
             self.compile()
@@ -1015,17 +1013,16 @@ class FineTuner:
             `sklearn.metrics`. Binary and multi-label predictions are
             thresholded at 0.5 (logits at 0).
 
-        Example:
-
-        >>> import keras, numpy as np
-        >>> from finetune_tf import Backbone, FineTuner, Head
-        >>> inputs = keras.Input((4,))
-        >>> tuner = FineTuner(Backbone.from_model(
-        ...     keras.Model(inputs, keras.layers.Dense(8)(inputs))), Head.classifier(3))
-        >>> report = tuner.report(np.random.rand(30, 4), np.arange(30) % 3,
-        ...                       class_names=["a", "b", "c"])
-        >>> sorted(report["per_class"]), len(report["confusion_matrix"])
-        (['a', 'b', 'c'], 3)
+        Examples:
+            >>> import keras, numpy as np
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> tuner = FineTuner(Backbone.from_model(
+            ...     keras.Model(inputs, keras.layers.Dense(8)(inputs))), Head.classifier(3))
+            >>> report = tuner.report(np.random.rand(30, 4), np.arange(30) % 3,
+            ...                       class_names=["a", "b", "c"])
+            >>> sorted(report["per_class"]), len(report["confusion_matrix"])
+            (['a', 'b', 'c'], 3)
         """
         if isinstance(x, tf.data.Dataset):
             if y is not None:
@@ -1137,18 +1134,17 @@ class FineTuner:
                 smaller, outputs within about 1e-2). Defaults to None.
             overwrite: bool. Replace an existing export. Defaults to True.
 
-        Example:
-
-        >>> import os, tempfile, keras, numpy as np, tensorflow as tf
-        >>> from finetune_tf import Backbone, FineTuner, Head
-        >>> inputs = keras.Input((4,))
-        >>> tuner = FineTuner(Backbone.from_model(
-        ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
-        >>> path = tuner.export(os.path.join(tempfile.mkdtemp(), "serving"))
-        >>> served = tf.saved_model.load(path)  # keep a reference while calling it
-        >>> x = np.ones((2, 4), "float32")
-        >>> bool(np.allclose(served.serve(x), tuner.predict(x, verbose=0), atol=1e-6))
-        True
+        Examples:
+            >>> import os, tempfile, keras, numpy as np, tensorflow as tf
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> tuner = FineTuner(Backbone.from_model(
+            ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.regressor())
+            >>> path = tuner.export(os.path.join(tempfile.mkdtemp(), "serving"))
+            >>> served = tf.saved_model.load(path)  # keep a reference while calling it
+            >>> x = np.ones((2, 4), "float32")
+            >>> bool(np.allclose(served.serve(x), tuner.predict(x, verbose=0), atol=1e-6))
+            True
         """
         options = {"format": format, "class_names": class_names, "quantize": quantize}
         if is_chief(self._strategy):

@@ -41,15 +41,14 @@ class FreezeReport:
         non_trainable_params: int. Frozen parameters plus BatchNorm statistics.
         batchnorm: str. The BatchNorm mode.
 
-    Example:
-
-    >>> import keras
-    >>> from finetune_tf import Backbone, FreezePolicy
-    >>> inputs = keras.Input((4,), name="features_in")
-    >>> x = keras.layers.Dense(3, name="a")(inputs)
-    >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(2, name="b")(x)))
-    >>> FreezePolicy.bottom(2).apply(backbone).frozen_layers
-    ['features_in', 'a']
+    Examples:
+        >>> import keras
+        >>> from finetune_tf import Backbone, FreezePolicy
+        >>> inputs = keras.Input((4,), name="features_in")
+        >>> x = keras.layers.Dense(3, name="a")(inputs)
+        >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(2, name="b")(x)))
+        >>> FreezePolicy.bottom(2).apply(backbone).frozen_layers
+        ['features_in', 'a']
     """
 
     policy: str
@@ -89,13 +88,12 @@ class FreezePolicy:
       their statistics (good with large batches from a new domain).
     - `"freeze"`: BatchNorm layers are always frozen, whatever the policy.
 
-    Example:
-
-    >>> from finetune_tf import FreezePolicy
-    >>> FreezePolicy.bottom(100)
-    FreezePolicy.bottom(100)
-    >>> FreezePolicy.top(20, batchnorm="train")
-    FreezePolicy.top(20, batchnorm='train')
+    Examples:
+        >>> from finetune_tf import FreezePolicy
+        >>> FreezePolicy.bottom(100)
+        FreezePolicy.bottom(100)
+        >>> FreezePolicy.top(20, batchnorm="train")
+        FreezePolicy.top(20, batchnorm='train')
     """
 
     def __init__(self, kind: str, value=None, *, batchnorm: str = "inference", **options):
@@ -119,11 +117,10 @@ class FreezePolicy:
     def all(cls, *, batchnorm: str = "inference") -> FreezePolicy:
         """Freeze the whole backbone (feature extraction); only the head trains.
 
-        Example:
-
-        >>> from finetune_tf import FreezePolicy
-        >>> FreezePolicy.all()
-        FreezePolicy.all()
+        Examples:
+            >>> from finetune_tf import FreezePolicy
+            >>> FreezePolicy.all()
+            FreezePolicy.all()
         """
         return cls("all", batchnorm=batchnorm)
 
@@ -131,11 +128,10 @@ class FreezePolicy:
     def none(cls, *, batchnorm: str = "inference") -> FreezePolicy:
         """Train every backbone layer.
 
-        Example:
-
-        >>> from finetune_tf import FreezePolicy
-        >>> FreezePolicy.none().kind
-        'none'
+        Examples:
+            >>> from finetune_tf import FreezePolicy
+            >>> FreezePolicy.none().kind
+            'none'
         """
         return cls("none", batchnorm=batchnorm)
 
@@ -147,11 +143,10 @@ class FreezePolicy:
         transfer-learning tutorial, so a number taken from it means the same
         here. `n` larger than the number of layers is an error, not "all".
 
-        Example:
-
-        >>> from finetune_tf import FreezePolicy
-        >>> FreezePolicy.bottom(100).value
-        100
+        Examples:
+            >>> from finetune_tf import FreezePolicy
+            >>> FreezePolicy.bottom(100).value
+            100
         """
         cls._check_count(n, "n", "bottom")
         return cls("bottom", n, batchnorm=batchnorm)
@@ -160,11 +155,10 @@ class FreezePolicy:
     def top(cls, k: int, *, batchnorm: str = "inference") -> FreezePolicy:
         """Train only the last `k` entries of `Backbone.layers`; freeze the rest.
 
-        Example:
-
-        >>> from finetune_tf import FreezePolicy
-        >>> FreezePolicy.top(30).value
-        30
+        Examples:
+            >>> from finetune_tf import FreezePolicy
+            >>> FreezePolicy.top(30).value
+            30
         """
         cls._check_count(k, "k", "top")
         return cls("top", k, batchnorm=batchnorm)
@@ -178,11 +172,10 @@ class FreezePolicy:
             inclusive: bool. Whether that layer is frozen too. Defaults to
                 `True`.
 
-        Example:
-
-        >>> from finetune_tf import FreezePolicy
-        >>> FreezePolicy.until("block_12_add")
-        FreezePolicy.until('block_12_add')
+        Examples:
+            >>> from finetune_tf import FreezePolicy
+            >>> FreezePolicy.until("block_12_add")
+            FreezePolicy.until('block_12_add')
         """
         if not isinstance(layer_name, str) or not layer_name:
             raise TypeError(
@@ -200,11 +193,10 @@ class FreezePolicy:
             train: bool. If `True`, invert: train only the matching layers
                 and freeze the rest. Defaults to `False`.
 
-        Example:
-
-        >>> from finetune_tf import FreezePolicy
-        >>> FreezePolicy.matching(r"^block_[0-9]_", train=False).value
-        '^block_[0-9]_'
+        Examples:
+            >>> from finetune_tf import FreezePolicy
+            >>> FreezePolicy.matching(r"^block_[0-9]_", train=False).value
+            '^block_[0-9]_'
         """
         if not isinstance(pattern, str):
             raise TypeError(

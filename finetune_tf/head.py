@@ -49,12 +49,11 @@ class Head:
         logits: bool. Output logits instead of probabilities (the default
             loss then uses `from_logits=True`). Defaults to `False`.
 
-    Example:
-
-    >>> from finetune_tf import Head
-    >>> head = Head.classifier(5, dropout=0.2, hidden_units=(64,))
-    >>> head
-    Head.classifier(num_classes=5, pooling='avg', hidden_units=(64,), dropout=0.2)
+    Examples:
+        >>> from finetune_tf import Head
+        >>> head = Head.classifier(5, dropout=0.2, hidden_units=(64,))
+        >>> head
+        Head.classifier(num_classes=5, pooling='avg', hidden_units=(64,), dropout=0.2)
     """
 
     def __init__(
@@ -101,11 +100,10 @@ class Head:
         Labels may be integer class ids or one-hot. Keyword arguments are
         those of `Head`.
 
-        Example:
-
-        >>> from finetune_tf import Head
-        >>> Head.classifier(10).units
-        10
+        Examples:
+            >>> from finetune_tf import Head
+            >>> Head.classifier(10).units
+            10
         """
         _check_positive_int(num_classes, "num_classes", "classifier")
         if num_classes < 2:
@@ -121,11 +119,10 @@ class Head:
     def binary(cls, **kwargs) -> Head:
         """Two-class classification with one sigmoid unit (labels 0/1 or one-hot).
 
-        Example:
-
-        >>> from finetune_tf import Head
-        >>> Head.binary().num_classes
-        2
+        Examples:
+            >>> from finetune_tf import Head
+            >>> Head.binary().num_classes
+            2
         """
         return cls("binary", 1, **kwargs)
 
@@ -133,11 +130,10 @@ class Head:
     def multilabel(cls, num_labels: int, **kwargs) -> Head:
         """Independent yes/no labels: one sigmoid per label (multi-hot targets).
 
-        Example:
-
-        >>> from finetune_tf import Head
-        >>> Head.multilabel(4).task
-        'multilabel'
+        Examples:
+            >>> from finetune_tf import Head
+            >>> Head.multilabel(4).task
+            'multilabel'
         """
         _check_positive_int(num_labels, "num_labels", "multilabel")
         return cls("multilabel", num_labels, **kwargs)
@@ -146,11 +142,10 @@ class Head:
     def regressor(cls, num_outputs: int = 1, **kwargs) -> Head:
         """Real-valued outputs with mean squared error.
 
-        Example:
-
-        >>> from finetune_tf import Head
-        >>> Head.regressor(2).units
-        2
+        Examples:
+            >>> from finetune_tf import Head
+            >>> Head.regressor(2).units
+            2
         """
         _check_positive_int(num_outputs, "num_outputs", "regressor")
         kwargs.setdefault("logits", True)
@@ -230,11 +225,10 @@ class Head:
                 where a multi-label head's AUC pools all positions and labels
                 instead of averaging per label. Defaults to 2.
 
-        Example:
-
-        >>> from finetune_tf import Head
-        >>> [m.name for m in Head.multilabel(3).default_metrics()]
-        ['binary_accuracy', 'auc']
+        Examples:
+            >>> from finetune_tf import Head
+            >>> [m.name for m in Head.multilabel(3).default_metrics()]
+            ['binary_accuracy', 'auc']
         """
         if self.task in ("multiclass", "binary"):
             return [LabelAccuracy(from_logits=self.logits)]

@@ -224,19 +224,18 @@ UNSAFE_OPS = frozenset(
 def unsafe_ops(path: str) -> list[str]:
     """The ops of `UNSAFE_OPS` (and `PrintV2` to a file) in a SavedModel's graphs.
 
-    Example:
-
-    >>> import tempfile, tensorflow as tf
-    >>> from finetune_tf.hub import unsafe_ops
-    >>> class Writes(tf.Module):
-    ...     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
-    ...     def __call__(self, x):
-    ...         tf.io.write_file("/tmp/anything", "text")
-    ...         return x
-    >>> path = tempfile.mkdtemp()
-    >>> tf.saved_model.save(Writes(), path)
-    >>> unsafe_ops(path)
-    ['WriteFile']
+    Examples:
+        >>> import tempfile, tensorflow as tf
+        >>> from finetune_tf.hub import unsafe_ops
+        >>> class Writes(tf.Module):
+        ...     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        ...     def __call__(self, x):
+        ...         tf.io.write_file("/tmp/anything", "text")
+        ...         return x
+        >>> path = tempfile.mkdtemp()
+        >>> tf.saved_model.save(Writes(), path)
+        >>> unsafe_ops(path)
+        ['WriteFile']
     """
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -281,22 +280,21 @@ class HubLayer(keras.layers.Layer):
         trainable: bool. Whether the SavedModel's variables train. Defaults
             to `True`.
 
-    Example:
-
-    >>> import tempfile, numpy as np, tensorflow as tf
-    >>> from finetune_tf import HubLayer
-    >>> class Scale(tf.Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.w = tf.Variable(2.0)
-    ...     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-    ...     def __call__(self, x):
-    ...         return x * self.w
-    >>> path = tempfile.mkdtemp()
-    >>> tf.saved_model.save(Scale(), path)
-    >>> layer = HubLayer(path)
-    >>> layer(np.ones((1, 3), "float32")).numpy().tolist()
-    [[2.0, 2.0, 2.0]]
+    Examples:
+        >>> import tempfile, numpy as np, tensorflow as tf
+        >>> from finetune_tf import HubLayer
+        >>> class Scale(tf.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = tf.Variable(2.0)
+        ...     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        ...     def __call__(self, x):
+        ...         return x * self.w
+        >>> path = tempfile.mkdtemp()
+        >>> tf.saved_model.save(Scale(), path)
+        >>> layer = HubLayer(path)
+        >>> layer(np.ones((1, 3), "float32")).numpy().tolist()
+        [[2.0, 2.0, 2.0]]
     """
 
     def __init__(

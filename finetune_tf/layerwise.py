@@ -27,13 +27,13 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         schedule: `keras.optimizers.schedules.LearningRateSchedule`.
         factor: float.
 
-    Example:
-
-    >>> import keras
-    >>> from finetune_tf.layerwise import ScaledSchedule
-    >>> schedule = ScaledSchedule(keras.optimizers.schedules.ExponentialDecay(1.0, 10, 0.5), 0.1)
-    >>> round(float(schedule(10)), 4)
-    0.05
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.layerwise import ScaledSchedule
+        >>> decay = keras.optimizers.schedules.ExponentialDecay(1.0, 10, 0.5)
+        >>> schedule = ScaledSchedule(decay, 0.1)
+        >>> round(float(schedule(10)), 4)
+        0.05
     """
 
     def __init__(self, schedule, factor: float):
@@ -85,19 +85,18 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
             variable the optimizer will train, in the order of
             `model.trainable_variables`.
 
-    Example:
-
-    >>> import keras, numpy as np
-    >>> from finetune_tf.layerwise import LayerwiseOptimizer
-    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="dense")])
-    >>> optimizer = LayerwiseOptimizer(
-    ...     keras.optimizers.SGD(0.1),
-    ...     [(v.path, 1.0 if v.name == "bias" else 0.0) for v in model.trainable_variables])
-    >>> model.compile(optimizer=optimizer, loss="mse")
-    >>> kernel = model.layers[0].kernel.numpy().copy()
-    >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0)
-    >>> bool(np.array_equal(model.layers[0].kernel.numpy(), kernel))  # multiplier 0: frozen
-    True
+    Examples:
+        >>> import keras, numpy as np
+        >>> from finetune_tf.layerwise import LayerwiseOptimizer
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="dense")])
+        >>> optimizer = LayerwiseOptimizer(
+        ...     keras.optimizers.SGD(0.1),
+        ...     [(v.path, 1.0 if v.name == "bias" else 0.0) for v in model.trainable_variables])
+        >>> model.compile(optimizer=optimizer, loss="mse")
+        >>> kernel = model.layers[0].kernel.numpy().copy()
+        >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0)
+        >>> bool(np.array_equal(model.layers[0].kernel.numpy(), kernel))  # multiplier 0: frozen
+        True
     """
 
     def __init__(self, optimizer, multipliers, name=None, **kwargs):

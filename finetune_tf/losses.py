@@ -19,16 +19,15 @@ class LabelCrossentropy(keras.losses.Loss):
     Args:
         from_logits: bool. Whether predictions are logits. Defaults to `False`.
 
-    Example:
-
-    >>> import numpy as np
-    >>> from finetune_tf import LabelCrossentropy
-    >>> loss = LabelCrossentropy()
-    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8]], "float32")
-    >>> sparse = float(loss(np.array([0, 1]), probs))
-    >>> one_hot = float(loss(np.eye(2, dtype="float32"), probs))
-    >>> round(sparse, 4) == round(one_hot, 4)
-    True
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf import LabelCrossentropy
+        >>> loss = LabelCrossentropy()
+        >>> probs = np.array([[0.9, 0.1], [0.2, 0.8]], "float32")
+        >>> sparse = float(loss(np.array([0, 1]), probs))
+        >>> one_hot = float(loss(np.eye(2, dtype="float32"), probs))
+        >>> round(sparse, 4) == round(one_hot, 4)
+        True
     """
 
     def __init__(

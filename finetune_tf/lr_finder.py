@@ -28,12 +28,11 @@ class LRFinderResult:
         losses: list of float. The training loss of each step.
         suggestion: float. One tenth of the rate at the smoothed loss's minimum.
 
-    Example:
-
-    >>> from finetune_tf import LRFinderResult
-    >>> result = LRFinderResult([1e-4, 1e-3, 1e-2], [1.0, 0.5, 2.0], 1e-3)
-    >>> result.suggestion
-    0.001
+    Examples:
+        >>> from finetune_tf import LRFinderResult
+        >>> result = LRFinderResult([1e-4, 1e-3, 1e-2], [1.0, 0.5, 2.0], 1e-3)
+        >>> result.suggestion
+        0.001
     """
 
     learning_rates: list

@@ -34,14 +34,13 @@ class LabelAccuracy(keras.metrics.MeanMetricWrapper):
             then thresholds at 0 instead of 0.5). Defaults to `False`.
         name: str. Defaults to `"accuracy"`.
 
-    Example:
-
-    >>> import numpy as np
-    >>> from finetune_tf import LabelAccuracy
-    >>> metric = LabelAccuracy()
-    >>> metric.update_state(np.array([0, 1]), np.array([[0.9, 0.1], [0.6, 0.4]]))
-    >>> float(metric.result())
-    0.5
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf import LabelAccuracy
+        >>> metric = LabelAccuracy()
+        >>> metric.update_state(np.array([0, 1]), np.array([[0.9, 0.1], [0.6, 0.4]]))
+        >>> float(metric.result())
+        0.5
     """
 
     def __init__(self, from_logits: bool = False, name: str = "accuracy", dtype=None):

@@ -10,6 +10,8 @@ alive in pyplot's registry. matplotlib is an optional dependency:
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 
 import numpy as np
@@ -17,15 +19,30 @@ import numpy as np
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
 
 
+@functools.cache
+def _figure_class():
+    """matplotlib's Figure, shown inline by Jupyter without pyplot or `%matplotlib inline`
+    (matplotlib is imported on first use only: it is an optional extra)."""
+    from matplotlib.figure import Figure
+
+    class NotebookFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png")
+            return buffer.getvalue()
+
+    return NotebookFigure
+
+
 def _figure(what: str, figsize: tuple):
     try:
-        from matplotlib.figure import Figure
+        figure_class = _figure_class()
     except ImportError as error:
         raise ImportError(
             f'{what} needs matplotlib. Install it with `pip install "finetune_tf[plot]"` '
             "(or `pip install matplotlib`)."
         ) from error
-    return Figure(figsize=figsize, layout="constrained")
+    return figure_class(figsize=figsize, layout="constrained")
 
 
 def _save(figure, path) -> None:
@@ -57,13 +74,12 @@ def plot_history(history, *, metrics: list | None = None, path=None):
     Returns:
         The `matplotlib.figure.Figure`.
 
-    Example:
-
-    >>> from finetune_tf import plot_history
-    >>> figure = plot_history({"loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.7, 0.6],
-    ...                        "stage": ["head", "head", "fine_tune"]})
-    >>> [axis.get_title() for axis in figure.axes]
-    ['loss']
+    Examples:
+        >>> from finetune_tf import plot_history
+        >>> figure = plot_history({"loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.7, 0.6],
+        ...                        "stage": ["head", "head", "fine_tune"]})
+        >>> [axis.get_title() for axis in figure.axes]
+        ['loss']
     """
     logs = dict(getattr(history, "history", history))
     epochs = list(getattr(history, "epoch", None) or [])
@@ -131,12 +147,11 @@ def plot_confusion_matrix(matrix, *, class_names: list | None = None, normalize=
             Defaults to False.
         path: str, optional. Where to save the figure.
 
-    Example:
-
-    >>> from finetune_tf import plot_confusion_matrix
-    >>> figure = plot_confusion_matrix([[5, 1], [0, 4]], class_names=["cat", "dog"])
-    >>> [t.get_text() for t in figure.axes[0].get_xticklabels()]
-    ['cat', 'dog']
+    Examples:
+        >>> from finetune_tf import plot_confusion_matrix
+        >>> figure = plot_confusion_matrix([[5, 1], [0, 4]], class_names=["cat", "dog"])
+        >>> [t.get_text() for t in figure.axes[0].get_xticklabels()]
+        ['cat', 'dog']
     """
     matrix = np.asarray(matrix, dtype="float64")
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
@@ -177,12 +192,11 @@ def plot_lr_finder(learning_rates, losses, suggestion: float, *, path=None):
 
     `LRFinderResult.plot(path)` calls this.
 
-    Example:
-
-    >>> from finetune_tf.plots import plot_lr_finder
-    >>> figure = plot_lr_finder([1e-4, 1e-3, 1e-2], [1.0, 0.5, 2.0], 1e-4)
-    >>> figure.axes[0].get_xscale()
-    'log'
+    Examples:
+        >>> from finetune_tf.plots import plot_lr_finder
+        >>> figure = plot_lr_finder([1e-4, 1e-3, 1e-2], [1.0, 0.5, 2.0], 1e-4)
+        >>> figure.axes[0].get_xscale()
+        'log'
     """
     figure = _figure("LRFinderResult.plot()", (6, 4))
     axis = figure.subplots()

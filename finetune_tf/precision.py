@@ -41,13 +41,12 @@ def resolve_precision(mixed_precision, device_names: list[str]) -> str | None:
     (where Tensor Cores make it about twice as fast), `"mixed_bfloat16"` on
     TPUs, and float32 elsewhere (CPUs and older GPUs gain nothing).
 
-    Example:
-
-    >>> from finetune_tf.precision import resolve_precision
-    >>> resolve_precision("auto", ["/job:localhost/replica:0/task:0/device:CPU:0"]) is None
-    True
-    >>> resolve_precision("mixed_bfloat16", [])
-    'mixed_bfloat16'
+    Examples:
+        >>> from finetune_tf.precision import resolve_precision
+        >>> resolve_precision("auto", ["/job:localhost/replica:0/task:0/device:CPU:0"]) is None
+        True
+        >>> resolve_precision("mixed_bfloat16", [])
+        'mixed_bfloat16'
     """
     if mixed_precision is None or mixed_precision in ("float32", False):
         return None

@@ -36,13 +36,12 @@ class ApplicationPreprocessing(keras.layers.Layer):
             `"torch"` (scale to [0, 1] and normalise per channel) or `"caffe"`
             (RGB to BGR and subtract the ImageNet means).
 
-    Example:
-
-    >>> import numpy as np
-    >>> from finetune_tf import ApplicationPreprocessing
-    >>> layer = ApplicationPreprocessing("mobilenet_v2")
-    >>> float(layer(np.full((1, 2, 2, 3), 255.0)).numpy().max())
-    1.0
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf import ApplicationPreprocessing
+        >>> layer = ApplicationPreprocessing("mobilenet_v2")
+        >>> float(layer(np.full((1, 2, 2, 3), 255.0)).numpy().max())
+        1.0
     """
 
     def __init__(self, application: str, **kwargs):
@@ -100,13 +99,12 @@ class InputAdapter(keras.layers.Layer):
             Defaults to `"auto"`.
         interpolation: str. Resize interpolation. Defaults to `"bilinear"`.
 
-    Example:
-
-    >>> import numpy as np
-    >>> from finetune_tf import InputAdapter
-    >>> adapter = InputAdapter(target_shape=(32, 32, 3))
-    >>> tuple(adapter(np.zeros((2, 28, 28, 1))).shape)
-    (2, 32, 32, 3)
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf import InputAdapter
+        >>> adapter = InputAdapter(target_shape=(32, 32, 3))
+        >>> tuple(adapter(np.zeros((2, 28, 28, 1))).shape)
+        (2, 32, 32, 3)
     """
 
     def __init__(

@@ -12,12 +12,11 @@ from __future__ import annotations
 def say(message: str, verbose=1) -> None:
     """Prints `finetune_tf: message` unless `verbose` is 0.
 
-    Example:
-
-    >>> from finetune_tf.progress import say
-    >>> say("stage 'head': 30 epochs")
-    finetune_tf: stage 'head': 30 epochs
-    >>> say("not shown", verbose=0)
+    Examples:
+        >>> from finetune_tf.progress import say
+        >>> say("stage 'head': 30 epochs")
+        finetune_tf: stage 'head': 30 epochs
+        >>> say("not shown", verbose=0)
     """
     if verbose != 0:
         print(f"finetune_tf: {message}", flush=True)

@@ -20,27 +20,26 @@ class Report(dict):
     heads `"mae"`, `"rmse"` and `"r2"` (per output in `"per_output"`). All
     values are plain Python numbers and lists, so `json.dumps(report)` works.
 
-    Example:
-
-    >>> from finetune_tf.report import Report
-    >>> report = Report.for_classes([0, 1, 1, 0], [0, 1, 0, 0], class_names=["cat", "dog"])
-    >>> report["accuracy"]
-    0.75
-    >>> report["per_class"]["dog"]["recall"]
-    0.5
-    >>> print(report)
-    class          precision   recall   f1-score   support
-    cat                0.667    1.000      0.800         2
-    dog                1.000    0.500      0.667         2
-    <BLANKLINE>
-    accuracy                               0.750         4
-    macro avg          0.833    0.750      0.733         4
-    weighted avg       0.833    0.750      0.733         4
-    <BLANKLINE>
-    confusion matrix (rows: true, columns: predicted)
-                 cat dog
-    cat            2   0
-    dog            1   1
+    Examples:
+        >>> from finetune_tf.report import Report
+        >>> report = Report.for_classes([0, 1, 1, 0], [0, 1, 0, 0], class_names=["cat", "dog"])
+        >>> report["accuracy"]
+        0.75
+        >>> report["per_class"]["dog"]["recall"]
+        0.5
+        >>> print(report)
+        class          precision   recall   f1-score   support
+        cat                0.667    1.000      0.800         2
+        dog                1.000    0.500      0.667         2
+        <BLANKLINE>
+        accuracy                               0.750         4
+        macro avg          0.833    0.750      0.733         4
+        weighted avg       0.833    0.750      0.733         4
+        <BLANKLINE>
+        confusion matrix (rows: true, columns: predicted)
+                     cat dog
+        cat            2   0
+        dog            1   1
     """
 
     @classmethod

@@ -180,17 +180,16 @@ def load_model(
     Returns:
         The `keras.Model`.
 
-    Example:
-
-    >>> import os, tempfile, keras, numpy as np
-    >>> import finetune_tf
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
-    >>> model.save(path)
-    >>> restored = finetune_tf.load_model(path)
-    >>> bool(np.allclose(restored.predict(np.ones((1, 3)), verbose=0),
-    ...                  model.predict(np.ones((1, 3)), verbose=0)))
-    True
+    Examples:
+        >>> import os, tempfile, keras, numpy as np
+        >>> import finetune_tf
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
+        >>> model.save(path)
+        >>> restored = finetune_tf.load_model(path)
+        >>> bool(np.allclose(restored.predict(np.ones((1, 3)), verbose=0),
+        ...                  model.predict(np.ones((1, 3)), verbose=0)))
+        True
     """
     with resolve_strategy(strategy).scope():
         return load_keras_file(filepath, safe_mode=safe_mode, compile=compile)

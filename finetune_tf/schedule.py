@@ -51,16 +51,15 @@ class Stage:
             the weights of its best epoch. Defaults to `True`.
         name: str, optional. Recorded per epoch in the history.
 
-    Example:
-
-    >>> from finetune_tf import FreezePolicy, Stage
-    >>> schedule = [
-    ...     Stage(epochs=3, freeze=FreezePolicy.all(), learning_rate=1e-3),
-    ...     Stage(epochs=5, freeze=FreezePolicy.top(30), learning_rate=1e-4,
-    ...           layerwise_lr_decay=0.8, early_stopping=2),
-    ... ]
-    >>> schedule[1].epochs
-    5
+    Examples:
+        >>> from finetune_tf import FreezePolicy, Stage
+        >>> schedule = [
+        ...     Stage(epochs=3, freeze=FreezePolicy.all(), learning_rate=1e-3),
+        ...     Stage(epochs=5, freeze=FreezePolicy.top(30), learning_rate=1e-4,
+        ...           layerwise_lr_decay=0.8, early_stopping=2),
+        ... ]
+        >>> schedule[1].epochs
+        5
     """
 
     epochs: int
@@ -143,11 +142,10 @@ def gradual_unfreezing(
         learning_rate: float. The head stage's learning rate. Defaults to 1e-4.
         decay: float. Learning-rate factor from one stage to the next. Defaults to 0.5.
 
-    Example:
-
-    >>> from finetune_tf import gradual_unfreezing
-    >>> [stage.freeze for stage in gradual_unfreezing(90, steps=3)]
-    [FreezePolicy.all(), FreezePolicy.top(30), FreezePolicy.top(60), FreezePolicy.top(90)]
+    Examples:
+        >>> from finetune_tf import gradual_unfreezing
+        >>> [stage.freeze for stage in gradual_unfreezing(90, steps=3)]
+        [FreezePolicy.all(), FreezePolicy.top(30), FreezePolicy.top(60), FreezePolicy.top(90)]
     """
     if not isinstance(layer_count, (int, np.integer)) or layer_count < 1:
         raise ValueError(

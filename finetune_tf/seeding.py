@@ -43,14 +43,13 @@ def epoch_keyed(x, y, fit_kwargs: dict, seed: int) -> tuple:
     otherwise returns the arguments unchanged. `validation_split` is taken
     as Keras takes it (the last examples, before shuffling).
 
-    Example:
-
-    >>> import numpy as np
-    >>> from finetune_tf.seeding import epoch_keyed
-    >>> x, y = np.arange(10.0)[:, None], np.arange(10)
-    >>> data, _, kwargs = epoch_keyed(x, y, {"batch_size": 4, "epochs": 2}, seed=0)
-    >>> kwargs["steps_per_epoch"], len(list(data))  # 3 batches an epoch, 2 epochs
-    (3, 6)
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf.seeding import epoch_keyed
+        >>> x, y = np.arange(10.0)[:, None], np.arange(10)
+        >>> data, _, kwargs = epoch_keyed(x, y, {"batch_size": 4, "epochs": 2}, seed=0)
+        >>> kwargs["steps_per_epoch"], len(list(data))  # 3 batches an epoch, 2 epochs
+        (3, 6)
     """
     kwargs = dict(fit_kwargs)
     shuffle = kwargs.get("shuffle", True)

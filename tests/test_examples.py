@@ -33,3 +33,28 @@ def test_multi_worker_example_trains_on_two_local_workers(tmp_path, capsys):
     assert "test accuracy" not in outputs[1]  # the other worker stays quiet
     assert "MultiWorkerMirroredStrategy, worker 0 of 2" in outputs[0]
     assert os.path.exists(tmp_path / "tuned.keras")
+
+
+def test_image_folder_example_reads_class_subfolders(tmp_path, capsys):
+    result = load_example("image_folder").main(
+        per_class=8, head_epochs=2, epochs=1, workdir=str(tmp_path)
+    )
+    out = capsys.readouterr().out
+    assert result["class_names"] == ["circle", "square", "triangle"]
+    assert "confusion matrix" in out and "stage 'fine_tune'" in out
+    assert sorted(os.listdir(tmp_path / "shapes")) == result["class_names"]
+    assert len(os.listdir(tmp_path / "shapes" / "circle")) == 8
+    assert (tmp_path / "shapes.keras").exists() and (tmp_path / "curves.png").exists()
+    assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_text_classification_example_fine_tunes_a_hub_text_encoder(tmp_path, capsys):
+    result = load_example("text_classification").main(
+        shots=8, head_epochs=30, epochs=10, workdir=str(tmp_path)
+    )
+    out = capsys.readouterr().out
+    assert "fine-tuned pretrained encoder" in out
+    assert (tmp_path / "text_encoder" / "saved_model.pb").exists()  # the Hub-format export
+    assert (tmp_path / "reviews.keras").exists()
+    # The pretrained encoder transfers: it beats the same encoder without pretraining.
+    assert result["fine_tuned"] > result["scratch"]

@@ -126,6 +126,7 @@ def test_plots_render_to_png_without_touching_pyplot(tmp_path):
     assert [line.get_label() for line in lines] == ["loss", "val_loss"]
     np.testing.assert_allclose(lines[0].get_ydata(), history.history["loss"])
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figure._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"  # how Jupyter shows it inline
 
     report = tuner.report(x, y, class_names=["low", "mid", "high"])
     figure = report.plot_confusion_matrix(normalize=True, path=tmp_path / "confusion.png")
