@@ -22,6 +22,7 @@ def test_docs_site_builds_strict(tmp_path):
     api = (tmp_path / "api" / "index.html").read_text()
     for name in ("FineTuner", "FineTunerClassifier", "FreezePolicy", "Report", "plot_history"):
         assert f'id="finetune_tf.{name}"' in api, name
-    assert 'class="language-pycon' in api or "&gt;&gt;&gt;" in api  # examples render as code
+    # Examples render as highlighted code (">>> " prompts), not as markdown quotes.
+    assert api.count('<span class="gp">&gt;&gt;&gt; </span>') > 100
     example = (tmp_path / "examples" / "image_folder" / "index.html").read_text()
     assert "image_dataset_from_directory" in example  # the example's source is on its page

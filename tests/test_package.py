@@ -105,3 +105,16 @@ def test_version_matches_the_package_metadata():
     from importlib.metadata import version
 
     assert finetune_tf.__version__ == version("finetune_tf")
+
+
+def test_the_package_ships_its_type_marker_and_extras():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    package = os.path.dirname(finetune_tf.__file__)
+    assert os.path.isfile(os.path.join(package, "py.typed"))  # PEP 561: the hints are public
+    with open(os.path.join(package, os.pardir, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
+    assert project["tool"]["setuptools"]["package-data"]["finetune_tf"] == ["py.typed"]
+    extras = project["project"]["optional-dependencies"]
+    assert {"plot", "docs", "test"} <= set(extras)
+    assert any(req.startswith("matplotlib") for req in extras["plot"])
