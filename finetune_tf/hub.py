@@ -96,6 +96,8 @@ def _extract_archive(path: str, argname: str) -> str:
         with open(handle, "rb") as archive:
             resolver.DownloadManager(handle).download_and_uncompress(archive, tmp_dir)
 
+    if not os.path.isdir(module_dir):
+        say(f"extracting {path} into {hub_cache_dir()} (once)")
     try:
         module_dir = resolver.atomic_download(path, extract, module_dir)
     except OSError as error:

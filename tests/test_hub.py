@@ -164,7 +164,7 @@ def test_text_encoder_with_string_inputs_fine_tunes_and_round_trips(tmp_path):
 
 
 def test_compressed_archive_handle_is_extracted_into_the_hub_cache(
-    tmp_path, monkeypatch, keras2_files, images
+    tmp_path, monkeypatch, keras2_files, images, capsys
 ):
     import tarfile
 
@@ -180,6 +180,9 @@ def test_compressed_archive_handle_is_extracted_into_the_hub_cache(
     )
     extracted = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     assert len(extracted) == 1 and (extracted[0] / "saved_model.pb").exists()
+    assert f"finetune_tf: extracting {archive}" in capsys.readouterr().out
+    Backbone.from_hub(archive)
+    assert "extracting" not in capsys.readouterr().out  # once: the second load uses the cache
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(b"not an archive")
     with pytest.raises(ValueError, match="archive"):
