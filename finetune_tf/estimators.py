@@ -162,7 +162,7 @@ class _FineTunerEstimator(BaseEstimator):
             "dropout": self.dropout,
         }
 
-    def _train(self, X, y, head: Head, fit_params: dict):
+    def _train(self, X, y, head: Head, fit_params: dict, fitted: dict):
         if self.backbone is None:
             raise ValueError(
                 f"`{type(self).__name__}(backbone)` is required: a keras.Model, a Backbone, "
@@ -175,7 +175,7 @@ class _FineTunerEstimator(BaseEstimator):
                 f"TensorFlow). Received: random_state={self.random_state!r}."
             )
         freeze = FreezePolicy.all() if self.freeze is None else self.freeze
-        self.tuner_ = FineTuner(
+        tuner = FineTuner(
             _pristine_backbone(self.backbone),
             head,
             freeze=freeze,
@@ -185,10 +185,10 @@ class _FineTunerEstimator(BaseEstimator):
         fit_params = {"batch_size": self.batch_size, "verbose": self.verbose, **fit_params}
         if freeze == FreezePolicy.all():
             # Nothing of the backbone trains: the head stage is the whole recipe.
-            self.tuner_.compile(optimizer="adam", learning_rate=self.learning_rate)
-            history = self.tuner_.fit(X, y, epochs=self.head_epochs, **fit_params)
+            tuner.compile(optimizer="adam", learning_rate=self.learning_rate)
+            history = tuner.fit(X, y, epochs=self.head_epochs, **fit_params)
         else:
-            history = self.tuner_.fine_tune(
+            history = tuner.fine_tune(
                 X,
                 y,
                 head_epochs=self.head_epochs,
@@ -197,9 +197,12 @@ class _FineTunerEstimator(BaseEstimator):
                 fine_tune_learning_rate=self.fine_tune_learning_rate,
                 **fit_params,
             )
+        # Fitted attributes only once training succeeded: a failed fit leaves a previous
+        # fit whole, never half replaced.
+        for name, value in fitted.items():
+            setattr(self, name, value)
+        self.tuner_, self.model_, self.head_ = tuner, tuner.model, head
         self.history_ = dict(history.history)
-        self.model_ = self.tuner_.model
-        self.head_ = head
         return self
 
     def export(self, path, **kwargs) -> str:
@@ -301,15 +304,15 @@ class FineTunerClassifier(ClassifierMixin, _FineTunerEstimator):
                 "targets. For several labels per example use FineTuner with "
                 "Head.multilabel."
             )
-        self._encoder = LabelEncoder().fit(y)
-        self.classes_ = self._encoder.classes_
-        if len(self.classes_) < 2:
+        encoder = LabelEncoder().fit(y)
+        classes = encoder.classes_
+        if len(classes) < 2:
             raise ValueError(
-                f"`y` holds 1 class only ({self.classes_[0]!r}); a classifier needs "
+                f"`y` holds 1 class only ({classes[0]!r}); a classifier needs "
                 "examples of at least 2 classes."
             )
-        head = Head.classifier(len(self.classes_), **self._head_options())
-        return self._train(X, self._encoder.transform(y), head, fit_params)
+        head = Head.classifier(len(classes), **self._head_options())
+        return self._train(X, encoder.transform(y), head, fit_params, {"classes_": classes})
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, shape `(n_samples, n_classes)`, columns as `classes_`."""
@@ -328,7 +331,8 @@ class FineTunerRegressor(RegressorMixin, _FineTunerEstimator):
     """A scikit-learn regressor that fine-tunes a pretrained backbone.
 
     Takes the arguments of `FineTunerClassifier`; `y` may be 1-D (one target)
-    or 2-D (several). `score` is R².
+    or 2-D (several). `score` is R². Fitted attributes: `n_outputs_`,
+    `model_`, `tuner_`, `history_`, `n_features_in_` (2-D inputs).
 
     Examples:
         >>> import keras, numpy as np
@@ -360,9 +364,9 @@ class FineTunerRegressor(RegressorMixin, _FineTunerEstimator):
             )
         if not np.isfinite(y).all():
             raise ValueError("`y` contains NaN or infinity; impute or drop those examples.")
-        self._outputs = 1 if y.ndim == 1 else y.shape[1]
-        head = Head.regressor(self._outputs, **self._head_options())
-        return self._train(X, y, head, fit_params)
+        outputs = 1 if y.ndim == 1 else y.shape[1]
+        head = Head.regressor(outputs, **self._head_options())
+        return self._train(X, y, head, fit_params, {"n_outputs_": outputs})
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -372,7 +376,7 @@ class FineTunerRegressor(RegressorMixin, _FineTunerEstimator):
     def predict(self, X) -> np.ndarray:
         """Predictions, shape `(n_samples,)` for one target, else `(n_samples, n_targets)`."""
         predictions = self._predict_raw(X).astype("float64")
-        return predictions[:, 0] if self._outputs == 1 and predictions.ndim == 2 else predictions
+        return predictions[:, 0] if self.n_outputs_ == 1 and predictions.ndim == 2 else predictions
 
 
 class BackboneFeatures(TransformerMixin, BaseEstimator):

@@ -207,3 +207,15 @@ def test_estimator_errors_name_the_argument():
 def test_exported_names():
     for name in ("FineTunerClassifier", "FineTunerRegressor", "BackboneFeatures"):
         assert name in finetune_tf.__all__
+
+
+def test_a_failed_refit_leaves_the_previous_fit_whole():
+    x = np.random.default_rng(0).random((20, 4)).astype("float32")
+    clf = FineTunerClassifier(set_encoder(), head_epochs=2, random_state=0)
+    clf.fit(x, np.array(["a", "b"])[np.arange(20) % 2])
+    before = clf.predict_proba(x)
+    clf.set_params(freeze=FreezePolicy.bottom(99))  # more layers than the backbone has
+    with pytest.raises(ValueError, match=r"FreezePolicy.bottom\(n\)"):
+        clf.fit(x, np.array(["x", "y", "z"])[np.arange(20) % 3])
+    assert list(clf.classes_) == ["a", "b"]
+    np.testing.assert_allclose(clf.predict_proba(x), before)
