@@ -114,7 +114,52 @@ def chief_writes(strategy: tf.distribute.Strategy, fit_kwargs: dict):
 # --- Resuming an interrupted fit ---------------------------------------------------------
 
 STATE_FILE = "state.npz"
-_FORMAT = 1
+FROZEN_PREFIX = "frozen-"  # frozen-<stage>.npz: a stage's frozen variables, written once
+_FORMAT = 2
+
+
+def _save_arrays(path: str, meta: dict, values: list) -> None:
+    """`meta` (JSON) and `values` in one .npz file, written atomically."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    arrays = {f"v{i}": np.asarray(v) for i, v in enumerate(values)}
+    with atomic_file(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def read_state(directory: str) -> tuple[dict, list[np.ndarray]]:
+    """The saved state in `directory`: its metadata and every variable's value, in the
+    order of the model's variables (then the optimizer's), then early stopping's best
+    weights; the stage's frozen variables are put back in their places.
+
+    Examples:
+        >>> import tempfile
+        >>> from finetune_tf.checkpoint import _save_arrays, read_state
+        >>> directory = tempfile.mkdtemp()
+        >>> _save_arrays(f"{directory}/frozen-0.npz", {"indices": [1]}, [np.zeros(2)])
+        >>> frozen = {"file": "frozen-0.npz", "indices": [1], "count": 3}
+        >>> _save_arrays(f"{directory}/state.npz", {"frozen": frozen}, [np.ones(1), np.ones(3)])
+        >>> [a.shape for a in read_state(directory)[1]]
+        [(1,), (2,), (3,)]
+    """
+    meta, arrays = _load_arrays(os.path.join(directory, STATE_FILE))
+    frozen = meta.get("frozen")
+    if frozen is None:
+        return meta, arrays
+    header, values = _load_arrays(os.path.join(directory, frozen["file"]))
+    if header["indices"] != frozen["indices"]:
+        raise ValueError(f"{frozen['file']} holds the frozen variables of another state")
+    stored = len(arrays) - (meta.get("best_weights") or 0)
+    changed = iter(arrays[:stored])
+    placed = dict(zip(frozen["indices"], values, strict=True))
+    merged = [placed[i] if i in placed else next(changed) for i in range(frozen["count"])]
+    return meta, merged + arrays[stored:]
+
+
+def _load_arrays(path: str) -> tuple[dict, list[np.ndarray]]:
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        count = sum(1 for key in data.files if key.startswith("v"))
+        return meta, [data[f"v{i}"] for i in range(count)]
 
 
 def _variables(model: keras.Model, with_optimizer: bool, changeable_only: bool = False) -> list:
@@ -186,6 +231,7 @@ class TrainingRun(keras.callbacks.Callback):
         self.stage, self.stage_name, self.stage_start = 0, "fit", 0
         # Only the chief writes the state; every worker reads it to resume.
         self._writes = directory is not None and is_chief(strategy)
+        self._frozen_written: tuple | None = None  # (file, indices) written this call
         if directory is not None:
             self._read()
 
@@ -199,10 +245,7 @@ class TrainingRun(keras.callbacks.Callback):
         if not os.path.exists(self.path):
             return
         try:
-            with np.load(self.path, allow_pickle=False) as state:
-                meta = json.loads(str(state["meta"]))
-                total = meta["count"] + meta.get("best_weights", 0)
-                arrays = [state[f"v{i}"] for i in range(total)]
+            meta, arrays = read_state(self.directory)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
             raise ValueError(
                 f"`checkpoint_dir`={self.directory!r} holds a {STATE_FILE} that cannot be "
@@ -222,7 +265,7 @@ class TrainingRun(keras.callbacks.Callback):
         else:
             self._restore(arrays)  # between stages: the model's variables only
 
-    def _write(self, epoch: int, with_optimizer: bool, values: list[np.ndarray]):
+    def _write(self, epoch: int, with_optimizer: bool, values: list, frozen: dict | None = None):
         meta = {
             "format": _FORMAT,
             "signature": self.signature,
@@ -232,22 +275,28 @@ class TrainingRun(keras.callbacks.Callback):
             "optimizer": with_optimizer,
             "history": self.history,
             "epochs": self.epochs,
-            "count": len(values),
+            "count": len(values) if frozen is None else frozen["count"],
+            "frozen": frozen,
             "early_stopping": self._early_stopping_state(),
         }
         if self.early_stopping is not None and self.early_stopping.best_weights is not None:
             meta["best_weights"] = len(self.early_stopping.best_weights)
             values = values + list(self.early_stopping.best_weights)
-        os.makedirs(self.directory, exist_ok=True)
-        arrays = {f"v{i}": np.asarray(v) for i, v in enumerate(values)}
-        with atomic_file(self.path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        _save_arrays(self.path, meta, values)
+        self._remove_frozen_files(keep=None if frozen is None else frozen["file"])
+
+    def _remove_frozen_files(self, keep: str | None):
+        for name in os.listdir(self.directory):
+            if name.startswith(FROZEN_PREFIX) and name != keep:
+                os.remove(os.path.join(self.directory, name))
+        if keep is None:
+            self._frozen_written = None
 
     def finish(self):
         """The call completed: its state is no longer needed."""
         if self._writes and os.path.exists(self.path):
             os.remove(self.path)
+            self._remove_frozen_files(keep=None)
 
     # -- stages --
 
@@ -267,10 +316,27 @@ class TrainingRun(keras.callbacks.Callback):
         return _values(_variables(self.full_model, with_optimizer))
 
     def _remember_good_state(self):
-        """Snapshot for the NaN guard: everything when it is also the state written to
-        disk (a resumed stage needs the frozen layers too), else what fit can change."""
-        variables = _variables(self.full_model, True, changeable_only=not self._writes)
+        """Snapshot for the NaN guard (and the state file): what fit can change."""
+        variables = _variables(self.full_model, True, changeable_only=True)
         self._last_good = (variables, _values(variables))
+
+    def _write_epoch(self, epoch: int):
+        """The state after an epoch: what changed, plus the frozen variables once a stage.
+
+        Frozen layers cannot change within a stage, so their values (a frozen backbone:
+        most of the model) go to `frozen-<stage>.npz` once, before the first state that
+        refers to them; each epoch then writes only the trainable part and the optimizer.
+        """
+        everything = _variables(self.full_model, True)
+        changeable = {id(v) for v in self._last_good[0]}
+        indices = [i for i, v in enumerate(everything) if id(v) not in changeable]
+        name = f"{FROZEN_PREFIX}{self.stage}.npz"
+        if self._frozen_written != (name, indices):
+            values = _values([everything[i] for i in indices])
+            _save_arrays(os.path.join(self.directory, name), {"indices": indices}, values)
+            self._frozen_written = (name, indices)
+        frozen = {"file": name, "indices": indices, "count": len(everything)}
+        self._write(epoch, True, self._last_good[1], frozen=frozen)
 
     def _early_stopping_state(self):
         es = self.early_stopping
@@ -336,7 +402,7 @@ class TrainingRun(keras.callbacks.Callback):
         self.epochs.append(epoch)
         self._remember_good_state()
         if self._writes:
-            self._write(epoch + 1, True, self._last_good[1])
+            self._write_epoch(epoch + 1)
 
     def as_history(self, stages: bool) -> keras.callbacks.History:
         """Every epoch of the call (those before a resumption too) as one Keras `History`."""

@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import small_cnn
 
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
-from finetune_tf.checkpoint import STATE_FILE
+from finetune_tf.checkpoint import STATE_FILE, _load_arrays, read_state
 
 
 class Crash(Exception):
@@ -132,6 +132,35 @@ def test_fine_tune_resumes_its_stage_with_early_stopping_state(tmp_path):
     assert_same(weights(resumed), weights(reference))
 
 
+def test_frozen_layers_are_written_once_a_stage_not_every_epoch(tmp_path):
+    x, y = data()
+    tuner = make_tuner()  # FreezePolicy.top(3): most of the backbone frozen
+    tuner.compile()
+    snapshots = []
+    keep = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: snapshots.append(weights(tuner))
+    )
+    with pytest.raises(Crash):
+        tuner.fit(
+            x, y, epochs=4, checkpoint_dir=tmp_path, callbacks=[keep, CrashAt(3, 0)], verbose=0
+        )
+    assert sorted(os.listdir(tmp_path)) == ["frozen-0.npz", STATE_FILE]
+    meta, values = _load_arrays(str(tmp_path / STATE_FILE))
+    header, frozen = _load_arrays(str(tmp_path / "frozen-0.npz"))
+    frozen_ids = {
+        id(v)
+        for layer in tuner.model._flatten_layers(include_self=False)
+        if not layer.trainable
+        for v in layer.variables
+    }
+    expected = [i for i, v in enumerate(tuner.model.variables) if id(v) in frozen_ids]
+    assert header["indices"] == expected and len(frozen) == len(expected) > 0
+    assert len(values) + len(frozen) == meta["count"]  # each variable stored once
+    assert os.path.getmtime(tmp_path / "frozen-0.npz") < os.path.getmtime(tmp_path / STATE_FILE)
+    _, merged = read_state(str(tmp_path))
+    assert_same(merged, snapshots[2])  # the end of epoch 2, every variable in its place
+
+
 def test_a_state_of_another_call_is_refused(tmp_path):
     x, y = data()
     tuner = make_tuner()
@@ -198,11 +227,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_weights(checkpoint, f
         assert len(ran) == 5 + 5 + 2  # stopped at the first bad batch (batch 1), not at the end
     assert_same(weights(tuner), snapshots[1])  # the end of epoch 1, the last good one
     if checkpoint:
-        with np.load(tmp_path / STATE_FILE) as state:
-            meta = json.loads(str(state["meta"]))
-            saved = [state[f"v{i}"] for i in range(meta["count"])]
+        meta, saved = read_state(str(tmp_path))
         assert meta["epoch"] == 2
-        assert_same(saved, snapshots[1])
+        assert_same(saved[: meta["count"]], snapshots[1])
 
 
 class Tap(keras.layers.Layer):
