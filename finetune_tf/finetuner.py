@@ -996,7 +996,8 @@ class FineTuner:
 
         Args:
             x: inputs (arrays, tensors, strings for text backbones), or a
-                `tf.data.Dataset` of `(inputs, labels)` batches.
+                `tf.data.Dataset` or `keras.utils.PyDataset` of
+                `(inputs, labels)` batches.
             y: labels in any format `fit` takes (integer ids, one-hot,
                 multi-label indicators, regression targets). None when `x`
                 is a dataset.
@@ -1024,18 +1025,18 @@ class FineTuner:
             >>> sorted(report["per_class"]), len(report["confusion_matrix"])
             (['a', 'b', 'c'], 3)
         """
-        if isinstance(x, tf.data.Dataset):
+        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
+            kind = type(x).__name__ if isinstance(x, keras.utils.PyDataset) else "tf.data.Dataset"
             if y is not None:
                 raise ValueError(
-                    "`y` must be None when `x` is a tf.data.Dataset: the dataset yields "
-                    "(inputs, labels) batches."
+                    f"`y` must be None when `x` is a {kind}: it yields (inputs, labels) batches."
                 )
+            batches = x if isinstance(x, tf.data.Dataset) else (x[i] for i in range(len(x)))
             predictions, labels = [], []
-            for batch in x:
+            for batch in batches:
                 if not isinstance(batch, tuple) or len(batch) < 2:
                     raise ValueError(
-                        "`x` is a tf.data.Dataset without labels; report() needs "
-                        "(inputs, labels) batches."
+                        f"`x` is a {kind} without labels; report() needs (inputs, labels) batches."
                     )
                 predictions.append(np.asarray(self.model.predict_on_batch(batch[0])))
                 labels.append(np.asarray(batch[1]))

@@ -56,6 +56,15 @@ def test_classification_report_matches_sklearn_in_every_label_format():
     assert tuner.report(x, np.eye(3)[y], class_names=names) == report
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(7)
     assert tuner.report(dataset, class_names=names) == report
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            return x[index * 20 : (index + 1) * 20], y[index * 20 : (index + 1) * 20]
+
+    assert tuner.report(Batches(), class_names=names) == report
     json.dumps(report)  # plain numbers and lists
     table = str(report)
     assert "precision" in table and "confusion matrix" in table and "high" in table
