@@ -691,9 +691,7 @@ class FineTuner:
         if not any(_shapes_compatible(sample, shape) for shape in accepted):
             raise ValueError(
                 f"`{argname}` has shape {array.shape}; this {what} {head.task} head predicts "
-                f"{out} per example, so it takes targets of shape {('n', *out)}.".replace(
-                    "'n'", "n"
-                )
+                f"{out} per example, so it takes targets of shape {_batch_of(out)}."
                 + (" Pass one column per label (0/1 each)." if head.task == "multilabel" else "")
             )
         if array.dtype.kind not in "biuf":
