@@ -18,7 +18,6 @@ import numpy as np
 import scipy.sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
 from sklearn.exceptions import DataConversionWarning
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted
 
@@ -304,6 +303,8 @@ class FineTunerClassifier(ClassifierMixin, _FineTunerEstimator):
                 "targets. For several labels per example use FineTuner with "
                 "Head.multilabel."
             )
+        from sklearn.preprocessing import LabelEncoder  # here, not at finetune_tf's import
+
         encoder = LabelEncoder().fit(y)
         classes = encoder.classes_
         if len(classes) < 2:

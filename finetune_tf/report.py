@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
 
 from finetune_tf.plots import plot_confusion_matrix
+
+
+def _metrics():
+    """`sklearn.metrics`, imported when a report is made, not with finetune_tf."""
+    from sklearn import metrics
+
+    return metrics
 
 
 class Report(dict):
@@ -45,6 +51,7 @@ class Report(dict):
     @classmethod
     def for_classes(cls, y_true, y_pred, *, class_names=None, labels=None) -> Report:
         """A report from integer class ids (true and predicted)."""
+        skm = _metrics()
         labels = (
             list(range(_class_count(y_true, y_pred, class_names))) if labels is None else labels
         )
@@ -64,6 +71,7 @@ class Report(dict):
     @classmethod
     def for_labels(cls, y_true, y_pred, *, class_names=None) -> Report:
         """A report from 0/1 multi-label indicator arrays of shape `(n, k)`."""
+        skm = _metrics()
         k = np.shape(y_true)[1]
         names = [str(n) for n in (class_names if class_names is not None else range(k))]
         table = skm.classification_report(
@@ -168,6 +176,7 @@ def _table_row(name: str, row: dict, width: int) -> str:
 
 
 def _regression_row(y_true, y_pred) -> dict:
+    skm = _metrics()
     return {
         "mae": float(skm.mean_absolute_error(y_true, y_pred)),
         "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
