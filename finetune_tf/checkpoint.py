@@ -82,6 +82,29 @@ def _redirected(callbacks, directory: str) -> list:
 
 
 @contextlib.contextmanager
+def chief_path(strategy: tf.distribute.Strategy, path):
+    """Yields where this worker writes a file the user asked for at `path`.
+
+    The chief writes to `path`; every other multi-worker writes a throwaway
+    copy (tf.distribute expects every worker to take part in a save) into a
+    temporary directory removed on exit, under the same file name so the same
+    checks apply.
+
+    Examples:
+        >>> import tensorflow as tf
+        >>> from finetune_tf.checkpoint import chief_path
+        >>> with chief_path(tf.distribute.get_strategy(), "tuned.keras") as target:
+        ...     target  # one process: it is the chief
+        'tuned.keras'
+    """
+    if is_chief(strategy):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=WORKER_TEMP_PREFIX) as directory:
+        yield os.path.join(directory, os.path.basename(os.fspath(path)))
+
+
+@contextlib.contextmanager
 def chief_writes(strategy: tf.distribute.Strategy, fit_kwargs: dict):
     """Within it, `fit_kwargs["callbacks"]` write checkpoints on the chief only.
 

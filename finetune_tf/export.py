@@ -74,7 +74,7 @@ def export_model(
             f"`quantize`={quantize!r} applies to format='tflite' only; a SavedModel keeps "
             "float32 weights. Pass format='tflite', or quantize=None."
         )
-    names = _class_names(head, class_names)
+    names = head.label_names(class_names)
     path = os.path.abspath(as_str_path(path, "path", "a path for the export"))
     parent = require_parent_directory(path, "path")
     if format == "tflite":
@@ -99,28 +99,6 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
-
-
-def _class_names(head, class_names) -> list[str] | None:
-    """The names that travel with the export: given ones, or "0".."k-1" for class heads."""
-    if head.task == "regression":
-        if class_names is not None:
-            raise ValueError(
-                "`class_names` applies to classification and multi-label heads; a regression "
-                "head has no classes. Leave class_names=None."
-            )
-        return None
-    count = head.num_classes if head.task in ("multiclass", "binary") else head.units
-    if class_names is None:
-        return [str(i) for i in range(count)]
-    names = [str(name) for name in class_names]
-    if len(names) != count:
-        raise ValueError(
-            f"`class_names` has {len(names)} names, but the head has {count} "
-            f"{'classes' if head.task != 'multilabel' else 'labels'}. Pass one name per class, "
-            "in class-id order."
-        )
-    return names
 
 
 def _check_saved_model_target(path: str, overwrite: bool):

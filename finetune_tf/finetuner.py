@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import tempfile
 
 import keras
 import numpy as np
@@ -21,11 +20,10 @@ import tensorflow as tf
 
 from finetune_tf._utils import did_you_mean, shape_tuple
 from finetune_tf.backbone import Backbone, BackboneLayer
-from finetune_tf.checkpoint import TrainingRun, check_checkpoint_dir, chief_writes
+from finetune_tf.checkpoint import TrainingRun, check_checkpoint_dir, chief_path, chief_writes
 from finetune_tf.devices import (
     configure_memory_growth,
     describe,
-    is_chief,
     is_default,
     resolve_strategy,
     strategy_devices,
@@ -1023,6 +1021,7 @@ class FineTuner:
             >>> sorted(report["per_class"]), len(report["confusion_matrix"])
             (['a', 'b', 'c'], 3)
         """
+        names = self._head.label_names(class_names)  # checked before predicting
         if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
             kind = type(x).__name__ if isinstance(x, keras.utils.PyDataset) else "tf.data.Dataset"
             if y is not None:
@@ -1048,9 +1047,9 @@ class FineTuner:
             x = _as_tensor_if_text(x)
             self._check_data(x, y, "report")
             predictions = self.model.predict(x, batch_size=batch_size, verbose=0)
-        return self._report(np.asarray(predictions), np.asarray(y), class_names)
+        return self._report(np.asarray(predictions), np.asarray(y), names)
 
-    def _report(self, predictions: np.ndarray, y: np.ndarray, class_names) -> Report:
+    def _report(self, predictions: np.ndarray, y: np.ndarray, names) -> Report:
         head = self._head
         threshold = 0.0 if head.logits else 0.5
         if head.task == "regression":
@@ -1061,14 +1060,9 @@ class FineTuner:
             return Report.for_labels(
                 labels,
                 (predictions.reshape(-1, units) > threshold).astype(int),
-                class_names=class_names,
+                class_names=names,
             )
         classes = head.num_classes
-        if class_names is not None and len(class_names) != classes:
-            raise ValueError(
-                f"`class_names` has {len(class_names)} names, but the head has {classes} "
-                "classes. Pass one name per class, in class-id order."
-            )
         if units == 1:
             predicted = (predictions.reshape(-1) > threshold).astype(int)
         else:
@@ -1079,9 +1073,7 @@ class FineTuner:
             truth = np.argmax(y, axis=-1).reshape(-1)
         else:
             truth = y.reshape(len(y), *lead, -1)[..., 0].reshape(-1).astype(int)
-        return Report.for_classes(
-            truth, predicted, class_names=class_names, labels=list(range(classes))
-        )
+        return Report.for_classes(truth, predicted, class_names=names, labels=list(range(classes)))
 
     def summary(self, **kwargs):
         """Prints the model summary (`keras.Model.summary`)."""
@@ -1095,14 +1087,8 @@ class FineTuner:
         `custom_objects` needed. A model with a SavedModel or Hub backbone
         stores the handle, which must still resolve when loading.
         """
-        if is_chief(self._strategy):
-            save_model_atomically(self.model, filepath, overwrite=overwrite)
-            return
-        # A non-chief multi-worker writes a throwaway copy, as tf.distribute expects.
-        with tempfile.TemporaryDirectory(prefix="finetune_tf_worker_") as directory:
-            save_model_atomically(
-                self.model, os.path.join(directory, os.path.basename(os.fspath(filepath)))
-            )
+        with chief_path(self._strategy, filepath) as target:
+            save_model_atomically(self.model, target, overwrite=overwrite)
 
     def export(
         self,
@@ -1145,18 +1131,17 @@ class FineTuner:
             >>> bool(np.allclose(served.serve(x), tuner.predict(x, verbose=0), atol=1e-6))
             True
         """
-        options = {"format": format, "class_names": class_names, "quantize": quantize}
-        if is_chief(self._strategy):
-            return export_model(self.model, self._head, path, overwrite=overwrite, **options)
-        # A non-chief multi-worker writes a throwaway copy, as tf.distribute expects.
-        with tempfile.TemporaryDirectory(prefix="finetune_tf_worker_") as directory:
-            export_model(
+        with chief_path(self._strategy, path) as target:
+            written = export_model(
                 self.model,
                 self._head,
-                os.path.join(directory, os.path.basename(os.fspath(path))),
-                **options,
+                target,
+                format=format,
+                class_names=class_names,
+                quantize=quantize,
+                overwrite=overwrite,
             )
-        return os.fspath(path)
+        return written if target is path else os.path.abspath(os.fspath(path))
 
     def __repr__(self):
         return (

@@ -207,6 +207,36 @@ class Head:
             name="predictions",
         )(x)
 
+    def label_names(self, class_names: list | None = None) -> list[str] | None:
+        """The names of this head's classes (or labels), checked: `class_names`
+        as strings, or "0", "1", ... when None. None for a regression head.
+
+        Examples:
+            >>> from finetune_tf import Head
+            >>> Head.classifier(3).label_names()
+            ['0', '1', '2']
+            >>> Head.binary().label_names(["no", "yes"])
+            ['no', 'yes']
+        """
+        if self.task == "regression":
+            if class_names is not None:
+                raise ValueError(
+                    "`class_names` applies to classification and multi-label heads; a "
+                    "regression head has no classes. Leave class_names=None."
+                )
+            return None
+        count = self.units if self.task == "multilabel" else self.num_classes
+        if class_names is None:
+            return [str(i) for i in range(count)]
+        names = [str(name) for name in class_names]
+        if len(names) != count:
+            kind = "labels" if self.task == "multilabel" else "classes"
+            raise ValueError(
+                f"`class_names` has {len(names)} names, but the head has {count} {kind}. "
+                "Pass one name per class, in class-id order."
+            )
+        return names
+
     def default_loss(self) -> keras.losses.Loss:
         """The loss that fits this head."""
         if self.task in ("multiclass", "binary"):

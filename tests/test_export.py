@@ -120,3 +120,28 @@ def test_export_arguments_are_checked_and_failures_leave_the_old_file(tmp_path, 
         tuner.export(lite, format="tflite")
     assert open(lite, "rb").read() == before  # the previous export is intact
     assert sorted(os.listdir(tmp_path)) == ["model.tflite"]  # no temporary leftovers
+
+
+def test_a_non_chief_worker_writes_a_throwaway_copy(tmp_path, monkeypatch):
+    import tempfile
+
+    from finetune_tf import checkpoint
+
+    tuner = tuner_for(Head.classifier(3))
+    monkeypatch.setattr(checkpoint, "is_chief", lambda strategy: False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "worker_tmp"))
+    os.makedirs(tmp_path / "worker_tmp")
+    written = []
+    original = export.export_model
+
+    def spy(model, head, path, **kwargs):
+        written.append(path)
+        return original(model, head, path, **kwargs)
+
+    monkeypatch.setattr("finetune_tf.finetuner.export_model", spy)
+    target = tmp_path / "model.tflite"
+    assert tuner.export(target, format="tflite") == str(target)
+    tuner.save(tmp_path / "tuned.keras")
+    assert not target.exists() and not (tmp_path / "tuned.keras").exists()  # chief's files
+    assert written[0].startswith(str(tmp_path / "worker_tmp"))  # it did export, elsewhere
+    assert os.listdir(tmp_path / "worker_tmp") == []  # and cleaned up
