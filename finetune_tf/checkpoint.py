@@ -191,7 +191,8 @@ def _variables(model: keras.Model, with_optimizer: bool, changeable_only: bool =
     `changeable_only`: leave out the variables of frozen layers, which `fit`
     cannot change (their weights get no gradient and frozen BatchNorm runs in
     inference mode). A frozen backbone is most of a model, so the NaN guard's
-    per-epoch snapshot then copies only the head's few weights.
+    per-epoch snapshot and the per-epoch state file then hold only the head's
+    few weights (the frozen ones are written once a stage).
     """
     variables = list(model.variables)
     if changeable_only:

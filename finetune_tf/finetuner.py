@@ -1056,7 +1056,7 @@ class FineTuner:
             return Report.for_values(y, predictions)
         units = predictions.shape[-1]
         if head.task == "multilabel":
-            labels = y.reshape(-1, units).astype(int)
+            labels = (y.reshape(-1, units) >= 0.5).astype(int)  # soft targets count at 0.5
             return Report.for_labels(
                 labels,
                 (predictions.reshape(-1, units) > threshold).astype(int),
