@@ -16,6 +16,7 @@ hold.)
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 import tensorflow as tf
@@ -81,6 +82,124 @@ def _cut(model: keras.Model, output_layer: str | None, source: str) -> keras.Mod
     return keras.Model(model.inputs, output, name=f"{model.name}_to_{output_layer}")
 
 
+def _build_input_shape(model: keras.Model) -> tuple | None:
+    """The input shape a subclassed model was built or first called with (batch axis dropped)."""
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if len(shapes) != 1:
+        return None
+    shape = next(iter(shapes.values()))
+    if not isinstance(shape, (tuple, list)) or not shape or isinstance(shape[0], (tuple, list)):
+        return None  # several inputs, or not a shape
+    return shape_tuple(shape[1:])
+
+
+def _functional_view(model: keras.Model, input_shape: tuple | None) -> keras.Model:
+    """A subclassed model wrapped in a functional model (`input_shape` or its build shape)."""
+    shape = input_shape if input_shape is not None else _build_input_shape(model)
+    if shape is None:
+        raise ValueError(
+            f"`model` {model.name!r} ({type(model).__name__}) has no defined inputs: it is a "
+            "subclassed model that was not built, or a Sequential model without an input. "
+            "Call it once on a batch, or model.build((None, *input_shape)), or pass "
+            "input_shape= (e.g. Backbone.from_model(model, input_shape=(224, 224, 3))); a "
+            "Sequential model can also start with keras.Input(shape)."
+        )
+    inputs = keras.Input(shape_tuple(shape), name="inputs")
+    return keras.Model(inputs, model(inputs), name=model.name)
+
+
+def _with_inputs(model: keras.Model, input_shape: tuple | None = None) -> keras.Model:
+    """`model` with defined inputs: Sequential and functional models as they are (their
+    `layers` are what `FreezePolicy` counts), a built subclassed model wrapped in a
+    functional model."""
+    if isinstance(model, keras.Sequential):
+        try:
+            inputs = model.inputs
+        except (AttributeError, ValueError):  # not built yet
+            inputs = None
+        if not inputs:
+            raise ValueError(
+                f"`model` {model.name!r} is a Sequential model that has not been built, so its "
+                "input shape is unknown. Start it with keras.Input(shape), e.g. "
+                "keras.Sequential([keras.Input((224, 224, 3)), ...]), or call "
+                "model.build((None, *input_shape)) first."
+            )
+        return model
+    if not hasattr(model, "_inputs_struct"):  # subclassed (functional models have it)
+        return _functional_view(model, input_shape)
+    return model
+
+
+def _single_io_model(model: keras.Model) -> keras.Model:
+    """`model` (see `_with_inputs`) checked to have one input and one output.
+
+    Keras 2 `.h5` models, which hold their one input and output in lists, are
+    re-wrapped with plain tensors.
+    """
+    model = _with_inputs(model)
+    if isinstance(model, keras.Sequential):
+        return model
+    inputs, outputs = model.inputs, model.outputs
+    if len(inputs) != 1:
+        raise ValueError(
+            f"`model` {model.name!r} has {len(inputs)} inputs "
+            f"({short_list(t.name for t in inputs)}); a Backbone takes one. Wrap it in a "
+            "one-input model that feeds every input, e.g. inputs = keras.Input(shape); "
+            "Backbone.from_model(keras.Model(inputs, model([inputs, ...])))."
+        )
+    if len(outputs) != 1:
+        names = [t._keras_history.operation.name for t in outputs]
+        raise ValueError(
+            f"`model` {model.name!r} has {len(outputs)} outputs (from layers "
+            f"{short_list(names)}); a Backbone has one. Cut it at the layer whose output you "
+            f"want with output_layer=, e.g. output_layer={names[0]!r}."
+        )
+    if isinstance(model._inputs_struct, list | tuple) or isinstance(
+        model._outputs_struct, list | tuple
+    ):
+        # e.g. Keras 2 .h5 files: one input and output, but held in lists.
+        model = keras.Model(inputs[0], outputs[0], name=model.name)
+    return model
+
+
+_SOFTMAX = ("softmax", "log_softmax")
+
+
+def _ends_in_softmax(model: keras.Model) -> bool:
+    last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", None) in _SOFTMAX
+
+
+def _warn_if_classifier(model: keras.Model, source: str) -> None:
+    """Warns when `model` ends in a softmax: a head would train on class probabilities."""
+    if not _ends_in_softmax(model):
+        return
+    layers = model.layers
+    # The layer to cut at: below the last Dense (or the Softmax and its Dense), past dropout.
+    index = len(layers) - 1
+    if isinstance(layers[index], keras.layers.Softmax | keras.layers.Activation):
+        index -= 1
+    index -= 1
+    while index > 0 and isinstance(layers[index], keras.layers.Dropout):
+        index -= 1
+    hint = (
+        f" Cut it below the classifier, e.g. output_layer={layers[index].name!r}"
+        if index >= 0 and not isinstance(layers[index], keras.layers.InputLayer)
+        else " Cut it below the classifier with output_layer="
+    )
+    warnings.warn(
+        f"The backbone from {source} ends in a softmax (layer {layers[-1].name!r}): it is a "
+        "whole classifier, so the new head would train on its class probabilities, which "
+        f"throws away most of what the network learned.{hint}, or load it without its top "
+        "(keras.applications: include_top=False, which Backbone.from_keras_applications does).",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 class Backbone:
     """A pretrained feature extractor for `FineTuner`.
 
@@ -121,25 +240,7 @@ class Backbone:
                 "`model` must be a keras.Model (Keras 3). "
                 f"Received: model={model!r} of type {type(model).__name__}."
             )
-        try:
-            inputs = model.inputs
-        except (AttributeError, ValueError):
-            inputs = None
-        if not inputs:
-            raise ValueError(
-                f"`model` {model.name!r} has no defined inputs (a subclassed or unbuilt "
-                "model). Use a functional or Sequential model that starts with keras.Input."
-            )
-        if len(inputs) != 1 or len(model.outputs) != 1:
-            raise ValueError(
-                f"`model` {model.name!r} has {len(inputs)} inputs and {len(model.outputs)} "
-                "outputs; a Backbone needs exactly one of each. Cut it with output_layer=."
-            )
-        if isinstance(model._inputs_struct, list | tuple) or isinstance(
-            model._outputs_struct, list | tuple
-        ):
-            # e.g. Keras 2 .h5 files: one input and output, but held in lists.
-            model = keras.Model(inputs[0], model.outputs[0], name=model.name)
+        model = _single_io_model(model)
         if isinstance(preprocessing, str):
             preprocessing = ApplicationPreprocessing(preprocessing, name="preprocessing")
         elif preprocessing is not None and not isinstance(preprocessing, keras.layers.Layer):
@@ -249,20 +350,53 @@ class Backbone:
     # --- Constructors -----------------------------------------------------
 
     @classmethod
-    def from_model(cls, model: keras.Model, *, output_layer: str | None = None, preprocessing=None):
+    def from_model(
+        cls,
+        model: keras.Model,
+        *,
+        output_layer: str | None = None,
+        preprocessing=None,
+        input_shape: tuple | None = None,
+    ) -> Backbone:
         """A backbone from a live Keras 3 model, optionally cut at `output_layer`.
+
+        Sequential, functional (nested too) and subclassed models work. A
+        Sequential model needs its input shape (start it with `keras.Input`
+        or call `build()`); a subclassed model must have been called once or
+        built, or be given `input_shape=` (it is then wrapped in a functional
+        model). A model ending in a softmax (a whole classifier) is accepted
+        with a warning that names the layer to cut at.
+
+        Args:
+            model: keras.Model. The pretrained network.
+            output_layer: str, optional. Cut the model at this layer.
+            preprocessing: see `Backbone`.
+            input_shape: tuple, optional. The input shape of a subclassed
+                model, without the batch axis. Defaults to the shape it was
+                built with.
 
         Examples:
             >>> import keras
             >>> from finetune_tf import Backbone
-            >>> inputs = keras.Input((8,))
-            >>> hidden = keras.layers.Dense(4, name="hidden")(inputs)
-            >>> model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+            >>> model = keras.Sequential([
+            ...     keras.Input((8,)),
+            ...     keras.layers.Dense(4, name="hidden"),
+            ...     keras.layers.Dense(2, name="top"),
+            ... ])
             >>> Backbone.from_model(model, output_layer="hidden").output_shape
             (4,)
         """
         if isinstance(model, keras.Model) and not _is_tf_keras_model(model):
             source = f"model {model.name!r}"
+            if input_shape is not None and hasattr(model, "_inputs_struct"):
+                raise ValueError(
+                    f"`input_shape` is for subclassed models; `model` {model.name!r} already "
+                    "has an input. Remove input_shape=, or pass FineTuner(input_shape=...) to "
+                    "adapt differently shaped data."
+                )
+            model = _with_inputs(model, input_shape)
+            if output_layer is None:
+                _warn_if_classifier(model, source)
             return cls(
                 _cut(model, output_layer, source), preprocessing=preprocessing, source=source
             )
@@ -395,6 +529,8 @@ class Backbone:
             )
         model = load_keras_file(path, safe_mode=safe_mode, compile=False, argname="path")
         source = f"file {os.path.basename(path)!r}"
+        if output_layer is None:
+            _warn_if_classifier(model, source)
         return cls(_cut(model, output_layer, source), preprocessing=preprocessing, source=source)
 
     @classmethod
@@ -461,7 +597,14 @@ class Backbone:
                 )
             input_shape = declared[0]
         inputs = keras.Input(shape_tuple(input_shape), dtype=dtype, name="inputs")
-        model = keras.Model(inputs, layer(inputs), name="saved_model_backbone")
+        outputs = layer(inputs)
+        if isinstance(outputs, dict):
+            raise ValueError(
+                f"The SavedModel {handle!r} returns {len(outputs)} outputs "
+                f"({short_list(sorted(outputs))}); a Backbone has one. Choose it with "
+                f"output_key=, e.g. output_key={sorted(outputs)[0]!r}."
+            )
+        model = keras.Model(inputs, outputs, name="saved_model_backbone")
         return cls(model, preprocessing=preprocessing, source=source)
 
     @classmethod
@@ -502,8 +645,12 @@ class Backbone:
 
 
 def _clone_layer(layer, dtype_policy: str | None):
-    """A fresh copy of `layer` (nested models layer by layer), computing in `dtype_policy`."""
-    if isinstance(layer, keras.Model):
+    """A fresh copy of `layer` (nested models layer by layer), computing in `dtype_policy`.
+
+    A subclassed model is rebuilt from its config like any layer: it must implement
+    `get_config` (Keras' rule for saving it too).
+    """
+    if isinstance(layer, keras.Sequential) or hasattr(layer, "_inputs_struct"):
         return keras.models.clone_model(
             layer, clone_function=lambda inner: _clone_layer(inner, dtype_policy)
         )

@@ -45,7 +45,7 @@ from finetune_tf.progress import say
 from finetune_tf.report import Report
 from finetune_tf.saving import save_model_atomically
 from finetune_tf.schedule import Stage, run_schedule, schedule_signature, steps_per_epoch
-from finetune_tf.seeding import check_seed, epoch_keyed
+from finetune_tf.seeding import check_seed, epoch_keyed, steps_per_execution_for
 
 
 def _optimizer_names() -> list[str]:
@@ -117,6 +117,20 @@ def _in_scope(method):
             return method(self, *args, **kwargs)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _steps_per_execution(model: keras.Model, steps: int):
+    """`model` runs `steps` per execution inside the block, then as compiled again."""
+    compiled = model.steps_per_execution
+    if steps == compiled:
+        yield
+        return
+    model.steps_per_execution, model.train_function = steps, None
+    try:
+        yield
+    finally:
+        model.steps_per_execution, model.train_function = compiled, None
 
 
 def _is_xla_error(error: Exception) -> bool:
@@ -246,8 +260,6 @@ class FineTuner:
         self._xla_failed = False
         self._placement_said = False
         self._run: TrainingRun | None = None  # the progress of the running fit call
-        if self._seed is not None:
-            keras.utils.set_random_seed(self._seed)
         with self._scope(), dtype_policy_scope(self.mixed_precision):
             self._build(
                 backbone,
@@ -262,6 +274,10 @@ class FineTuner:
         """Builds the model; runs in the strategy's scope and under the dtype policy."""
         model_input_shape, adapt, input_channels = input_spec
         backbone = backbone.placed(self._strategy, self.mixed_precision)
+        if self._seed is not None:
+            # Copying the backbone into a strategy's scope draws from the generator; the
+            # head must start from the same weights with or without that copy.
+            keras.utils.set_random_seed(self._seed)
         self._backbone = backbone
         self._head = head
         self._freeze = freeze
@@ -808,20 +824,25 @@ class FineTuner:
         if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) and "shuffle" not in kwargs:
             # Keras ignores `shuffle` for these but warns about its default (True) each time.
             kwargs = dict(kwargs, shuffle=False)
+        per_execution = model.steps_per_execution
         if self._seed is not None:
-            x, y, kwargs = epoch_keyed(x, y, kwargs, self._seed)
-        try:
-            return model.fit(x, y, **kwargs)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            if not (model.jit_compile and self._jit_compile == "auto" and _is_xla_error(error)):
-                raise
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            reason = next((line for line in lines if "XLA" in line), lines[0])[:200]
-            say(f"XLA cannot compile this model ({reason}); training without XLA", 1)
-            self._xla_failed = True
-            model.jit_compile = False
-            model.train_function = model.test_function = model.predict_function = None
-            return model.fit(x, y, **kwargs)
+            x, y, keyed = epoch_keyed(x, y, kwargs, self._seed)
+            if keyed is not kwargs:  # one dataset of all epochs, back to back
+                per_execution = steps_per_execution_for(keyed["steps_per_epoch"], per_execution)
+            kwargs = keyed
+        with _steps_per_execution(model, per_execution):
+            try:
+                return model.fit(x, y, **kwargs)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+                if not (model.jit_compile and self._jit_compile == "auto" and _is_xla_error(error)):
+                    raise
+                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+                reason = next((line for line in lines if "XLA" in line), lines[0])[:200]
+                say(f"XLA cannot compile this model ({reason}); training without XLA", 1)
+                self._xla_failed = True
+                model.jit_compile = False
+                model.train_function = model.test_function = model.predict_function = None
+                return model.fit(x, y, **kwargs)
 
     @_in_scope
     def fine_tune(

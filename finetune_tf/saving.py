@@ -25,6 +25,17 @@ H5_SUFFIXES = (".h5", ".hdf5")
 
 # Where a model config may take objects from: Keras and packages built on its registry.
 _SAFE_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp", "finetune_tf")
+# What a class registered by the user's own code must be to be loaded in safe mode.
+_MODELLING_BASES = (
+    keras.layers.Layer,
+    keras.losses.Loss,
+    keras.metrics.Metric,
+    keras.initializers.Initializer,
+    keras.regularizers.Regularizer,
+    keras.constraints.Constraint,
+    keras.optimizers.Optimizer,
+    keras.optimizers.schedules.LearningRateSchedule,
+)
 # Modules whose functions a config may name (losses, metrics, activations, ...).
 _SAFE_FUNCTION_MODULES = (
     "builtins",
@@ -41,6 +52,22 @@ _SAFE_FUNCTION_MODULES = (
 
 def _in_modules(module: str, modules) -> bool:
     return any(module == m or module.startswith(m + ".") for m in modules)
+
+
+def _registered_in_this_process(config: dict) -> bool:
+    """Whether the config names a modelling class that this process registered itself
+    (`keras.saving.register_keras_serializable`): its code is the user's, already
+    imported, and the file only gives it arguments (as Keras' own safe mode allows)."""
+    name = config.get("registered_name")
+    if not isinstance(name, str):
+        return False
+    found = keras.saving.get_registered_object(name)
+    return (
+        isinstance(found, type)
+        and found.__module__ == config.get("module")
+        and found.__name__ == config.get("class_name")
+        and issubclass(found, _MODELLING_BASES)
+    )
 
 
 def _unsafe_objects(config) -> list[str]:
@@ -61,7 +88,11 @@ def _unsafe_objects(config) -> list[str]:
             elif class_name == "function" and isinstance(module, str):
                 if not _in_modules(module, _SAFE_FUNCTION_MODULES):
                     found.append(f"function {module}.{inner}")
-            elif isinstance(module, str) and not _in_modules(module, _SAFE_PACKAGES):
+            elif (
+                isinstance(module, str)
+                and not _in_modules(module, _SAFE_PACKAGES)
+                and not _registered_in_this_process(config)
+            ):
                 found.append(f"object {module}.{class_name}")
         for value in config.values():
             found.extend(_unsafe_objects(value))

@@ -99,3 +99,22 @@ def epoch_keyed(x, y, fit_kwargs: dict, seed: int) -> tuple:
     dataset = tf.data.Dataset.range(first, max(first, last)).flat_map(one_epoch)
     kwargs["steps_per_epoch"] = max(1, -(-count // batch_size))
     return dataset.map(take).prefetch(2), None, kwargs
+
+
+def steps_per_execution_for(steps_per_epoch: int, steps_per_execution: int) -> int:
+    """The largest number of steps per execution, at most `steps_per_execution`, that divides
+    `steps_per_epoch`.
+
+    Keras runs whole executions: with `steps_per_epoch=40` and
+    `steps_per_execution=32` an epoch would take 64 batches from an
+    epoch-keyed dataset, which holds its epochs back to back, so every epoch
+    after the first would start in the wrong place and training would run out
+    of data.
+
+    Examples:
+        >>> from finetune_tf.seeding import steps_per_execution_for
+        >>> steps_per_execution_for(40, 32), steps_per_execution_for(64, 32)
+        (20, 32)
+    """
+    limit = max(1, min(steps_per_execution, steps_per_epoch))
+    return next(n for n in range(limit, 0, -1) if steps_per_epoch % n == 0)

@@ -53,10 +53,19 @@ def finish(processes):
     return outputs
 
 
+def arrays(path):
+    saved = np.load(path)
+    return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
 def result(out):
-    weights = np.load(out)
     with open(f"{out}.json") as f:
-        return [weights[f"arr_{i}"] for i in range(len(weights.files))], json.load(f)
+        return arrays(out), json.load(f)
+
+
+def initial_weights(out):
+    """The weights the worker's `FineTuner(seed=7)` started from."""
+    return arrays(f"{out}.init.npz")
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +74,11 @@ def reference(tmp_path_factory):
     directory = tmp_path_factory.mktemp("reference")
     outs = {kind: directory / f"{kind}.npz" for kind in ("keras", "hub")}
     finish([launch(out, "reference", kind) for kind, out in outs.items()])
-    return {kind: result(out) for kind, out in outs.items()}
+    return {kind: (*result(out), initial_weights(out)) for kind, out in outs.items()}
 
 
 def assert_same_training(got, want):
-    (weights, report), (ref_weights, ref_report) = got, want
+    (weights, report), (ref_weights, ref_report) = got[:2], want[:2]
     assert len(weights) == len(ref_weights)
     for w, r in zip(weights, ref_weights, strict=True):
         np.testing.assert_allclose(w, r, atol=1e-5)
@@ -89,6 +98,11 @@ def test_auto_strategy_mirrors_over_logical_cpus_like_one_device(backbone, refer
     assert "finetune_tf: training on 2 devices (CPU:0, CPU:1), MirroredStrategy" in output
     assert reference[backbone][1]["strategy"] == "_DefaultDistributionStrategy"
     assert_same_training(got, reference[backbone])
+    # The same seed draws the same initial weights (the head's included) under the strategy.
+    initial, reference_initial = initial_weights(out), reference[backbone][2]
+    assert len(initial) == len(reference_initial)
+    for got_weight, want_weight in zip(initial, reference_initial, strict=True):
+        np.testing.assert_array_equal(got_weight, want_weight)
 
 
 def test_two_workers_on_localhost_train_like_one_process(reference, tmp_path):
@@ -132,6 +146,7 @@ def test_two_workers_on_localhost_train_like_one_process(reference, tmp_path):
             "tmp1",
             *[o.name for o in outs],
             *[f"{o.name}.json" for o in outs],
+            *[f"{o.name}.init.npz" for o in outs],
         ]
     )
     restored = keras.models.load_model(tmp_path / "tuned.keras")

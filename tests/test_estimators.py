@@ -47,21 +47,32 @@ NOT_APPLICABLE = {
     ),
     "check_regressors_train": "asks for R2 > 0.5 on tabular data of any width; same reason",
 }
-SUBSET_INVARIANCE = {
+FLOAT32_LAST_BITS = {
     "check_methods_subset_invariance": (
         "asks for equal predictions to 1e-7 whether examples come in one batch or in two; "
         "TensorFlow's float32 CPU kernels differ in the last bit (2e-7) between batch sizes"
+    ),
+    "check_methods_sample_order_invariance": (
+        "asks for equal predict_proba to 1e-7 whatever the order of the examples; "
+        "TensorFlow's float32 CPU kernels differ in the last bits (6e-8) when the rows "
+        "batched together change"
     ),
 }
 
 
 def expected_failures(estimator):
     if isinstance(estimator, FineTunerClassifier):
-        return {"check_classifiers_train": NOT_APPLICABLE["check_classifiers_train"]}
+        return {
+            "check_classifiers_train": NOT_APPLICABLE["check_classifiers_train"],
+            "check_methods_sample_order_invariance": FLOAT32_LAST_BITS[
+                "check_methods_sample_order_invariance"
+            ],
+        }
     if isinstance(estimator, FineTunerRegressor):
-        return {"check_regressors_train": NOT_APPLICABLE["check_regressors_train"]} | (
-            SUBSET_INVARIANCE
-        )
+        return {
+            "check_regressors_train": NOT_APPLICABLE["check_regressors_train"],
+            "check_methods_subset_invariance": FLOAT32_LAST_BITS["check_methods_subset_invariance"],
+        }
     return {}
 
 

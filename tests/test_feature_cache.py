@@ -1,6 +1,7 @@
 """The feature cache trains the head on cached backbone outputs, with the same result."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -238,3 +239,41 @@ def test_text_backbone_strings_are_cached_with_the_same_result(tmp_path, monkeyp
     calls = _spy(monkeypatch)
     _assert_same(reference, train("auto"))
     assert calls["full_fit"] == 0
+
+
+class StepsAtEpochEnd(keras.callbacks.Callback):
+    """The optimizer's step count at the end of each epoch."""
+
+    def __init__(self, tuner):
+        super().__init__()
+        self.optimizer, self.steps = tuner.model.optimizer, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps.append(int(self.optimizer.iterations.numpy()))
+
+
+@pytest.mark.parametrize("feature_cache", [True, False])
+@pytest.mark.parametrize("seed", [None, 3])
+def test_steps_per_epoch_are_what_keras_runs_with_or_without_a_seed(feature_cache, seed):
+    """60 examples at batch 1 are 60 steps an epoch, whatever the path: with a seed the
+    epochs come back to back from one dataset, and the cached head's several steps per
+    execution must not run past an epoch's end."""
+    tuner = _tuner(seed=seed)
+    steps = StepsAtEpochEnd(tuner)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = tuner.fit(
+            X, Y, epochs=3, batch_size=1, feature_cache=feature_cache, callbacks=[steps], verbose=0
+        )
+    assert steps.steps == [60, 120, 180]
+    assert len(history.history["loss"]) == 3
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
+def test_a_seeded_fit_keeps_the_steps_per_execution_the_user_compiled():
+    tuner = _tuner(freeze=FreezePolicy.none(), seed=3)
+    tuner.compile("adam", learning_rate=1e-2, steps_per_execution=4)
+    steps = StepsAtEpochEnd(tuner)
+    tuner.fit(X, Y, epochs=3, batch_size=10, callbacks=[steps], verbose=0)  # 6 steps an epoch
+    assert steps.steps == [6, 12, 18]
+    assert tuner.model.steps_per_execution == 4
