@@ -23,6 +23,7 @@ from finetune_tf.preprocessing import ApplicationPreprocessing, InputAdapter
 from finetune_tf.report import Report
 from finetune_tf.saving import load_model
 from finetune_tf.schedule import Stage, gradual_unfreezing
+from finetune_tf.tuned_model import TunedModel
 
 __version__ = "0.2.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "LRFinderResult",
     "Report",
     "Stage",
+    "TunedModel",
     "__version__",
     "gradual_unfreezing",
     "load_model",

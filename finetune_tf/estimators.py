@@ -23,9 +23,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from finetune_tf.backbone import Backbone
 from finetune_tf.export import export_model
-from finetune_tf.finetuner import FineTuner, _as_tensor_if_text
+from finetune_tf.finetuner import FineTuner
 from finetune_tf.freeze import FreezePolicy
 from finetune_tf.head import Head
+from finetune_tf.tuned_model import as_tensor_if_text
 
 
 def _pristine_backbone(backbone) -> Backbone:
@@ -214,7 +215,7 @@ class _FineTunerEstimator(BaseEstimator):
 
     def _predict_raw(self, X):
         check_is_fitted(self, "model_")
-        X = _as_tensor_if_text(_check_x(self, X, reset=False))
+        X = as_tensor_if_text(_check_x(self, X, reset=False))
         return self.model_.predict(X, batch_size=self.batch_size, verbose=0)
 
     def __getstate__(self):
@@ -439,7 +440,7 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
             Head.regressor(pooling=self.pooling),
             input_shape=self.input_shape,
         )
-        tuner._check_inputs(_as_tensor_if_text(X), "X", "fit")
+        tuner._check_inputs(as_tensor_if_text(X), "X", "fit")
         model = tuner.model
         names = [layer.name for layer in model.layers]
         pooled = model.get_layer("pooling").output if "pooling" in names else tuner._features
@@ -451,7 +452,7 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
         """Embeddings of shape `(n_samples, n_features_out_)`."""
         check_is_fitted(self, "model_")
         X = _check_x(self, X, reset=False)
-        features = self.model_.predict(_as_tensor_if_text(X), batch_size=self.batch_size, verbose=0)
+        features = self.model_.predict(as_tensor_if_text(X), batch_size=self.batch_size, verbose=0)
         return features.reshape(len(features), -1)
 
     def __sklearn_tags__(self):

@@ -46,6 +46,7 @@ from finetune_tf.report import Report
 from finetune_tf.saving import save_model_atomically
 from finetune_tf.schedule import Stage, run_schedule, schedule_signature, steps_per_epoch
 from finetune_tf.seeding import check_seed, epoch_keyed, steps_per_execution_for
+from finetune_tf.tuned_model import TunedModel, as_tensor_if_text
 
 
 def _optimizer_names() -> list[str]:
@@ -62,15 +63,6 @@ def _shapes_compatible(data_shape: tuple, model_shape: tuple) -> bool:
     return len(data_shape) == len(model_shape) and all(
         m is None or d is None or d == m for d, m in zip(data_shape, model_shape, strict=True)
     )
-
-
-def _as_tensor_if_text(data):
-    """numpy arrays and lists of strings as string tensors (Keras' numpy path rejects them)."""
-    if isinstance(data, list) and data and isinstance(data[0], (str, bytes)):
-        data = np.asarray(data)
-    if isinstance(data, np.ndarray) and data.dtype.kind in "USO":
-        return tf.constant(data.astype(str) if data.dtype.kind == "O" else data)
-    return data
 
 
 def _first_array(data):
@@ -302,7 +294,7 @@ class FineTuner:
             x = backbone.preprocessing(x)
         self._features = self._backbone_layer(x)
         outputs = head(self._features)
-        self.model = keras.Model(inputs, outputs, name=name)
+        self.model = TunedModel(inputs, outputs, name=name)
         self._feature_model = keras.Model(inputs, self._features, name=f"{name}_features")
         self._cached_head_model = None
 
@@ -982,11 +974,11 @@ class FineTuner:
 
     def _prepare_fit_data(self, x, y, kwargs):
         """Checks training data (and validation_data, in `kwargs`); returns `x` ready for Keras."""
-        x = _as_tensor_if_text(x)
+        x = as_tensor_if_text(x)
         self._check_data(x, y, "fit")
         validation = kwargs.get("validation_data")
         if isinstance(validation, tuple) and len(validation) >= 2:
-            validation = (_as_tensor_if_text(validation[0]), *validation[1:])
+            validation = (as_tensor_if_text(validation[0]), *validation[1:])
             self._check_inputs(validation[0], "validation_data[0]", "fit")
             self._check_targets(validation[0], validation[1], "validation_data[1]", "fit")
             kwargs["validation_data"] = validation
@@ -996,14 +988,14 @@ class FineTuner:
     def evaluate(self, x=None, y=None, **kwargs):
         """Evaluates the model; takes and returns what `keras.Model.evaluate` does."""
         self._require_compiled("evaluate")
-        x = _as_tensor_if_text(x)
+        x = as_tensor_if_text(x)
         self._check_data(x, y, "evaluate")
         return self.model.evaluate(x, y, **kwargs)
 
     @_in_scope
     def predict(self, x, **kwargs):
         """Predicts; takes and returns what `keras.Model.predict` does."""
-        x = _as_tensor_if_text(x)
+        x = as_tensor_if_text(x)
         self._check_inputs(x, "x", "predict")
         return self.model.predict(x, **kwargs)
 
@@ -1065,7 +1057,7 @@ class FineTuner:
                     "`FineTuner.report` needs the labels: report(x, y), or a tf.data.Dataset "
                     "of (inputs, labels) as x."
                 )
-            x = _as_tensor_if_text(x)
+            x = as_tensor_if_text(x)
             self._check_data(x, y, "report")
             predictions = self.model.predict(x, batch_size=batch_size, verbose=0)
         return self._report(np.asarray(predictions), np.asarray(y), names)

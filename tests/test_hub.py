@@ -155,9 +155,17 @@ def test_text_encoder_with_string_inputs_fine_tunes_and_round_trips(tmp_path):
     assert tuner.evaluate(texts, labels, verbose=0)[1] == 1.0
     path = str(tmp_path / "text.keras")
     tuner.save(path)
-    restored = finetune_tf.load_model(path)
+    expected = tuner.predict(list(texts), verbose=0)
+    # Loaded back, it takes what the tuner took: numpy strings, lists, tensors.
+    for restored in (finetune_tf.load_model(path), keras.models.load_model(path)):
+        assert isinstance(restored, finetune_tf.TunedModel)
+        for given in (texts, list(texts), tf.constant(texts)):
+            np.testing.assert_allclose(restored.predict(given, verbose=0), expected, atol=1e-6)
+        restored.compile(loss="binary_crossentropy")
+        assert np.all(np.isfinite(restored.evaluate(texts, labels, verbose=0)))
+        restored.fit(texts, labels, epochs=1, verbose=0, validation_data=(list(texts), labels))
     np.testing.assert_allclose(
-        restored.predict(tf.constant(texts), verbose=0), tuner.predict(list(texts), verbose=0)
+        load_and_predict_elsewhere(path, texts, tmp_path), expected, atol=1e-6
     )
     with pytest.raises(ValueError, match=r"output_key='pooled'.*pooled_output"):
         Backbone.from_hub(handle, output_key="pooled")

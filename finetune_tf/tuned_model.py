@@ -1,0 +1,84 @@
+"""`TunedModel`: the `keras.Model` a `FineTuner` builds, trains and saves.
+
+It is a functional Keras model (inputs -> ... -> predictions) that takes
+what the `FineTuner` took: Keras' numpy path refuses numpy arrays and lists
+of strings (`Invalid dtype: str288`), so text inputs are handed to Keras as
+string tensors. A saved tuner loads back as a `TunedModel` with plain
+`keras.models.load_model` after `import finetune_tf`, and still takes them.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def as_tensor_if_text(data):
+    """numpy arrays and lists of strings as string tensors; anything else as it is.
+
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf.tuned_model import as_tensor_if_text
+        >>> as_tensor_if_text(np.array(["good movie"])).dtype.name
+        'string'
+        >>> as_tensor_if_text([1.0, 2.0])
+        [1.0, 2.0]
+    """
+    if isinstance(data, list) and data and isinstance(data[0], (str, bytes)):
+        data = np.asarray(data)
+    if isinstance(data, np.ndarray) and data.dtype.kind in "USO":
+        return tf.constant(data.astype(str) if data.dtype.kind == "O" else data)
+    return data
+
+
+def _validation_as_tensors(validation_data):
+    if isinstance(validation_data, tuple) and validation_data:
+        return (as_tensor_if_text(validation_data[0]), *validation_data[1:])
+    return validation_data
+
+
+@keras.saving.register_keras_serializable(package="finetune_tf")
+class TunedModel(keras.Model):
+    """A functional `keras.Model` that also takes numpy arrays and lists of strings.
+
+    `FineTuner.model` is one. It is built like any functional model,
+    `TunedModel(inputs, outputs, name=...)`, saves like one, and
+    `keras.models.load_model` gives it back as a `TunedModel` (after
+    `import finetune_tf`), so a saved text classifier predicts on
+    `np.array(["a review"])` or `["a review"]` as the tuner did.
+
+    Examples:
+        >>> import keras, numpy as np
+        >>> from finetune_tf import TunedModel
+        >>> inputs = keras.Input((1,), dtype="string")
+        >>> ids = keras.layers.StringLookup(vocabulary=["bad", "good"])(inputs)
+        >>> model = TunedModel(inputs, ids)
+        >>> model.predict(np.array([["good"], ["bad"]]), verbose=0).ravel().tolist()
+        [2, 1]
+    """
+
+    def __init__(self, *args, **kwargs):
+        # (*args, **kwargs): Keras revives a subclass of this signature from a functional
+        # config (layers and their connections), so saved files need nothing else.
+        super().__init__(*args, **kwargs)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        if "validation_data" in kwargs:
+            kwargs["validation_data"] = _validation_as_tensors(kwargs["validation_data"])
+        return super().fit(as_tensor_if_text(x), y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        return super().evaluate(as_tensor_if_text(x), y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        return super().predict(as_tensor_if_text(x), *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        return super().train_on_batch(as_tensor_if_text(x), y, *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        return super().test_on_batch(as_tensor_if_text(x), y, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        return super().predict_on_batch(as_tensor_if_text(x))
