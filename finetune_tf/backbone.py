@@ -16,6 +16,7 @@ hold.)
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import keras
@@ -99,10 +100,8 @@ def _functional_view(model: keras.Model, input_shape: tuple | None) -> keras.Mod
     if shape is None:
         raise ValueError(
             f"`model` {model.name!r} ({type(model).__name__}) has no defined inputs: it is a "
-            "subclassed model that was not built, or a Sequential model without an input. "
-            "Call it once on a batch, or model.build((None, *input_shape)), or pass "
-            "input_shape= (e.g. Backbone.from_model(model, input_shape=(224, 224, 3))); a "
-            "Sequential model can also start with keras.Input(shape)."
+            "subclassed model that was not built. Call it once on a batch, or pass "
+            "input_shape=, e.g. Backbone.from_model(model, input_shape=(224, 224, 3))."
         )
     inputs = keras.Input(shape_tuple(shape), name="inputs")
     return keras.Model(inputs, model(inputs), name=model.name)
@@ -453,7 +452,14 @@ class Backbone:
                 )
             weights = os.fspath(weights)
         constructor = getattr(keras.applications, name)
-        model = constructor(include_top=False, weights=weights, input_shape=input_shape, **kwargs)
+        try:
+            model = constructor(
+                include_top=False, weights=weights, input_shape=input_shape, **kwargs
+            )
+        except Exception as error:  # Keras raises a bare Exception when a download fails
+            if "URL fetch failure" not in str(error):
+                raise
+            raise _weights_download_error(name, str(error)) from None
         module = constructor.__module__.rsplit(".", 1)[-1]
         source = f"keras.applications.{name}(weights={weights!r})"
         return cls(
@@ -642,6 +648,30 @@ class Backbone:
             f"`source`={source!r} is not a keras.applications name, an existing file or "
             f"directory, or a Hub URL.{hint} Check the path or the spelling."
         )
+
+
+def _keras_models_directory() -> str:
+    """Where `keras.utils.get_file` keeps downloaded weights (`$KERAS_HOME/models`)."""
+    from keras.src.backend import config  # the directory Keras fixed when it was imported
+
+    home = getattr(config, "keras_home", lambda: os.path.join("~", ".keras"))()
+    return os.path.join(os.path.expanduser(home), "models")
+
+
+def _weights_download_error(name: str, keras_message: str) -> ConnectionError:
+    """One clear error for `weights="imagenet"` without a network, naming the file to place."""
+    match = re.search(r"(https?://\S+?\.(?:h5|keras))", keras_message)
+    url = match.group(1) if match else None
+    file = url.rsplit("/", 1)[-1] if url else f"the {name} no-top weights file"
+    directory = _keras_models_directory()
+    where = f" from {url}" if url else ""
+    return ConnectionError(
+        f"Could not download the ImageNet weights of {name}{where}: there is no network "
+        f"connection ({keras_message.rsplit(' -- ', 1)[-1]}). Keras looks for {file} in "
+        f"{directory}. Copy it there from a machine that has a connection (or run this once "
+        "where there is one), or pass weights= the path of the file, or weights=None for "
+        "random initialisation."
+    )
 
 
 def _clone_layer(layer, dtype_policy: str | None):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -21,6 +22,12 @@ import tensorflow as tf
 from finetune_tf._utils import did_you_mean, shape_tuple
 from finetune_tf.backbone import Backbone, BackboneLayer
 from finetune_tf.checkpoint import TrainingRun, check_checkpoint_dir, chief_path, chief_writes
+from finetune_tf.data_checks import (
+    expected_input_range,
+    first_batch,
+    ordered_split_warning,
+    value_range_warning,
+)
 from finetune_tf.devices import (
     configure_memory_growth,
     describe,
@@ -252,6 +259,7 @@ class FineTuner:
         self._xla_failed = False
         self._placement_said = False
         self._run: TrainingRun | None = None  # the progress of the running fit call
+        self._range_checked = False  # whether fit looked at the scale of the inputs
         with self._scope(), dtype_policy_scope(self.mixed_precision):
             self._build(
                 backbone,
@@ -944,7 +952,11 @@ class FineTuner:
 
         Returns:
             `LRFinderResult` with `learning_rates`, `losses`, `suggestion` (one
-            tenth of the rate at the smoothed loss's minimum) and `plot(path=None)`.
+            tenth of the rate at the smoothed loss's minimum, always inside
+            `[min_lr, max_lr]`), `reliable` and `note`, and `plot(path=None)`.
+            When the curve has no clear minimum (the loss never fell by a
+            tenth, or was lowest at the sweep's start or end), `reliable` is
+            False and a warning says what to try.
 
         Examples:
             >>> import keras, numpy as np
@@ -976,6 +988,7 @@ class FineTuner:
         """Checks training data (and validation_data, in `kwargs`); returns `x` ready for Keras."""
         x = as_tensor_if_text(x)
         self._check_data(x, y, "fit")
+        self._warn_about_data(x, y, kwargs.get("validation_split"))
         validation = kwargs.get("validation_data")
         if isinstance(validation, tuple) and len(validation) >= 2:
             validation = (as_tensor_if_text(validation[0]), *validation[1:])
@@ -983,6 +996,17 @@ class FineTuner:
             self._check_targets(validation[0], validation[1], "validation_data[1]", "fit")
             kwargs["validation_data"] = validation
         return x
+
+    def _warn_about_data(self, x, y, validation_split):
+        """Warns about data Keras takes silently but that spoils training (`data_checks`)."""
+        messages = [ordered_split_warning(y, validation_split)]
+        if not self._range_checked:  # once per tuner: the scale of the data does not change
+            self._range_checked = True
+            expected = expected_input_range(self._backbone.preprocessing, self._backbone.model)
+            if expected is not None:
+                messages.append(value_range_warning(first_batch(x), expected))
+        for message in filter(None, messages):
+            warnings.warn(f"FineTuner.fit: {message}", UserWarning, stacklevel=4)
 
     @_in_scope
     def evaluate(self, x=None, y=None, **kwargs):

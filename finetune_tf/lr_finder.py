@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -26,18 +27,26 @@ class LRFinderResult:
     Attributes:
         learning_rates: list of float. The learning rate of each step.
         losses: list of float. The training loss of each step.
-        suggestion: float. One tenth of the rate at the smoothed loss's minimum.
+        suggestion: float. One tenth of the rate at the smoothed loss's minimum,
+            kept inside the sweep (never below `min_lr` nor above `max_lr`).
+        reliable: bool. False when the curve has no clear minimum: the loss
+            did not fall by a tenth during the sweep, or was lowest at its very
+            start or end. Then `suggestion` is a guess; `note` says why and what
+            to try.
+        note: str. Why the suggestion is not reliable ("" when it is).
 
     Examples:
         >>> from finetune_tf import LRFinderResult
         >>> result = LRFinderResult([1e-4, 1e-3, 1e-2], [1.0, 0.5, 2.0], 1e-3)
-        >>> result.suggestion
-        0.001
+        >>> result.suggestion, result.reliable
+        (0.001, True)
     """
 
     learning_rates: list
     losses: list
     suggestion: float
+    reliable: bool = True
+    note: str = ""
 
     def plot(self, path: str | None = None):
         """Plots loss against learning rate (log scale); saves it when `path` is given.
@@ -80,21 +89,44 @@ class _ExponentialSweep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _suggest(learning_rates, losses) -> float:
-    losses = np.asarray(losses, dtype="float64")
-    finite = np.isfinite(losses)
-    lrs = np.asarray(learning_rates)[finite]
-    losses = losses[finite]
-    if len(losses) == 0:
-        return math.nan
+def _smoothed(losses: np.ndarray) -> np.ndarray:
+    """The bias-corrected moving average the sweep judges divergence by."""
     smoothed = np.empty_like(losses)
     average = 0.0
-    for i, value in enumerate(losses):  # the bias-corrected moving average the sweep used
+    for i, value in enumerate(losses):
         average = SMOOTHING * average + (1 - SMOOTHING) * value
         smoothed[i] = average / (1 - SMOOTHING ** (i + 1))
-    # One tenth of the rate at the smoothed loss's minimum (fastai's `minimum` rule): robust
-    # to batch noise, and safely below where the loss starts to blow up.
-    return float(lrs[int(np.argmin(smoothed))] / 10.0)
+    return smoothed
+
+
+def _suggest(learning_rates, losses) -> tuple[float, str]:
+    """One tenth of the rate at the smoothed loss's minimum (fastai's `minimum` rule: robust
+    to batch noise, safely below where the loss blows up), kept inside the sweep; and why it
+    is not reliable ("" when it is)."""
+    losses = np.asarray(losses, dtype="float64")
+    finite = np.isfinite(losses)
+    lrs = np.asarray(learning_rates[: len(losses)], dtype="float64")[finite]
+    losses = losses[finite]
+    if len(losses) < 3:
+        return math.nan, "fewer than 3 finite losses were recorded; the loss diverged at once"
+    smoothed = _smoothed(losses)
+    best = int(np.argmin(smoothed))
+    suggestion = float(np.clip(lrs[best] / 10.0, lrs[0], lrs[-1]))
+    start = float(np.mean(losses[: max(1, len(losses) // 10)]))
+    edge = max(1, len(losses) // 20)
+    if not smoothed[best] < 0.9 * start:
+        note = "the loss did not fall by a tenth anywhere in the sweep"
+    elif best < edge:
+        note = "the loss was lowest at the very start of the sweep"
+    elif best >= len(losses) - edge:
+        note = "the loss was still falling at max_lr"
+    else:
+        return suggestion, ""
+    return suggestion, (
+        f"{note}, so the curve gives no reliable minimum. Try more steps= (or more data), a "
+        "wider min_lr/max_lr, or a larger batch_size (a noisy loss hides the minimum); or "
+        "start from a usual rate: 1e-3 for Adam on the head, 1e-4 to 1e-5 with the backbone."
+    )
 
 
 def find_learning_rate(
@@ -123,8 +155,13 @@ def find_learning_rate(
         for variable, value in zip(model.weights, weights, strict=True):
             variable.assign(value)
         tuner._compile(fresh_optimizer=False)
+    suggestion, note = _suggest(sweep.learning_rates, sweep.losses)
+    if note:
+        warnings.warn(f"find_learning_rate: {note}", UserWarning, stacklevel=3)
     return LRFinderResult(
         learning_rates=sweep.learning_rates[: len(sweep.losses)],
         losses=sweep.losses,
-        suggestion=_suggest(sweep.learning_rates, sweep.losses),
+        suggestion=suggestion,
+        reliable=not note,
+        note=note,
     )

@@ -181,3 +181,25 @@ def test_preprocessing_must_be_serializable():
         Backbone.from_model(small_cnn(), preprocessing=lambda x: x / 255)
     with pytest.raises(ValueError, match="Unknown preprocessing"):
         Backbone.from_model(small_cnn(), preprocessing="mobilenet_v9")
+
+
+def test_imagenet_weights_without_a_network_name_the_file_and_where_it_goes(monkeypatch):
+    """Offline, Keras' download fails inside keras.utils.get_file (urlretrieve)."""
+    import urllib.error
+
+    from keras.src.utils import file_utils
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    with pytest.raises(ConnectionError) as caught:
+        Backbone.from_keras_applications(
+            "MobileNetV3Small", weights="imagenet", input_shape=(32, 32, 3)
+        )
+    message = str(caught.value)
+    assert "MobileNetV3Small" in message and "no network" in message
+    assert "_no_top" in message and ".h5 in " in message
+    assert os.path.join(".keras", "models") in message
+    assert "weights=None" in message
+    assert caught.value.__suppress_context__  # one error, not three chained tracebacks

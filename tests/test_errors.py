@@ -34,6 +34,26 @@ def compiled():
     return t
 
 
+class Unbuilt(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def two_inputs():
+    a, b = keras.Input((2,), name="a"), keras.Input((2,), name="b")
+    return keras.Model([a, b], keras.layers.Concatenate()([a, b]))
+
+
+def two_outputs():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, name="hidden")(inputs)
+    return keras.Model(inputs, [hidden, keras.layers.Dense(2, name="aux")(hidden)])
+
+
 def regressor(outputs):
     t = FineTuner(backbone(), Head.regressor(outputs))
     t.compile()
@@ -300,6 +320,36 @@ CASES = [
         lambda d: tuner().save(f"{d}/no/dir/m.keras"),
         FileNotFoundError,
         r"`filepath`.*Create",
+    ),
+    (
+        "backbone-sequential-unbuilt",
+        lambda d: Backbone.from_model(keras.Sequential([keras.layers.Dense(4)])),
+        ValueError,
+        r"Sequential model that has not been built.*keras.Input",
+    ),
+    (
+        "backbone-subclassed-unbuilt",
+        lambda d: Backbone.from_model(Unbuilt()),
+        ValueError,
+        r"no defined inputs.*input_shape=",
+    ),
+    (
+        "backbone-input-shape-not-subclassed",
+        lambda d: Backbone.from_model(backbone().model, input_shape=(6,)),
+        ValueError,
+        r"`input_shape` is for subclassed models",
+    ),
+    (
+        "backbone-two-inputs",
+        lambda d: Backbone.from_model(two_inputs()),
+        ValueError,
+        r"2 inputs.*takes one.*Wrap it",
+    ),
+    (
+        "backbone-two-outputs",
+        lambda d: Backbone.from_model(two_outputs()),
+        ValueError,
+        r"2 outputs.*output_layer='hidden'",
     ),
     (
         "export-over-other-directory",

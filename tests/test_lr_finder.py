@@ -56,3 +56,35 @@ def test_plot_and_errors(tmp_path, images, labels):
         tuner.find_learning_rate(images, labels, min_lr=1.0, max_lr=0.1)
     with pytest.raises(ValueError, match="steps"):
         tuner.find_learning_rate(images, labels, steps=1)
+
+
+def test_a_curve_without_a_minimum_is_flagged_and_the_suggestion_stays_in_the_sweep():
+    """Random labels cannot be learned: no learning rate makes the loss fall."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = rng.integers(0, 2, 64)
+    inputs = keras.Input((4,))
+    backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(8)(inputs)))
+    tuner = FineTuner(backbone, Head.binary(), freeze=FreezePolicy.none())
+    with pytest.warns(UserWarning, match="no reliable minimum"):
+        result = tuner.find_learning_rate(x, y, min_lr=1e-7, max_lr=1e-5, steps=30, batch_size=8)
+    assert not result.reliable and "did not fall" in result.note
+    assert 1e-7 <= result.suggestion <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "losses, reliable, words",
+    [
+        ([1.0] * 5 + [0.5] * 40 + [3.0] * 5, True, ""),
+        ([0.2] + [1.0] * 49, False, "very start"),  # argmin / 10 would be below the sweep
+        ([1.0 - 0.015 * i for i in range(50)], False, "still falling at max_lr"),
+    ],
+)
+def test_the_suggestion_never_leaves_the_sweep(losses, reliable, words):
+    from finetune_tf.lr_finder import _suggest
+
+    lrs = list(np.geomspace(1e-7, 1.0, len(losses)))
+    suggestion, note = _suggest(lrs, losses)
+    assert lrs[0] <= suggestion <= lrs[-1]
+    assert (note == "") is reliable and words in note

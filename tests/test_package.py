@@ -36,6 +36,8 @@ MODULES = [
     "saving",
     "schedule",
     "seeding",
+    "data_checks",
+    "tuned_model",
 ]
 
 

@@ -1,0 +1,140 @@
+"""Checks of training data that Keras accepts silently but that spoil training.
+
+Each looks at what is already in memory (or the first batch of a
+`tf.data.Dataset`) before the first step and warns once, saying what to do:
+
+- `value_range_warning`: inputs on another scale than the backbone's
+  preprocessing expects (digits in 0..16, or images in [0, 1], fed to a
+  network whose preprocessing takes 0..255).
+- `ordered_split_warning`: `validation_split` on data sorted by class. Keras
+  takes the *last* fraction of the examples, before shuffling, so sorted data
+  validates on the last classes only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from finetune_tf.preprocessing import ApplicationPreprocessing
+
+# A first batch whose largest value is this many times below (or above) the top of the
+# expected range is on another scale, not merely dark (or bright) images.
+_SCALE_FACTOR = 4.0
+
+
+def expected_input_range(preprocessing, model: keras.Model) -> tuple[float, float] | None:
+    """The raw input range a backbone's preprocessing is made for, if it says.
+
+    `keras.applications` preprocessing takes pixels in [0, 255]. A
+    `Rescaling(scale, offset)` layer (the backbone's `preprocessing`, or the
+    first layer of its model) maps its inputs to [0, 1] (offset >= 0) or
+    [-1, 1], so it takes `(target - offset) / scale`. Otherwise: None.
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.data_checks import expected_input_range
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+        >>> expected_input_range(keras.layers.Rescaling(1 / 127.5, offset=-1), model)
+        (0.0, 255.0)
+        >>> expected_input_range(None, model) is None
+        True
+    """
+    if isinstance(preprocessing, ApplicationPreprocessing):
+        return 0.0, 255.0
+    rescaling = preprocessing
+    if rescaling is None:
+        layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        rescaling = layers[0] if layers else None
+    if not isinstance(rescaling, keras.layers.Rescaling):
+        return None
+    scale, offset = np.asarray(rescaling.scale), np.asarray(rescaling.offset)
+    if scale.size != 1 or offset.size != 1 or float(scale) <= 0:
+        return None  # per-channel normalisation: no single range to compare
+    scale, offset = float(scale), float(offset)
+    low_target = 0.0 if offset >= 0 else -1.0
+    return (low_target - offset) / scale, (1.0 - offset) / scale
+
+
+def first_batch(x, limit: int = 256) -> np.ndarray | None:
+    """Up to `limit` examples of `x` as numpy (arrays, tensors, a tf.data batch), else None."""
+    if isinstance(x, (np.ndarray, tf.Tensor)):
+        return np.asarray(x[:limit])
+    if isinstance(x, tf.data.Dataset):
+        element = next(iter(x.take(1)), None)
+        if isinstance(element, tuple):
+            element = element[0]
+        if isinstance(element, tf.Tensor):
+            return element.numpy()
+    return None
+
+
+def value_range_warning(batch: np.ndarray | None, expected: tuple | None) -> str | None:
+    """A message when `batch`'s values are on another scale than `expected`, else None.
+
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf.data_checks import value_range_warning
+        >>> print(value_range_warning(np.array([0.0, 16.0]), (0.0, 255.0)))  # doctest: +ELLIPSIS
+        `x` holds values in [0, 16], but the backbone's preprocessing expects about [0, 255]...
+        >>> value_range_warning(np.array([0.0, 230.0]), (0.0, 255.0)) is None
+        True
+    """
+    if batch is None or expected is None or batch.dtype.kind not in "fiu" or batch.size == 0:
+        return None
+    low, high = float(np.min(batch)), float(np.max(batch))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    top = max(abs(expected[0]), abs(expected[1]))
+    peak = max(abs(low), abs(high))
+    if peak == 0 or top / _SCALE_FACTOR <= peak <= top * _SCALE_FACTOR:
+        return None
+    factor = (expected[1] - expected[0]) / (high - low) if high > low else top / peak
+    return (
+        f"`x` holds values in [{low:g}, {high:g}], but the backbone's preprocessing expects "
+        f"about [{expected[0]:g}, {expected[1]:g}]: the pretrained features would see another "
+        f"scale than they were trained on. Rescale your inputs, e.g. x = x * {factor:.4g}, "
+        "or give the Backbone a preprocessing layer that does (e.g. "
+        f"preprocessing=keras.layers.Rescaling({factor:.4g}))."
+    )
+
+
+def ordered_split_warning(y, validation_split) -> str | None:
+    """A message when Keras' `validation_split` would validate on classes the training part
+    lacks (or on one class only), as happens with data sorted by label; else None.
+
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf.data_checks import ordered_split_warning
+        >>> print(ordered_split_warning(np.repeat([0, 1, 2, 3, 4], 10), 0.2))  # doctest: +ELLIPSIS
+        validation_split=0.2 validates on the last 10 examples, ... only class 4...
+        >>> ordered_split_warning(np.arange(50) % 5, 0.2) is None
+        True
+    """
+    if not validation_split or not isinstance(y, (np.ndarray, tf.Tensor, list)):
+        return None
+    labels = np.asarray(y)
+    if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
+        labels = labels.argmax(axis=1)
+    if labels.ndim != 1 or labels.dtype.kind not in "iub" or len(labels) < 2:
+        return None  # regression targets, multi-label rows, strings handled by the caller
+    split_at = int(math.floor(len(labels) * (1.0 - validation_split)))
+    train, validation = set(labels[:split_at].tolist()), set(labels[split_at:].tolist())
+    if not validation or not train:
+        return None
+    unseen = validation - train
+    if not unseen and not (len(validation) == 1 and len(train) > 1):
+        return None
+    shown = sorted(validation)[:5]
+    what = f"only class {shown[0]}" if len(validation) == 1 else f"classes {shown}"
+    return (
+        f"validation_split={validation_split} validates on the last "
+        f"{len(labels) - split_at} examples, which Keras takes before shuffling: {what}"
+        + (f" ({len(unseen)} of {len(validation)} never seen in training)" if unseen else "")
+        + ". Your data looks sorted by class. Shuffle it first (e.g. "
+        "sklearn.utils.shuffle(x, y, random_state=0)), or pass validation_data=."
+    )
