@@ -23,7 +23,9 @@ Run: python examples/image_folder.py [--data DIR] [--backbone MobileNetV3Small -
 
 # %%
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 
 import keras
@@ -103,7 +105,9 @@ def main(
     workdir: str | None = None,
 ) -> dict:
     keras.utils.set_random_seed(seed)
-    workdir = workdir or tempfile.mkdtemp(prefix="finetune_tf_image_folder_")
+    if workdir is None:  # a temporary directory, removed when the script ends
+        workdir = tempfile.mkdtemp(prefix="finetune_tf_image_folder_")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     if data is None:
         data = draw_shapes(os.path.join(workdir, "shapes"), per_class, seed=seed)
         print(f"drew {per_class} images per class into {data}")
@@ -168,17 +172,26 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a folder of class subfolders (default: draw one)")
     parser.add_argument("--backbone", help="a keras.applications name (default: stand-in)")
-    parser.add_argument("--weights", default="imagenet", help="for --backbone: imagenet|none")
+    parser.add_argument("--weights", help="with --backbone: imagenet (default) or none")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--per-class", type=int, default=40)
     parser.add_argument("--head-epochs", type=int, default=20)
     parser.add_argument("--epochs", default="10")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="keep the model and plots here (default: a temp dir)")
     args = parser.parse_args()
+    if args.weights is not None and args.backbone is None:
+        parser.error(
+            "--weights applies to a keras.applications backbone: pass --backbone too, e.g. "
+            "--backbone MobileNetV3Small --weights imagenet (without --backbone the offline "
+            "stand-in model is used)"
+        )
+    weights = args.weights or "imagenet"
     result = main(
         data=args.data,
         backbone=args.backbone,
-        weights=None if args.weights == "none" else args.weights,
+        weights=None if weights == "none" else weights,
+        workdir=args.workdir,
         image_size=args.image_size,
         per_class=args.per_class,
         head_epochs=args.head_epochs,

@@ -13,8 +13,10 @@ Run: python examples/multi_worker.py [--workers 2] [--head-epochs 30] [--epochs 
 
 # %%
 import argparse
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,7 +76,9 @@ def launch(workers: int, head_epochs: int, epochs, workdir: str | None = None) -
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from quickstart import build_cnn
 
-    workdir = workdir or tempfile.mkdtemp(prefix="finetune_tf_multi_worker_")
+    if workdir is None:  # a temporary directory, removed when the script ends
+        workdir = tempfile.mkdtemp(prefix="finetune_tf_multi_worker_")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     keras.utils.set_random_seed(0)
     pretrained = build_cnn(5)
     pretrained.compile("adam", "sparse_categorical_crossentropy")

@@ -17,7 +17,9 @@ Run: python examples/quickstart.py [--shots 5] [--head-epochs 30] [--epochs auto
 
 # %%
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 
 import keras
@@ -70,7 +72,10 @@ def main(
     pretrained = build_cnn(5)
     pretrained.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     pretrained.fit(images[source], labels[source], epochs=20, verbose=0)
-    workdir = workdir or tempfile.mkdtemp(prefix="finetune_tf_quickstart_")
+    keep = workdir is not None
+    if workdir is None:  # a temporary directory, removed when the script ends
+        workdir = tempfile.mkdtemp(prefix="finetune_tf_quickstart_")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     pretrained_path = os.path.join(workdir, "pretrained_digits_0-4.keras")
     pretrained.save(pretrained_path)
 
@@ -103,9 +108,10 @@ def main(
     same = np.allclose(restored.predict(x_test, verbose=0), tuner.predict(x_test, verbose=0))
 
     print(f"Digits 5-9 with {shots} labels per class, tested on {len(y_test)} images:")
-    print(f"  fine-tuned from the pretrained backbone: {tuned_accuracy:.1%} accuracy")
-    print(f"  same network from scratch, same steps:   {scratch_accuracy:.1%} accuracy")
-    print(f"  saved to {tuned_path} (reloaded with identical predictions: {same})")
+    print(f"  fine-tuned from the pretrained backbone: {tuned_accuracy:.0%} accuracy")
+    print(f"  same network from scratch, same steps:   {scratch_accuracy:.0%} accuracy")
+    kept = "" if keep else " (a temporary directory; --workdir DIR keeps the files)"
+    print(f"  saved to {tuned_path}{kept}, reloaded with identical predictions: {same}")
     return {"fine_tuned": tuned_accuracy, "scratch": scratch_accuracy, "reloaded_same": same}
 
 
@@ -120,5 +126,12 @@ if __name__ == "__main__":
         help='epochs of the fine-tuning stage ("auto": at least 300 optimizer steps)',
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="keep the model files here (default: a temporary dir)")
     args = parser.parse_args()
-    main(shots=args.shots, head_epochs=args.head_epochs, epochs=args.epochs, seed=args.seed)
+    main(
+        shots=args.shots,
+        head_epochs=args.head_epochs,
+        epochs=args.epochs,
+        seed=args.seed,
+        workdir=args.workdir,
+    )

@@ -17,7 +17,9 @@ Run: python examples/text_classification.py [--handle URL_OR_DIR] [--shots 8]
 
 # %%
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 
 import keras
@@ -97,7 +99,9 @@ def main(
 ) -> dict:
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    workdir = workdir or tempfile.mkdtemp(prefix="finetune_tf_text_")
+    if workdir is None:  # a temporary directory, removed when the script ends
+        workdir = tempfile.mkdtemp(prefix="finetune_tf_text_")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     if handle is None:
         handle = export_encoder(os.path.join(workdir, "text_encoder"), rng)
         print(f"pretrained a text encoder on movie reviews and exported it to {handle}")
@@ -147,5 +151,13 @@ if __name__ == "__main__":
     parser.add_argument("--shots", type=int, default=8)
     parser.add_argument("--head-epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="keep the model files here (default: a temp dir)")
     args = parser.parse_args()
-    main(args.handle, args.output_key, args.shots, args.head_epochs, seed=args.seed)
+    main(
+        args.handle,
+        args.output_key,
+        args.shots,
+        args.head_epochs,
+        seed=args.seed,
+        workdir=args.workdir,
+    )

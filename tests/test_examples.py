@@ -2,8 +2,11 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 
@@ -58,3 +61,39 @@ def test_text_classification_example_fine_tunes_a_hub_text_encoder(tmp_path, cap
     assert (tmp_path / "reviews.keras").exists()
     # The pretrained encoder transfers: it beats the same encoder without pretraining.
     assert result["fine_tuned"] > result["scratch"]
+
+
+def run_script(name, *args, env=None):
+    return subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("quickstart", ["--shots", "2", "--head-epochs", "1", "--epochs", "1"]),
+        ("image_folder", ["--per-class", "4", "--head-epochs", "1", "--epochs", "1"]),
+    ],
+)
+def test_examples_run_as_scripts_leave_no_temporary_files(name, args, tmp_path):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    result = run_script(name, *args, env={"TMPDIR": str(temporary)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p for p in os.listdir(temporary) if p.startswith("finetune_tf_")] == []
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    result = run_script(name, *args, "--workdir", str(kept), env={"TMPDIR": str(temporary)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any(p.endswith(".keras") for p in os.listdir(kept))  # --workdir keeps them
+
+
+def test_image_folder_refuses_weights_without_a_backbone():
+    result = run_script("image_folder", "--weights", "imagenet")
+    assert result.returncode == 2
+    assert "--backbone MobileNetV3Small --weights imagenet" in result.stderr

@@ -123,3 +123,13 @@ def test_the_package_ships_its_type_marker_and_extras():
     extras = project["project"]["optional-dependencies"]
     assert {"plot", "docs", "test"} <= set(extras)
     assert any(req.startswith("matplotlib") for req in extras["plot"])
+
+
+def test_the_license_file_is_the_one_the_metadata_names():
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
+    with open(os.path.join(root, "pyproject.toml")) as f:
+        assert 'license = { text = "Apache-2.0" }' in f.read()
+    with open(os.path.join(root, "LICENSE")) as f:
+        text = f.read()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and "[yyyy]" not in text
