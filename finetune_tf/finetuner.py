@@ -150,7 +150,9 @@ class FineTuner:
             SavedModel directory or a Hub URL).
         head: `Head`. The task layers.
         freeze: `FreezePolicy`. Which backbone layers train. Defaults to
-            `FreezePolicy.all()`: only the head trains, the safe first stage.
+            `FreezePolicy.all()`: only the head trains in `fit`, the safe first
+            stage; `fine_tune` then trains the whole backbone in its second
+            stage unless you chose a policy.
         input_shape: tuple, optional. The shape of your raw inputs, without
             the batch axis, if it differs from the backbone's: images are then
             resized and their channels repeated or projected inside the model
@@ -243,6 +245,9 @@ class FineTuner:
                 "`head` must be a finetune_tf.Head, e.g. Head.classifier(num_classes=5). "
                 f"Received: head={head!r} of type {type(head).__name__}."
             )
+        # Whether the user chose what trains: without a choice, `fine_tune`'s second stage
+        # trains the whole backbone (a method named fine_tune must fine-tune it).
+        self._freeze_chosen = freeze is not None
         freeze = FreezePolicy.all() if freeze is None else freeze
         self._check_policy(freeze)
         model_input_shape, adapt = self._resolve_input_shape(backbone, input_shape)
@@ -431,6 +436,7 @@ class FineTuner:
             15
         """
         report = self._apply_freeze(policy)
+        self._freeze_chosen = True
         if self._compile_args is not None:
             self._compile(fresh_optimizer=True)
         return report
@@ -869,8 +875,10 @@ class FineTuner:
         so the recipe affords many of them, at a rate a fresh linear layer on
         fixed features tolerates.
 
-        Stage 2 (`"fine_tune"`) applies this FineTuner's own freeze policy
-        (give it e.g. `FreezePolicy.top(30)` or `FreezePolicy.none()`) with
+        Stage 2 (`"fine_tune"`) trains the backbone: the freeze policy you gave
+        the FineTuner (`freeze=`, e.g. `FreezePolicy.top(30)`, or by
+        `set_freeze`), or, if you gave none, the whole backbone
+        (`FreezePolicy.none()`, BatchNorm kept in inference mode), with
         discriminative learning rates: the head at `fine_tune_learning_rate`
         (3e-4, ten times below stage 1), each trained backbone layer at
         `layerwise_lr_decay` (0.8) times the layer above, so the top layer
@@ -910,6 +918,9 @@ class FineTuner:
             ['head', 'head', 'fine_tune', 'fine_tune']
         """
         policy = self._freeze
+        tuned_policy = (
+            policy if self._freeze_chosen else FreezePolicy.none(batchnorm=policy.batchnorm)
+        )
         epochs, early_stopping = _fine_tune_budget(epochs, early_stopping, x, kwargs)
         schedule = [
             Stage(
@@ -920,7 +931,7 @@ class FineTuner:
             ),
             Stage(
                 epochs,
-                policy,
+                tuned_policy,
                 fine_tune_learning_rate,
                 layerwise_lr_decay=layerwise_lr_decay,
                 early_stopping=early_stopping,

@@ -268,3 +268,59 @@ def test_fine_tune_auto_early_stopping_waits_a_tenth_of_the_stage():
 def test_fine_tune_rejects_unknown_budget_words(kwargs, words):
     with pytest.raises(ValueError, match=words):
         dense_tuner().fine_tune(np.zeros((4, 4)), np.zeros(4), **kwargs)
+
+
+class BackboneWatcher(keras.callbacks.Callback):
+    """The backbone's weights at the end of every epoch, with the stage it belonged to."""
+
+    def __init__(self, backbone_model):
+        super().__init__()
+        self.backbone_model, self.snapshots = backbone_model, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.snapshots.append([w.numpy().copy() for w in self.backbone_model.weights])
+
+
+def test_fine_tune_with_every_default_trains_the_backbone_in_stage_two():
+    """FineTuner(backbone, head) with no freeze policy, then fine_tune(x, y): stage 1 trains
+    only the head, and it learns (loss well below chance on a learnable task); stage 2 moves
+    every kernel of the backbone (the whole backbone), while BatchNorm statistics stay."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(32, activation="relu", name="dense1")(inputs)
+    hidden = keras.layers.BatchNormalization(name="bn")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(16, name="features")(hidden))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64") + 2 * (x[:, 1] > 0)  # 4 classes
+    tuner = FineTuner(Backbone.from_model(model), Head.classifier(4))
+    watcher = BackboneWatcher(model)
+    before = [w.numpy().copy() for w in model.weights]
+    history = tuner.fine_tune(x, y, head_epochs=100, epochs=3, callbacks=[watcher], verbose=0)
+    stages = history.history["stage"]
+    head_end = stages.count("head") - 1
+    assert stages.count("fine_tune") == 3
+    # Stage 1: only the head trained, and it learned (chance is log(4) = 1.39).
+    for b, a in zip(before, watcher.snapshots[head_end], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert history.history["loss"][head_end] < 0.8 * np.log(4)
+    # Stage 2: every kernel of the backbone moved; BatchNorm statistics did not.
+    for variable, b, a in zip(model.weights, before, watcher.snapshots[-1], strict=True):
+        if "moving" in variable.path:
+            np.testing.assert_array_equal(a, b)
+        elif "kernel" in variable.path:
+            assert not np.allclose(a, b), variable.path
+    assert tuner.freeze == FreezePolicy.none()
+
+
+def test_fine_tune_keeps_a_policy_the_user_chose_even_all():
+    tuner, model = make_tuner(FreezePolicy.all())
+    before = [w.numpy().copy() for w in model.weights]
+    images = np.random.default_rng(1).random((24, 8, 8, 3), dtype=np.float32)
+    tuner.fine_tune(images, np.arange(24) % 3, head_epochs=1, epochs=2, verbose=0)
+    for b, a in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b)
+    tuner, model = make_tuner()
+    tuner.set_freeze(FreezePolicy.top(2))  # chosen after construction: kept too
+    tuner.fine_tune(images, np.arange(24) % 3, head_epochs=1, epochs=1, verbose=0)
+    assert tuner.freeze == FreezePolicy.top(2)
