@@ -132,6 +132,11 @@ def test_report_is_printable(backbone):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, n", [("MobileNetV3Small", 100), ("ResNet50", 143)])
 def test_real_architectures_freeze_like_the_tutorial(name, n, labels):
+    # Random weights (no download) with BatchNorm in inference mode: nothing normalises the
+    # activations, which grow through ResNet50's residual blocks. Seeded, pixels near the
+    # ImageNet mean and a gentle step keep the loss finite by construction, not by luck
+    # (SGD at 0.1 on raw 0..255 pixels went NaN under TensorFlow 2.20).
+    keras.utils.set_random_seed(0)
     backbone = Backbone.from_keras_applications(name, weights=None, input_shape=(32, 32, 3))
     tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.bottom(n))
     model = backbone.model
@@ -141,8 +146,10 @@ def test_real_architectures_freeze_like_the_tutorial(name, n, labels):
     stats = [x for x in model.layers if isinstance(x, keras.layers.BatchNormalization)]
     stats_before = [x.moving_mean.numpy().copy() for x in stats]
     trainable_before = weights_of(model)
-    images = np.random.default_rng(1).uniform(0, 255, (24, 32, 32, 3)).astype("float32")
-    fit_once(tuner, images, labels)
+    images = np.random.default_rng(1).uniform(96, 160, (24, 32, 32, 3)).astype("float32")
+    tuner.compile(optimizer="sgd", learning_rate=1e-4)
+    history = tuner.fit(images, labels, epochs=1, batch_size=8, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
     frozen_after = [w.numpy() for layer in model.layers[:n] for w in layer.weights]
     for a, b in zip(frozen_before, frozen_after, strict=True):
         np.testing.assert_array_equal(a, b)
