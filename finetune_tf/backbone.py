@@ -172,26 +172,53 @@ def _ends_in_softmax(model: keras.Model) -> bool:
     return getattr(activation, "__name__", None) in _SOFTMAX
 
 
+def _producer(layer):
+    """The layer whose output `layer` takes (its first input, first call), or None."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    tensors = nodes[0].input_tensors if nodes else []
+    history = getattr(tensors[0], "_keras_history", None) if tensors else None
+    return history.operation if history is not None else None
+
+
+_PASS_THROUGH = (
+    keras.layers.Activation,
+    keras.layers.Softmax,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Dropout,
+)
+
+
+def _cut_below_classifier(model: keras.Model):
+    """The layer below a model's classifier: from the softmax, back past activations and
+    reshapes to the first layer with a kernel (the classifier), then past dropout to what
+    feeds it. None if the graph does not say."""
+    layer = model.layers[-1]
+    while isinstance(layer, _PASS_THROUGH):
+        layer = _producer(layer)
+    if layer is None or not hasattr(layer, "kernel"):
+        return None
+    below = _producer(layer)
+    while isinstance(below, keras.layers.Dropout):
+        below = _producer(below)
+    if below is None or isinstance(below, keras.layers.InputLayer):
+        return None
+    return below
+
+
 def _warn_if_classifier(model: keras.Model, source: str) -> None:
     """Warns when `model` ends in a softmax: a head would train on class probabilities."""
     if not _ends_in_softmax(model):
         return
-    layers = model.layers
-    # The layer to cut at: below the last Dense (or the Softmax and its Dense), past dropout.
-    index = len(layers) - 1
-    if isinstance(layers[index], keras.layers.Softmax | keras.layers.Activation):
-        index -= 1
-    index -= 1
-    while index > 0 and isinstance(layers[index], keras.layers.Dropout):
-        index -= 1
+    below = _cut_below_classifier(model)
     hint = (
-        f" Cut it below the classifier, e.g. output_layer={layers[index].name!r}"
-        if index >= 0 and not isinstance(layers[index], keras.layers.InputLayer)
+        f" Cut it below the classifier, e.g. output_layer={below.name!r}"
+        if below is not None
         else " Cut it below the classifier with output_layer="
     )
     warnings.warn(
-        f"The backbone from {source} ends in a softmax (layer {layers[-1].name!r}): it is a "
-        "whole classifier, so the new head would train on its class probabilities, which "
+        f"The backbone from {source} ends in a softmax (layer {model.layers[-1].name!r}): it "
+        "is a whole classifier, so the new head would train on its class probabilities, which "
         f"throws away most of what the network learned.{hint}, or load it without its top "
         "(keras.applications: include_top=False, which Backbone.from_keras_applications does).",
         UserWarning,
@@ -334,9 +361,28 @@ class Backbone:
         return self.copy()
 
     def _copy(self, dtype_policy: str | None) -> Backbone:
-        model = keras.models.clone_model(
-            self.model, clone_function=lambda layer: _clone_layer(layer, dtype_policy)
-        )
+        try:
+            model = keras.models.clone_model(
+                self.model, clone_function=lambda layer: _clone_layer(layer, dtype_policy)
+            )
+        except (TypeError, NotImplementedError) as error:
+            # A subclassed model whose get_config does not give its constructor's arguments.
+            subclassed = [
+                type(layer).__name__
+                for layer in self.model._flatten_layers(include_self=False)
+                if isinstance(layer, keras.Model)
+                and not isinstance(layer, keras.Sequential)
+                and not hasattr(layer, "_inputs_struct")
+            ]
+            what = f"the subclassed model {subclassed[0]}" if subclassed else "a layer"
+            raise ValueError(
+                f"Backbone {self.name!r} cannot be copied: {what} cannot be rebuilt from its "
+                f"config ({type(error).__name__}: {str(error).splitlines()[0][:200]}). A copy "
+                "is made for strategies, mixed precision and every scikit-learn fit. Give the "
+                "class a get_config() that returns its constructor's arguments (and register "
+                "it with keras.saving.register_keras_serializable), or build the model inside "
+                "`with strategy.scope():` and pass that strategy."
+            ) from None
         model.set_weights(self.model.get_weights())
         return Backbone(model, preprocessing=self.preprocessing, source=self.source)
 
@@ -666,9 +712,10 @@ def _weights_download_error(name: str, keras_message: str) -> ConnectionError:
     directory = _keras_models_directory()
     where = f" from {url}" if url else ""
     return ConnectionError(
-        f"Could not download the ImageNet weights of {name}{where}: there is no network "
-        f"connection ({keras_message.rsplit(' -- ', 1)[-1]}). Keras looks for {file} in "
-        f"{directory}. Copy it there from a machine that has a connection (or run this once "
+        f"Could not download the ImageNet weights of {name}{where} "
+        f"({keras_message.rsplit(' -- ', 1)[-1]}; no network, or a proxy refused it). Keras "
+        f"looks for {file} in {directory} (or in /tmp/.keras/models when that is not "
+        "writable). Copy it there from a machine that has a connection (or run this once "
         "where there is one), or pass weights= the path of the file, or weights=None for "
         "random initialisation."
     )

@@ -8,7 +8,9 @@ Each looks at what is already in memory (or the first batch of a
   network whose preprocessing takes 0..255).
 - `ordered_split_warning`: `validation_split` on data sorted by class. Keras
   takes the *last* fraction of the examples, before shuffling, so sorted data
-  validates on the last classes only.
+  validates on the last classes only. It warns only when such a split would be
+  very unlikely (below 1 in 1,000) were the data in random order, so an
+  imbalanced but shuffled data set does not trip it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import tensorflow as tf
 
 from finetune_tf.preprocessing import ApplicationPreprocessing
 
+# A split less likely than this under random order means data sorted by label.
+_CHANCE_OF_RANDOM_ORDER = 1e-3
 # A first batch whose largest value is this many times below (or above) the top of the
 # expected range is on another scale, not merely dark (or bright) images.
 _SCALE_FACTOR = 4.0
@@ -93,13 +97,15 @@ def value_range_warning(batch: np.ndarray | None, expected: tuple | None) -> str
     peak = max(abs(low), abs(high))
     if peak == 0 or top / _SCALE_FACTOR <= peak <= top * _SCALE_FACTOR:
         return None
+    # The map of [low, high] onto the expected range (a scale, and a shift when needed).
     factor = (expected[1] - expected[0]) / (high - low) if high > low else top / peak
+    offset = expected[0] - low * factor if high > low else 0.0
+    shift = f" {'+' if offset > 0 else '-'} {abs(offset):.4g}" if abs(offset) > 1e-6 * top else ""
     return (
         f"`x` holds values in [{low:g}, {high:g}], but the backbone's preprocessing expects "
         f"about [{expected[0]:g}, {expected[1]:g}]: the pretrained features would see another "
-        f"scale than they were trained on. Rescale your inputs, e.g. x = x * {factor:.4g}, "
-        "or give the Backbone a preprocessing layer that does (e.g. "
-        f"preprocessing=keras.layers.Rescaling({factor:.4g}))."
+        f"scale than they were trained on. Rescale your inputs before fit, evaluate and "
+        f"predict, e.g. x = x * {factor:.4g}{shift}."
     )
 
 
@@ -122,12 +128,23 @@ def ordered_split_warning(y, validation_split) -> str | None:
         labels = labels.argmax(axis=1)
     if labels.ndim != 1 or labels.dtype.kind not in "iub" or len(labels) < 2:
         return None  # regression targets, multi-label rows, strings handled by the caller
-    split_at = int(math.floor(len(labels) * (1.0 - validation_split)))
+    count = len(labels)
+    split_at = int(math.floor(count * (1.0 - validation_split)))
     train, validation = set(labels[:split_at].tolist()), set(labels[split_at:].tolist())
     if not validation or not train:
         return None
     unseen = validation - train
-    if not unseen and not (len(validation) == 1 and len(train) > 1):
+    # How likely the split would be in data in random order: small only when it is sorted.
+    # A single class in the validation part: (its share)^(validation size). Classes that only
+    # the validation part has: (validation share)^(their count), for each.
+    share = (count - split_at) / count
+    chance = 1.0
+    if len(validation) == 1 and len(train) > 1:
+        (only,) = validation
+        chance = min(chance, float(np.mean(labels == only)) ** (count - split_at))
+    if unseen:
+        chance = min(chance, share ** int(np.isin(labels, list(unseen)).sum()))
+    if chance > _CHANCE_OF_RANDOM_ORDER:
         return None
     shown = sorted(validation)[:5]
     what = f"only class {shown[0]}" if len(validation) == 1 else f"classes {shown}"

@@ -118,6 +118,12 @@ def _in_scope(method):
     return wrapper
 
 
+def _forget_functions(model: keras.Model) -> None:
+    """Drops the traced train/test/predict functions: Keras fixes the steps they run per call
+    when it traces them."""
+    model.train_function = model.test_function = model.predict_function = None
+
+
 @contextlib.contextmanager
 def _steps_per_execution(model: keras.Model, steps: int):
     """`model` runs `steps` per execution inside the block, then as compiled again."""
@@ -125,11 +131,13 @@ def _steps_per_execution(model: keras.Model, steps: int):
     if steps == compiled:
         yield
         return
-    model.steps_per_execution, model.train_function = steps, None
+    model.steps_per_execution = steps
+    _forget_functions(model)
     try:
         yield
     finally:
-        model.steps_per_execution, model.train_function = compiled, None
+        model.steps_per_execution = compiled
+        _forget_functions(model)
 
 
 def _is_xla_error(error: Exception) -> bool:
@@ -847,7 +855,7 @@ class FineTuner:
                 say(f"XLA cannot compile this model ({reason}); training without XLA", 1)
                 self._xla_failed = True
                 model.jit_compile = False
-                model.train_function = model.test_function = model.predict_function = None
+                _forget_functions(model)
                 return model.fit(x, y, **kwargs)
 
     @_in_scope

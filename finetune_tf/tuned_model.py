@@ -27,8 +27,11 @@ def as_tensor_if_text(data):
     """
     if isinstance(data, list) and data and isinstance(data[0], (str, bytes)):
         data = np.asarray(data)
-    if isinstance(data, np.ndarray) and data.dtype.kind in "USO":
-        return tf.constant(data.astype(str) if data.dtype.kind == "O" else data)
+    if isinstance(data, np.ndarray) and data.dtype.kind in "US":
+        return tf.constant(data)
+    if isinstance(data, np.ndarray) and data.dtype.kind == "O" and data.size:
+        if isinstance(data.flat[0], (str, bytes)):  # strings held as Python objects
+            return tf.constant(data.astype(str))
     return data
 
 

@@ -90,3 +90,15 @@ def test_validation_split_with_classes_never_trained_on_warns_for_one_hot_labels
     tuner = FineTuner(rescaled_backbone(), Head.classifier(3))
     (message,) = fit_warnings(tuner, x, np.eye(3)[labels], validation_split=0.2)
     assert "(1 of 1 never seen in training)" in message
+
+
+def test_shuffled_imbalanced_labels_do_not_look_sorted():
+    """2% positives, shuffled: the last 10% often holds no positive, which is chance."""
+    from finetune_tf.data_checks import ordered_split_warning
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros(500, "int64")
+    labels[:10] = 1
+    for _ in range(200):
+        assert ordered_split_warning(rng.permutation(labels), 0.1) is None
+    assert "(1 of 2 never seen in training)" in ordered_split_warning(np.sort(labels), 0.1)

@@ -277,3 +277,18 @@ def test_a_seeded_fit_keeps_the_steps_per_execution_the_user_compiled():
     tuner.fit(X, Y, epochs=3, batch_size=10, callbacks=[steps], verbose=0)  # 6 steps an epoch
     assert steps.steps == [6, 12, 18]
     assert tuner.model.steps_per_execution == 4
+
+
+def test_evaluate_after_a_seeded_fit_reads_every_batch():
+    """The seeded fit runs fewer steps per execution; validation inside it traces the test
+    function for that count, which must not outlive the fit (evaluate would then read only
+    7 of every 8 batches)."""
+    tuner = _tuner(freeze=FreezePolicy.none(), seed=1)
+    tuner.compile("adam", learning_rate=1e-2, steps_per_execution=8)
+    tuner.fit(X[:35], Y[:35], epochs=1, batch_size=5, validation_data=(XV, YV), verbose=0)
+    x = np.concatenate([X] * 4)  # 240 examples: 48 batches of 5
+    y = np.concatenate([Y] * 4)
+    evaluated = tuner.evaluate(x, y, batch_size=5, verbose=0)
+    probabilities = tuner.predict(x, batch_size=5, verbose=0)
+    loss = -np.mean(np.log(probabilities[np.arange(len(y)), y]))
+    np.testing.assert_allclose(evaluated[0], loss, rtol=2e-6)  # a skipped batch: 4e-5

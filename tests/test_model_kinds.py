@@ -7,6 +7,7 @@ and the scikit-learn estimators. Models that cannot be a backbone (several input
 outputs, an unbuilt model, a whole classifier) get an error or warning naming the fix.
 """
 
+import re
 import warnings
 
 import keras
@@ -282,3 +283,45 @@ def test_strategy_copy_of_a_sequential_keeps_its_weights():
     assert placed.model is not model
     for a, b in zip(placed.model.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_keras_applications_classifier_is_cut_below_its_classifier_layers():
+    """MobileNetV3Small's top ends logits (a 1x1 conv) -> flatten -> softmax activation: the
+    suggested cut gives the 1024 pre-logits features, not the 1000 classes."""
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV3Small(weights=None, include_top=True)
+    with pytest.warns(UserWarning, match=r"softmax") as caught:
+        Backbone.from_model(model)
+    (cut,) = re.findall(r"output_layer='([^']+)'", str(caught[0].message))
+    assert Backbone.from_model(model, output_layer=cut).output_shape == (1, 1, 1024)
+
+
+class TutorialNet(keras.Model):
+    """The tutorial pattern: no get_config, an __init__ without **kwargs, not registered."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3, name="conv1")
+        self.pool = keras.layers.GlobalAveragePooling2D(name="features")
+
+    def call(self, inputs):
+        return self.pool(self.conv(inputs))
+
+
+def test_a_subclassed_model_without_config_trains_and_says_what_copying_needs(data):
+    model = TutorialNet()
+    model(np.zeros((1, 8, 8, 3), "float32"))
+    trains_and_predicts(
+        FineTuner(Backbone.from_model(model), Head.classifier(3), freeze=FreezePolicy.none()),
+        data,
+    )
+    x, y = data
+    for copying in (
+        lambda: Backbone.from_model(model).copy(),
+        lambda: FineTunerClassifier(model, head_epochs=1).fit(x, y),
+        lambda: FineTuner(
+            model, Head.classifier(3), strategy=tf.distribute.MirroredStrategy(["/cpu:0"])
+        ),
+    ):
+        with pytest.raises(ValueError, match=r"TutorialNet cannot be rebuilt.*get_config\(\)"):
+            copying()

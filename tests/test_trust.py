@@ -159,3 +159,54 @@ def test_a_clean_saved_model_backbone_still_loads_in_safe_mode(tmp_path):
     np.testing.assert_allclose(
         keras.models.load_model(path).predict(x, verbose=0), tuner.predict(x, verbose=0)
     )
+
+
+@keras.saving.register_keras_serializable(package="trust_tests")
+class Doubler(keras.layers.Layer):
+    """A layer class the user's own code registered."""
+
+    def call(self, x):
+        return x * 2.0
+
+
+def registered_layer_file(tmp_path):
+    inputs = keras.Input((3,))
+    path = str(tmp_path / "registered.keras")
+    keras.Model(inputs, Doubler(name="doubler")(keras.layers.Dense(3, name="switch")(inputs))).save(
+        path
+    )
+    return path
+
+
+def test_a_layer_class_the_user_registered_loads_in_safe_mode(tmp_path):
+    path = registered_layer_file(tmp_path)
+    model = finetune_tf.load_model(path)
+    assert isinstance(model.get_layer("doubler"), Doubler)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("module", "os", r"object os\.Doubler"),  # a registered name with another module
+        ("class_name", "system", r"object .*\.system"),  # ... or another class
+    ],
+)
+def test_a_registered_name_does_not_vouch_for_another_object(field, value, message, tmp_path):
+    path = registered_layer_file(tmp_path)
+    rewrite_config(path, lambda config: layer_config(config, "doubler").update({field: value}))
+    with pytest.raises(ValueError, match=message + r".*could run code"):
+        finetune_tf.load_model(path)
+
+
+def test_a_lambda_inside_a_registered_layer_is_still_refused(tmp_path):
+    path = registered_layer_file(tmp_path)
+
+    def nest_lambda(config):
+        layer_config(config, "doubler")["config"]["activation"] = {
+            "class_name": "Lambda",
+            "config": {"name": "evil"},
+        }
+
+    rewrite_config(path, nest_lambda)
+    with pytest.raises(ValueError, match=r"Lambda layer 'evil'"):
+        finetune_tf.load_model(path)
