@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,12 @@ def test_quickstart_runs_and_reports(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "fine-tuned from the pretrained backbone" in out and "from scratch" in out
+    # The README shows the lines the script prints, in the same form (whole percents).
+    with open(os.path.join(EXAMPLES, os.pardir, "README.md")) as f:
+        readme = f.read()
+    for line in out.splitlines()[-4:-1]:  # the header and the two accuracy lines
+        shape = re.sub(r"\d+", r"\\d+", re.escape(line))
+        assert re.search("^" + shape + "$", readme, re.M), line
     assert 0.0 <= result["fine_tuned"] <= 1.0 and 0.0 <= result["scratch"] <= 1.0
     assert result["reloaded_same"]
     assert os.path.exists(tmp_path / "tuned_digits_5-9.keras")
