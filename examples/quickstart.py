@@ -12,7 +12,7 @@ model, replace the backbone line with e.g.
 `Backbone.from_keras_applications("MobileNetV3Small", weights="imagenet")`
 or `Backbone.from_hub("https://tfhub.dev/...")`.
 
-Run: python examples/quickstart.py [--shots 5] [--head-epochs 30] [--epochs auto] [--seed 0]
+Run: python examples/quickstart.py [--shots 5] [--head-epochs auto] [--epochs auto] [--seed 0]
 """
 
 # %%
@@ -27,7 +27,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 import finetune_tf
-from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+from finetune_tf import Backbone, FineTuner, Head
 
 
 def build_cnn(num_classes: int) -> keras.Model:
@@ -56,7 +56,7 @@ def few_shot_split(x, y, shots: int, rng: np.random.Generator):
 
 def main(
     shots: int = 5,
-    head_epochs: int = 30,
+    head_epochs: int | str = "auto",
     epochs: int | str = "auto",
     seed: int = 0,
     workdir: str | None = None,
@@ -87,9 +87,7 @@ def main(
 
     # %% 3. Fine-tune: the head on the frozen backbone, then the whole backbone, gently.
     backbone = Backbone.from_file(pretrained_path, output_layer="features")
-    tuner = FineTuner(
-        backbone, Head.classifier(num_classes=5, dropout=0.2), freeze=FreezePolicy.none()
-    )
+    tuner = FineTuner(backbone, Head.classifier(num_classes=5))  # every default
     history = tuner.fine_tune(x_train, y_train, head_epochs=head_epochs, epochs=epochs, verbose=0)
     print(f"stages: {', '.join(dict.fromkeys(history.history['stage']))}; {tuner.freeze_report}")
     _, tuned_accuracy = tuner.evaluate(x_test, y_test, verbose=0)
@@ -118,10 +116,16 @@ def main(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shots", type=int, default=5, help="labelled examples per class")
-    parser.add_argument("--head-epochs", type=int, default=30, help="epochs of the head stage")
+    epochs_or_auto = lambda text: text if text == "auto" else int(text)  # noqa: E731
+    parser.add_argument(
+        "--head-epochs",
+        type=epochs_or_auto,
+        default="auto",
+        help='epochs of the head stage ("auto": at least 500 optimizer steps)',
+    )
     parser.add_argument(
         "--epochs",
-        type=lambda text: text if text == "auto" else int(text),
+        type=epochs_or_auto,
         default="auto",
         help='epochs of the fine-tuning stage ("auto": at least 300 optimizer steps)',
     )

@@ -241,6 +241,12 @@ class Backbone:
                 "`with strategy.scope():` and pass that strategy."
             ) from None
         model.set_weights(self.model.get_weights())
+        for layer in model._flatten_layers(include_self=False):
+            # As Keras does after loading a file: an adapted Normalization (and the other
+            # preprocessing layers) computes from its statistics only once finalized; without
+            # this the copy normalised with the zeros and ones it was built with.
+            if hasattr(layer, "finalize_state"):  # not on InputLayer
+                layer.finalize_state()
         return Backbone(model, preprocessing=self.preprocessing, source=self.source)
 
     def __repr__(self):

@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from finetune_tf.backbone import Backbone
 from finetune_tf.export import export_model
-from finetune_tf.finetuner import FineTuner
+from finetune_tf.finetuner import FineTuner, head_stage_epochs
 from finetune_tf.freeze import FreezePolicy
 from finetune_tf.head import Head
 from finetune_tf.tuned_model import as_tensor_if_text
@@ -35,6 +35,63 @@ def _pristine_backbone(backbone) -> Backbone:
     if isinstance(backbone, (Backbone, keras.Model)):
         return loaded.copy()  # the caller's object: train a copy
     return loaded  # loaded afresh from a name, a file or a handle
+
+
+_NORMALISING_LAYERS = (
+    keras.layers.Normalization,
+    keras.layers.Rescaling,
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+)
+
+
+LARGE_SCALE = 10.0  # columns whose mean or spread exceeds this are "raw units"
+
+
+def _input_scaler(scale, backbone: Backbone, X: np.ndarray):
+    """The `Normalization` layer `scale` asks for on this `X`, or None.
+
+    `"auto"` standardises numeric tabular inputs (2-D `X`) whose columns are
+    in large raw units (some column's mean or standard deviation above 10:
+    prices, counts, wine's proline in the hundreds) when the backbone has no
+    normalisation of its own (no preprocessing, and no Normalization,
+    Rescaling or BatchNormalization/LayerNormalization layer before its first
+    layer with weights). Columns already on a small scale (centimetres,
+    pixels in [0, 1], standardised data) are left as they are: a backbone
+    pretrained on them expects them so.
+    """
+    if scale is not True and scale is not False and scale != "auto":
+        raise ValueError(f'`scale` must be "auto", True or False. Received: scale={scale!r}.')
+    tabular = X.ndim == 2 and X.dtype.kind in "biuf"
+    if scale is True and not tabular:
+        raise ValueError(
+            "`scale=True` standardises the columns of tabular data, but `X` has shape "
+            f'{X.shape} and dtype {X.dtype}. Pass scale=False (or "auto") for images or '
+            "text, and put their preprocessing in the backbone."
+        )
+    if scale == "auto":
+        if not tabular or _normalises(backbone):
+            return None
+        columns = X.astype("float64")
+        if max(np.abs(columns.mean(axis=0)).max(), columns.std(axis=0).max()) <= LARGE_SCALE:
+            return None
+    elif scale is False:
+        return None
+    scaler = keras.layers.Normalization(name="input_scaler")
+    scaler.adapt(X.astype("float32"))
+    return scaler
+
+
+def _normalises(backbone: Backbone) -> bool:
+    """Whether the backbone scales its own inputs (see `_input_scaler`)."""
+    if backbone.preprocessing is not None:
+        return True
+    for layer in backbone.model._flatten_layers(include_self=False):
+        if isinstance(layer, _NORMALISING_LAYERS):
+            return True
+        if layer.weights and not isinstance(layer, keras.Model):
+            return False
+    return False
 
 
 def _check_x(estimator, X, *, reset: bool):
@@ -133,11 +190,12 @@ class _FineTunerEstimator(BaseEstimator):
         pooling: str = "avg",
         hidden_units: tuple = (),
         dropout: float = 0.0,
-        head_epochs: int = 30,
+        head_epochs: int | str = "auto",
         epochs: int | str = "auto",
         learning_rate: float = 3e-3,
         fine_tune_learning_rate: float = 3e-4,
         batch_size: int = 32,
+        scale: bool | str = "auto",
         random_state: int | None = None,
         verbose: int = 0,
     ):
@@ -152,6 +210,7 @@ class _FineTunerEstimator(BaseEstimator):
         self.learning_rate = learning_rate
         self.fine_tune_learning_rate = fine_tune_learning_rate
         self.batch_size = batch_size
+        self.scale = scale
         self.random_state = random_state
         self.verbose = verbose
 
@@ -174,19 +233,23 @@ class _FineTunerEstimator(BaseEstimator):
                 f"`random_state` must be an int or None (NumPy generators cannot seed "
                 f"TensorFlow). Received: random_state={self.random_state!r}."
             )
-        freeze = FreezePolicy.all() if self.freeze is None else self.freeze
+        backbone = _pristine_backbone(self.backbone)
+        scaler = _input_scaler(self.scale, backbone, X)
+        if scaler is not None:
+            backbone = Backbone(backbone.model, preprocessing=scaler, source=backbone.source)
         tuner = FineTuner(
-            _pristine_backbone(self.backbone),
+            backbone,
             head,
-            freeze=freeze,
+            freeze=self.freeze,
             input_shape=self.input_shape,
             seed=self.random_state,
         )
         fit_params = {"batch_size": self.batch_size, "verbose": self.verbose, **fit_params}
-        if freeze == FreezePolicy.all():
+        if self.freeze == FreezePolicy.all():
             # Nothing of the backbone trains: the head stage is the whole recipe.
             tuner.compile(optimizer="adam", learning_rate=self.learning_rate)
-            history = tuner.fit(X, y, epochs=self.head_epochs, **fit_params)
+            epochs = head_stage_epochs(self.head_epochs, X, fit_params)
+            history = tuner.fit(X, y, epochs=epochs, **fit_params)
         else:
             history = tuner.fine_tune(
                 X,
@@ -235,11 +298,12 @@ class FineTunerClassifier(ClassifierMixin, _FineTunerEstimator):
     """A scikit-learn classifier that fine-tunes a pretrained backbone.
 
     Labels may be anything scikit-learn accepts (ints, strings, ...);
-    `classes_` holds them in sorted order and `predict` returns them. With
-    the default `freeze=None` only a new head trains on the frozen backbone
-    (`head_epochs` epochs at `learning_rate`, on cached features); with a
-    `FreezePolicy` that trains part of the backbone, `fit` runs
-    `FineTuner.fine_tune` (head first, then the policy's layers).
+    `classes_` holds them in sorted order and `predict` returns them. `fit`
+    runs `FineTuner.fine_tune` with its defaults: the new head trained to
+    convergence on the frozen backbone, then the whole backbone fine-tuned
+    gently (or the layers of your `freeze` policy). `freeze=FreezePolicy.all()`
+    trains the head alone: much faster on a large backbone (its features are
+    computed once and cached), as good when the pretraining task was close.
 
     Args:
         backbone: what `Backbone.load` takes: a `keras.Model`, a `Backbone`,
@@ -247,17 +311,27 @@ class FineTunerClassifier(ClassifierMixin, _FineTunerEstimator):
             directory or a Hub handle. Copied (or loaded afresh) on every
             `fit`, so each fit starts from the pretrained weights.
         freeze: `FreezePolicy` or None. Which backbone layers fine-tune after
-            the head stage. None: the backbone stays frozen. Defaults to None.
+            the head stage. None: the whole backbone (BatchNorm in inference
+            mode); `FreezePolicy.all()`: none, the head stage is the whole
+            fit. Defaults to None.
         input_shape: tuple, optional. The shape of one example when it
             differs from the backbone's (images are resized inside the model).
         pooling, hidden_units, dropout: the head's (see `Head`).
-        head_epochs: int. Epochs of the head stage. Defaults to 30.
+        head_epochs: int or `"auto"`. Epochs of the head stage (see
+            `FineTuner.fine_tune`). Defaults to `"auto"`.
         epochs: int or `"auto"`. Epochs of the fine-tuning stage (see
             `FineTuner.fine_tune`). Defaults to `"auto"`.
         learning_rate: float. The head stage's rate. Defaults to 3e-3.
         fine_tune_learning_rate: float. The fine-tuning stage's rate.
             Defaults to 3e-4.
         batch_size: int. Defaults to 32.
+        scale: `"auto"`, True or False. Standardise the columns of tabular
+            `X` inside the model (a `keras.layers.Normalization` named
+            `"input_scaler"`, adapted to the training data, saved with the
+            model). `"auto"` does so when the backbone has no normalisation
+            of its own and some column is in large raw units (mean or
+            standard deviation above 10); True always for 2-D numeric `X`.
+            Defaults to `"auto"`.
         random_state: int, optional. Seeds the head's initial weights and the
             shuffling, so two fits give the same model.
         verbose: int. Keras' verbosity. Defaults to 0.
@@ -278,7 +352,7 @@ class FineTunerClassifier(ClassifierMixin, _FineTunerEstimator):
         >>> backbone = keras.Model(inputs, keras.layers.Dense(8, activation="relu")(inputs))
         >>> X = np.random.default_rng(0).random((40, 4))
         >>> y = np.where(X[:, 0] > 0.5, "big", "small")
-        >>> clf = FineTunerClassifier(backbone, head_epochs=5, random_state=0).fit(X, y)
+        >>> clf = FineTunerClassifier(backbone, epochs=2, random_state=0).fit(X, y)
         >>> clf.classes_.tolist()
         ['big', 'small']
         >>> clf.predict_proba(X[:2]).shape
@@ -342,7 +416,7 @@ class FineTunerRegressor(RegressorMixin, _FineTunerEstimator):
         >>> inputs = keras.Input((3,))
         >>> backbone = keras.Model(inputs, keras.layers.Dense(8)(inputs))
         >>> X = np.random.default_rng(0).random((32, 3))
-        >>> reg = FineTunerRegressor(backbone, head_epochs=3, random_state=0).fit(X, X.sum(axis=1))
+        >>> reg = FineTunerRegressor(backbone, epochs=2, random_state=0).fit(X, X.sum(axis=1))
         >>> reg.predict(X[:4]).shape
         (4,)
     """

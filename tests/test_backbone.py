@@ -203,3 +203,20 @@ def test_imagenet_weights_without_a_network_name_the_file_and_where_it_goes(monk
     assert os.path.join(".keras", "models") in message
     assert "weights=None" in message
     assert caught.value.__suppress_context__  # one error, not three chained tracebacks
+
+
+def test_a_copy_computes_what_the_original_computes_with_an_adapted_normalization():
+    """Found by benchmarks/quality.py: a copy (made for every scikit-learn fit, strategy and
+    mixed precision) of a backbone with an adapted Normalization normalised with the zeros
+    and ones it was built with: its outputs differed by hundreds on wine's raw columns."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(loc=[700.0, 2.0, -50.0], scale=[300.0, 0.5, 10.0], size=(64, 3))
+    normalise = keras.layers.Normalization(name="normalise")
+    normalise.adapt(x)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(4, name="dense")(normalise(inputs)))
+    backbone = Backbone.from_model(model)
+    copy = backbone.copy()
+    np.testing.assert_allclose(
+        copy.model.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )

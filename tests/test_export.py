@@ -90,7 +90,7 @@ def test_sklearn_classifier_exports_its_classes(tmp_path):
     inputs = keras.Input((16,))
     backbone = keras.Model(inputs, keras.layers.Dense(8, activation="relu")(inputs))
     y = np.array(["spam", "ham"])[np.arange(20) % 2]
-    clf = FineTunerClassifier(backbone, head_epochs=3, random_state=0).fit(X, y)
+    clf = FineTunerClassifier(backbone, head_epochs=3, epochs=1, random_state=0).fit(X, y)
     outputs = run_tflite(clf.export(tmp_path / "clf.tflite", format="tflite"), X)
     assert [b.decode() for b in outputs["label"]] == clf.predict(X).tolist()
 

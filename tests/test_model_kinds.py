@@ -157,7 +157,7 @@ def test_under_a_strategy(kind, data):
 def test_scikit_learn_estimator(kind, data):
     x, y = data
     model = KINDS[kind]()
-    classifier = FineTunerClassifier(model, head_epochs=3, random_state=0).fit(x, y)
+    classifier = FineTunerClassifier(model, head_epochs=3, epochs=1, random_state=0).fit(x, y)
     assert classifier.predict(x).shape == (24,)
     assert set(classifier.predict(x)) <= {0, 1, 2}
 
@@ -203,7 +203,7 @@ def test_keras2_h5_file_through_every_entry_point(keras2_files, data, tmp_path):
         tuner.predict(x, verbose=0),
         atol=1e-5,
     )
-    classifier = FineTunerClassifier(keras2_files["h5"], head_epochs=2, random_state=0)
+    classifier = FineTunerClassifier(keras2_files["h5"], head_epochs=2, epochs=1, random_state=0)
     assert classifier.fit(x, y).predict(x).shape == (24,)
 
 
@@ -318,7 +318,7 @@ def test_a_subclassed_model_without_config_trains_and_says_what_copying_needs(da
     x, y = data
     for copying in (
         lambda: Backbone.from_model(model).copy(),
-        lambda: FineTunerClassifier(model, head_epochs=1).fit(x, y),
+        lambda: FineTunerClassifier(model, head_epochs=1, epochs=1).fit(x, y),
         lambda: FineTuner(
             model, Head.classifier(3), strategy=tf.distribute.MirroredStrategy(["/cpu:0"])
         ),

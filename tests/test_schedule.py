@@ -247,6 +247,23 @@ def test_fine_tune_sizes_stage_two_in_optimizer_steps():
     assert stage_lengths(history) == {"head": 1, "fine_tune": 10}
 
 
+def test_fine_tune_sizes_the_head_stage_in_optimizer_steps():
+    """Issue 15: 30 head epochs of 50 examples were 60 steps, and the head had not learned
+    when stage 2 began. `head_epochs="auto"`: 30 epochs or 500 steps, at most 500 epochs."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 4), dtype=np.float32), np.arange(40) % 2
+    history = dense_tuner().fine_tune(x, y, epochs=1, batch_size=20, verbose=0)
+    assert stage_lengths(history) == {"head": 250, "fine_tune": 1}  # 2 steps an epoch
+    big = rng.random((2000, 4), dtype=np.float32)
+    history = dense_tuner().fine_tune(big, np.arange(2000) % 2, epochs=1, verbose=0)
+    assert stage_lengths(history) == {"head": 30, "fine_tune": 1}  # 63 steps an epoch
+    unknown = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(20)
+    history = dense_tuner().fine_tune(unknown, epochs=1, verbose=0)
+    assert stage_lengths(history) == {"head": 30, "fine_tune": 1}
+    with pytest.raises(ValueError, match=r"fine_tune\(head_epochs\)`.*head_epochs='long'"):
+        dense_tuner().fine_tune(x, y, head_epochs="long")
+
+
 def test_fine_tune_auto_early_stopping_waits_a_tenth_of_the_stage():
     rng = np.random.default_rng(0)
     x = rng.random((40, 4), dtype=np.float32)
@@ -296,7 +313,7 @@ def test_fine_tune_with_every_default_trains_the_backbone_in_stage_two():
     tuner = FineTuner(Backbone.from_model(model), Head.classifier(4))
     watcher = BackboneWatcher(model)
     before = [w.numpy().copy() for w in model.weights]
-    history = tuner.fine_tune(x, y, head_epochs=100, epochs=3, callbacks=[watcher], verbose=0)
+    history = tuner.fine_tune(x, y, epochs=3, callbacks=[watcher], verbose=0)
     stages = history.history["stage"]
     head_end = stages.count("head") - 1
     assert stages.count("fine_tune") == 3
