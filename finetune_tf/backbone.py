@@ -242,10 +242,11 @@ class Backbone:
             ) from None
         model.set_weights(self.model.get_weights())
         for layer in model._flatten_layers(include_self=False):
-            # As Keras does after loading a file: an adapted Normalization (and the other
-            # preprocessing layers) computes from its statistics only once finalized; without
-            # this the copy normalised with the zeros and ones it was built with.
-            if hasattr(layer, "finalize_state"):  # not on InputLayer
+            # As Keras does after loading a file: an adapted Normalization computes from its
+            # statistics (weights) only once finalized; without this the copy normalised with
+            # the zeros and ones it was built with. (Other adapted layers keep their state in
+            # their config, and finalizing them would reset it from an empty summary.)
+            if isinstance(layer, keras.layers.Normalization):
                 layer.finalize_state()
         return Backbone(model, preprocessing=self.preprocessing, source=self.source)
 

@@ -60,6 +60,8 @@ def _input_scaler(scale, backbone: Backbone, X: np.ndarray):
     pixels in [0, 1], standardised data) are left as they are: a backbone
     pretrained on them expects them so.
     """
+    if isinstance(scale, np.bool_):
+        scale = bool(scale)
     if scale is not True and scale is not False and scale != "auto":
         raise ValueError(f'`scale` must be "auto", True or False. Received: scale={scale!r}.')
     tabular = X.ndim == 2 and X.dtype.kind in "biuf"
@@ -236,6 +238,8 @@ class _FineTunerEstimator(BaseEstimator):
         backbone = _pristine_backbone(self.backbone)
         scaler = _input_scaler(self.scale, backbone, X)
         if scaler is not None:
+            if backbone.preprocessing is not None:  # scale=True: standardise, then theirs
+                scaler = keras.Sequential([scaler, backbone.preprocessing], name="preprocessing")
             backbone = Backbone(backbone.model, preprocessing=scaler, source=backbone.source)
         tuner = FineTuner(
             backbone,
@@ -245,7 +249,7 @@ class _FineTunerEstimator(BaseEstimator):
             seed=self.random_state,
         )
         fit_params = {"batch_size": self.batch_size, "verbose": self.verbose, **fit_params}
-        if self.freeze == FreezePolicy.all():
+        if self.freeze is not None and self.freeze.kind == "all":
             # Nothing of the backbone trains: the head stage is the whole recipe.
             tuner.compile(optimizer="adam", learning_rate=self.learning_rate)
             epochs = head_stage_epochs(self.head_epochs, X, fit_params)

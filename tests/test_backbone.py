@@ -205,7 +205,7 @@ def test_imagenet_weights_without_a_network_name_the_file_and_where_it_goes(monk
     assert caught.value.__suppress_context__  # one error, not three chained tracebacks
 
 
-def test_a_copy_computes_what_the_original_computes_with_an_adapted_normalization():
+def test_a_copy_computes_what_the_original_computes_with_adapted_preprocessing_layers():
     """Found by benchmarks/quality.py: a copy (made for every scikit-learn fit, strategy and
     mixed precision) of a backbone with an adapted Normalization normalised with the zeros
     and ones it was built with: its outputs differed by hundreds on wine's raw columns."""
@@ -213,8 +213,12 @@ def test_a_copy_computes_what_the_original_computes_with_an_adapted_normalizatio
     x = rng.normal(loc=[700.0, 2.0, -50.0], scale=[300.0, 0.5, 10.0], size=(64, 3))
     normalise = keras.layers.Normalization(name="normalise")
     normalise.adapt(x)
+    bins = keras.layers.Discretization(num_bins=4, name="bins")
+    bins.adapt(x[:, :1])
     inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(4, name="dense")(normalise(inputs)))
+    hidden = keras.layers.Dense(4, name="dense")(normalise(inputs))
+    binned = keras.ops.cast(bins(inputs[:, :1]), "float32")
+    model = keras.Model(inputs, keras.layers.Concatenate()([hidden, binned]))
     backbone = Backbone.from_model(model)
     copy = backbone.copy()
     np.testing.assert_allclose(
