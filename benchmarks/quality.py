@@ -1,4 +1,4 @@
-"""Transfer quality of the defaults, on six tasks, against what an expert writes by hand.
+"""Transfer quality of the defaults, on seven tasks, against what an expert writes by hand.
 
 For each task and seed, one pretrained backbone and one labelled split; then
 
@@ -11,14 +11,17 @@ For each task and seed, one pretrained backbone and one labelled split; then
   StandardScaler + LogisticRegression (L-BFGS to its tolerance), the usual linear probe;
 - (c) the same network from scratch (random weights, Adam 1e-3, batch 32) for as many
   optimizer steps as the default `fine_tune` took.
+- `fit(schedule=gradual_unfreezing(len(backbone.layers)))` with its defaults.
 
 The tasks (all offline):
 
 - digits-5 / digits-50: a small CNN pretrained on scikit-learn's digits 0-4; the task
   is digits 5-9 with 5 or 50 labels per class, tested on the other 5-9 images;
 - digits-all: the same CNN, all ten digits, half of the 1,797 images to train on;
-- wine: scikit-learn's wine (13 raw features of very different scales), a two-layer
-  MLP pretrained as an autoencoder on the raw features, 20 labels per class;
+- wine: scikit-learn's wine (13 raw columns of very different scales), a two-layer MLP
+  with its own Normalization layer, pretrained as an autoencoder on every example's
+  columns (no labels), 20 labels per class;
+- iris: the same MLP without normalisation, on iris' raw columns (cm), 10 labels per class;
 - text: a Hub-format SavedModel text encoder (a tf_keras model exported with
   `tf.saved_model.save`, as tfhub.dev models were) pretrained on movie reviews; the
   task is restaurant reviews with 8 labels per class;
