@@ -30,6 +30,32 @@ _CHANCE_OF_RANDOM_ORDER = 1e-3
 _SCALE_FACTOR = 4.0
 
 
+def shapes_compatible(data_shape: tuple, model_shape: tuple) -> bool:
+    """Whether a sample shape fits a model shape (None matches any size)."""
+    return len(data_shape) == len(model_shape) and all(
+        m is None or d is None or d == m for d, m in zip(data_shape, model_shape, strict=True)
+    )
+
+
+def batch_of(shape: tuple) -> str:
+    """`(3,)` as "(n, 3)", `()` as "(n,)": a shape with its batch axis, for messages."""
+    return "(" + ", ".join(["n", *map(str, shape)]) + ("" if shape else ",") + ")"
+
+
+def check_finite(array, argname: str, method: str) -> None:
+    """A ValueError if a float array holds NaN or inf (they would poison every weight)."""
+    array = np.asarray(array) if not isinstance(array, np.ndarray) else array
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return
+    bad = ~np.isfinite(array)
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f"`FineTuner.{method}` got `{argname}` with {int(bad.sum())} NaN or inf values "
+        f"(the first at index {where}). One would make the loss and then every weight NaN. "
+        "Clean or impute them first, e.g. x = np.nan_to_num(x), or drop those examples."
+    )
+
+
 def expected_input_range(preprocessing, model: keras.Model) -> tuple[float, float] | None:
     """The raw input range a backbone's preprocessing is made for, if it says.
 

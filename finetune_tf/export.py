@@ -134,7 +134,6 @@ def _archive(model: keras.Model, head, names: list[str] | None) -> keras.export.
     spec = model.inputs[0]
     dtype = tf.string if spec.dtype == "string" else tf.as_dtype(spec.dtype)
     signature = [tf.TensorSpec(spec.shape, dtype, name="inputs")]
-    threshold = 0.0 if head.logits else 0.5
     labels = None if names is None else tf.constant(names)
 
     def predictions(inputs):
@@ -142,17 +141,7 @@ def _archive(model: keras.Model, head, names: list[str] | None) -> keras.export.
 
     def named_outputs(inputs):
         scores = model(inputs, training=False)
-        outputs = {"predictions": scores}
-        if head.task in ("multiclass", "binary"):
-            if scores.shape[-1] == 1:
-                class_id = tf.cast(scores[..., 0] > threshold, tf.int32)
-            else:
-                class_id = tf.argmax(scores, axis=-1, output_type=tf.int32)
-            outputs["class_id"] = class_id
-            outputs["label"] = tf.gather(labels, class_id)
-        elif head.task == "multilabel":
-            outputs["active"] = scores > threshold
-        return outputs
+        return {"predictions": scores, **head.serving_outputs(scores, labels)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)

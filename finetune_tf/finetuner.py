@@ -23,9 +23,11 @@ from finetune_tf._utils import did_you_mean, shape_tuple
 from finetune_tf.backbone import Backbone, BackboneLayer
 from finetune_tf.checkpoint import TrainingRun, check_checkpoint_dir, chief_path, chief_writes
 from finetune_tf.data_checks import (
+    check_finite,
     expected_input_range,
     first_batch,
     ordered_split_warning,
+    shapes_compatible,
     value_range_warning,
 )
 from finetune_tf.devices import (
@@ -66,12 +68,6 @@ def _optimizer_names() -> list[str]:
     )
 
 
-def _shapes_compatible(data_shape: tuple, model_shape: tuple) -> bool:
-    return len(data_shape) == len(model_shape) and all(
-        m is None or d is None or d == m for d, m in zip(data_shape, model_shape, strict=True)
-    )
-
-
 def _first_array(data):
     """The array-like inside `x` (numpy/tensor), or None for generators etc."""
     if isinstance(data, (np.ndarray, tf.Tensor)):
@@ -81,30 +77,11 @@ def _first_array(data):
     return None
 
 
-def _batch_of(shape: tuple) -> str:
-    """`(3,)` as "(n, 3)", `()` as "(n,)": a shape with its batch axis, for messages."""
-    return "(" + ", ".join(["n", *map(str, shape)]) + ("" if shape else ",") + ")"
-
-
 def _is_scalar_or_row(item) -> bool:
     """A label or number (or a list of them): what a Python list of examples holds."""
     if isinstance(item, list):
         return bool(item) and _is_scalar_or_row(item[0])
     return isinstance(item, (int, float, str, bytes, np.generic))
-
-
-def _check_finite(array, argname: str, method: str) -> None:
-    """A ValueError if a float array holds NaN or inf (they would poison every weight)."""
-    array = np.asarray(array) if not isinstance(array, np.ndarray) else array
-    if array.dtype.kind != "f" or np.isfinite(array).all():
-        return
-    bad = ~np.isfinite(array)
-    where = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(
-        f"`FineTuner.{method}` got `{argname}` with {int(bad.sum())} NaN or inf values "
-        f"(the first at index {where}). One would make the loss and then every weight NaN. "
-        "Clean or impute them first, e.g. x = np.nan_to_num(x), or drop those examples."
-    )
 
 
 def _in_scope(method):
@@ -391,7 +368,7 @@ class FineTuner:
                 "`input_shape` must be a tuple of positive sizes without the batch axis, "
                 f"e.g. (28, 28, 1). Received: input_shape={input_shape!r}."
             )
-        if _shapes_compatible(shape, target):
+        if shapes_compatible(shape, target):
             return shape, False
         if len(shape) == 3 and len(target) == 3:
             return shape, True
@@ -640,11 +617,11 @@ class FineTuner:
             )
         self._check_sample_shape(tuple(array.shape)[1:], argname, method)
         if method != "predict":  # a NaN prediction harms nothing; a NaN step harms all
-            _check_finite(array, argname, method)
+            check_finite(array, argname, method)
 
     def _check_sample_shape(self, shape, argname, method):
         expected = self.input_shape
-        if _shapes_compatible(shape_tuple(shape), expected):
+        if shapes_compatible(shape_tuple(shape), expected):
             return
         hint = (
             f" Pass input_shape={shape_tuple(shape)} to FineTuner to resize and adapt "
@@ -670,70 +647,11 @@ class FineTuner:
                 f"`FineTuner.{method}` got {len(inputs)} inputs but {len(array)} labels in "
                 f"`{argname}`. Pass one label per example."
             )
-        head = self._head
-        if head.num_classes is None or head.task == "multilabel":
-            self._check_real_targets(array, argname, method)
-        else:
-            self._check_class_labels(array, argname, method)
+        self._head.check_targets(array, self._prediction_shape(), argname, method)
 
     def _prediction_shape(self) -> tuple:
         """The model's output shape for one example, e.g. `(3,)` or `(6, 6, 3)`."""
         return shape_tuple(self.model.output_shape)[1:]
-
-    def _check_class_labels(self, array: np.ndarray, argname: str, method: str):
-        """Integer class ids (`(n, ...)` or `(n, ..., 1)`) or one-hot rows for a classifier."""
-        classes = self._head.num_classes
-        lead = self._prediction_shape()[:-1]
-        sample = shape_tuple(array.shape[1:])
-        if _shapes_compatible(sample, (*lead, classes)):
-            return  # one-hot
-        if not (_shapes_compatible(sample, lead) or _shapes_compatible(sample, (*lead, 1))):
-            raise ValueError(
-                f"`{argname}` has shape {array.shape}; a {classes}-class head takes integer labels "
-                f"of shape {_batch_of(lead)} or one-hot labels of shape "
-                f"{_batch_of((*lead, classes))}."
-            )
-        if array.dtype.kind not in "biuf":
-            raise ValueError(
-                f"`{argname}` holds {array.dtype} labels; the model needs integer class ids "
-                f"0..{classes - 1} or one-hot rows. Encode them first, e.g. with "
-                "sklearn.preprocessing.LabelEncoder."
-            )
-        _check_finite(array, argname, method)
-        bad = (array < 0) | (array >= classes) | (array != np.round(array))
-        if bad.any():
-            example = array[bad].ravel()[0].item()
-            raise ValueError(
-                f"`{argname}` has labels outside the integer range 0..{classes - 1} of this "
-                f"{classes}-class head (e.g. {example!r}). Check the labels, "
-                "or build the head with the right num_classes."
-            )
-
-    def _check_real_targets(self, array: np.ndarray, argname: str, method: str):
-        """Targets of the predictions' shape for multi-label and regression heads."""
-        head = self._head
-        out = self._prediction_shape()
-        sample = shape_tuple(array.shape[1:])
-        what = f"{head.units}-label" if head.task == "multilabel" else f"{head.units}-output"
-        accepted = [out] + ([out[:-1]] if out[-1] == 1 else [])
-        if not any(_shapes_compatible(sample, shape) for shape in accepted):
-            raise ValueError(
-                f"`{argname}` has shape {array.shape}; this {what} {head.task} head predicts "
-                f"{out} per example, so it takes targets of shape {_batch_of(out)}."
-                + (" Pass one column per label (0/1 each)." if head.task == "multilabel" else "")
-            )
-        if array.dtype.kind not in "biuf":
-            raise ValueError(
-                f"`{argname}` holds {array.dtype} values; a {head.task} head needs numbers. "
-                "Convert them first, e.g. y.astype('float32')."
-            )
-        _check_finite(array, argname, method)
-        if head.task == "multilabel" and ((array < 0) | (array > 1)).any():
-            raise ValueError(
-                f"`{argname}` has multi-label targets outside [0, 1] (e.g. "
-                f"{array[(array < 0) | (array > 1)].ravel()[0].item()!r}); each column is 1 "
-                "when the label applies and 0 when not."
-            )
 
     def _check_data(self, x, y, method):
         self._check_inputs(x, "x", method)
@@ -1049,7 +967,7 @@ class FineTuner:
         return self.model.predict(x, **kwargs)
 
     @_in_scope
-    def report(self, x=None, y=None, *, class_names: list | None = None, batch_size=None):
+    def report(self, x=None, y=None, *, class_names: list | None = None, batch_size=None) -> Report:
         """Precision, recall, F1 and the confusion matrix of the model on `x`, `y`.
 
         Args:
@@ -1083,7 +1001,7 @@ class FineTuner:
             >>> sorted(report["per_class"]), len(report["confusion_matrix"])
             (['a', 'b', 'c'], 3)
         """
-        names = self._head.label_names(class_names)  # checked before predicting
+        self._head.label_names(class_names)  # checked before predicting
         if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
             kind = type(x).__name__ if isinstance(x, keras.utils.PyDataset) else "tf.data.Dataset"
             if y is not None:
@@ -1109,33 +1027,7 @@ class FineTuner:
             x = as_tensor_if_text(x)
             self._check_data(x, y, "report")
             predictions = self.model.predict(x, batch_size=batch_size, verbose=0)
-        return self._report(np.asarray(predictions), np.asarray(y), names)
-
-    def _report(self, predictions: np.ndarray, y: np.ndarray, names) -> Report:
-        head = self._head
-        threshold = 0.0 if head.logits else 0.5
-        if head.task == "regression":
-            return Report.for_values(y, predictions)
-        units = predictions.shape[-1]
-        if head.task == "multilabel":
-            labels = (y.reshape(-1, units) >= 0.5).astype(int)  # soft targets count at 0.5
-            return Report.for_labels(
-                labels,
-                (predictions.reshape(-1, units) > threshold).astype(int),
-                class_names=names,
-            )
-        classes = head.num_classes
-        if units == 1:
-            predicted = (predictions.reshape(-1) > threshold).astype(int)
-        else:
-            predicted = np.argmax(predictions, axis=-1).reshape(-1)
-        lead = predictions.shape[1:-1]
-        one_hot = y.ndim == predictions.ndim and y.shape[-1] == classes and classes > 1
-        if one_hot and not (units == 1 and classes == 2 and y.shape[-1] == 1):
-            truth = np.argmax(y, axis=-1).reshape(-1)
-        else:
-            truth = y.reshape(len(y), *lead, -1)[..., 0].reshape(-1).astype(int)
-        return Report.for_classes(truth, predicted, class_names=names, labels=list(range(classes)))
+        return self._head.report(predictions, y, class_names)
 
     def summary(self, **kwargs):
         """Prints the model summary (`keras.Model.summary`)."""

@@ -1,11 +1,23 @@
 """Heads: layers, activations, losses for both label formats, float32 output."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import small_cnn
 
-from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, LabelAccuracy, LabelCrossentropy
+from finetune_tf import (
+    Backbone,
+    FineTuner,
+    FreezePolicy,
+    Head,
+    LabelAccuracy,
+    LabelCrossentropy,
+    Report,
+)
+from finetune_tf.head import Task, register_task
 
 
 def build(head, backbone_model=None):
@@ -163,3 +175,86 @@ def test_head_arguments_are_checked():
             Backbone.from_keras_applications("MobileNetV2", weights=None),
             Head.classifier(3, pooling="flatten"),
         )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        Head.classifier(4, pooling="max", hidden_units=(8, 4), dropout=0.25),
+        Head.binary(logits=True),
+        Head.multilabel(3, weight_decay=1e-4),
+        Head.regressor(2, pooling="flatten"),
+    ],
+)
+def test_head_config_round_trips(head):
+    again = Head.from_config(head.get_config())
+    assert again.get_config() == head.get_config()
+    assert repr(again) == repr(head)
+    json.dumps(head.get_config())  # a config is plain JSON, as Keras configs are
+
+
+def test_a_new_task_is_one_small_class(monkeypatch):
+    """A Poisson head for counts: a Task subclass, registered; Head, fit, report, export
+    and the target checks take it without another change."""
+    from finetune_tf.head import task as task_module
+
+    monkeypatch.setattr(task_module, "_REGISTRY", dict(task_module._REGISTRY))
+
+    @register_task
+    class CountTask(Task):
+        name = "counts"
+        constructor = "counts"
+        units_arg = "num_outputs"
+
+        @property
+        def activation(self):
+            return "exponential"
+
+        def default_loss(self):
+            return keras.losses.Poisson()
+
+        def default_metrics(self, prediction_rank=2):
+            return [keras.metrics.MeanAbsoluteError(name="mae")]
+
+        def check_targets(self, array, prediction_shape, argname, method):
+            if (array < 0).any():
+                raise ValueError(f"`{argname}` holds negative counts.")
+
+        def report(self, predictions, y, names):
+            return Report.for_values(y, predictions)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    rate = np.exp(0.8 * x[:, :1])
+    y = rng.poisson(rate).astype("float32")
+    inputs = keras.Input((4,))
+    backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Identity()(inputs)))
+    keras.utils.set_random_seed(0)
+    tuner = FineTuner(backbone, Head("counts", 1))
+    assert repr(tuner.head) == "Head.counts(num_outputs=1, pooling='avg')"
+    assert tuner.model.get_layer("predictions").activation.__name__ == "exponential"
+    tuner.compile(learning_rate=0.05)
+    first = tuner.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    tuner.fit(x, y, epochs=20, verbose=0)
+    assert tuner.evaluate(x, y, verbose=0, return_dict=True)["loss"] < first - 0.05
+    assert "r2" in tuner.report(x, y)
+    with pytest.raises(ValueError, match="negative counts"):
+        tuner.fit(x, -y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`task` must be one of .*'counts'"):
+        Head("count", 1)
+
+
+def test_tasks_decide_reports_and_serving_outputs():
+    scores = np.array([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]], "float32")
+    report = Head.classifier(3).report(scores, np.array([1, 1]), class_names=["a", "b", "c"])
+    assert report["accuracy"] == 0.5 and report["confusion_matrix"][1] == [1, 1, 0]
+    served = Head.classifier(3).serving_outputs(scores, np.array(["a", "b", "c"]))
+    assert served["class_id"].numpy().tolist() == [1, 0]
+    assert [label.decode() for label in served["label"].numpy()] == ["b", "a"]
+    logits = np.array([[-0.3], [0.4]], "float32")
+    assert Head.binary(logits=True).serving_outputs(logits, np.array(["n", "y"]))[
+        "class_id"
+    ].numpy().tolist() == [0, 1]
+    active = Head.multilabel(2).serving_outputs(tf.constant([[0.4, 0.6]]), None)["active"]
+    assert active.numpy().tolist() == [[False, True]]
+    assert Head.regressor().serving_outputs(scores, None) == {}

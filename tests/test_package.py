@@ -4,6 +4,7 @@ import doctest
 import importlib
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,12 @@ MODULES = [
     "finetuner",
     "freeze",
     "head",
+    "head.binary",
+    "head.classifier",
+    "head.head",
+    "head.multilabel",
+    "head.regression",
+    "head.task",
     "hub",
     "layerwise",
     "losses",
@@ -42,13 +49,29 @@ MODULES = [
 
 
 def test_every_module_runs_its_examples():
-    package = os.path.dirname(finetune_tf.__file__)
     modules = {
-        name[:-3]
-        for name in os.listdir(package)
-        if name.endswith(".py") and not name.startswith("_")
+        name.removeprefix("finetune_tf.")
+        for _, name, _ in pkgutil.walk_packages(finetune_tf.__path__, "finetune_tf.")
+        if not any(part.startswith("_") for part in name.split("."))
     }
     assert modules == set(MODULES)
+
+
+def test_the_wheel_ships_every_subpackage():
+    """`pip install .` (the README's first command) installs what pyproject finds."""
+    setuptools = pytest.importorskip("setuptools")
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = os.path.join(os.path.dirname(finetune_tf.__file__), os.pardir)
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    shipped = set(setuptools.find_packages(root, include=include))
+    on_disk = {
+        os.path.relpath(folder, root).replace(os.sep, ".")
+        for folder, _, files in os.walk(os.path.join(root, "finetune_tf"))
+        if "__init__.py" in files
+    }
+    assert on_disk == shipped and len(shipped) > 1
 
 
 @pytest.mark.parametrize("module", MODULES)

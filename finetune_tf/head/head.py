@@ -2,8 +2,9 @@
 
 A head is a recipe: calling it on the backbone's features builds fresh
 layers with fixed names (`"pooling"`, `"hidden_1"`, `"dropout"`,
-`"predictions"`) so they are easy to find in `model.summary()`. It also
-knows the loss and metrics that fit its task.
+`"predictions"`) so they are easy to find in `model.summary()`. What its
+predictions mean (activation, loss, metrics, targets, reports, serving
+outputs) belongs to its task, one class a module in this folder (`Task`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from finetune_tf.losses import LabelCrossentropy
-from finetune_tf.metrics import LabelAccuracy
+from finetune_tf.head.task import Task, get_task
+from finetune_tf.report import Report
+
+__all__ = ["Head"]
 
 _POOLINGS = ("avg", "max", "flatten", "none")
-_TASKS = ("multiclass", "binary", "multilabel", "regression")
 
 
 def _check_positive_int(value, argname, method, received=None):
@@ -67,8 +69,7 @@ class Head:
         weight_decay: float = 0.0,
         logits: bool = False,
     ):
-        if task not in _TASKS:
-            raise ValueError(f"`task` must be one of {_TASKS}. Received: task={task!r}.")
+        task_class = get_task(task)
         if pooling not in _POOLINGS:
             raise ValueError(
                 f"`pooling` must be one of {_POOLINGS}. Received: pooling={pooling!r}."
@@ -89,6 +90,7 @@ class Head:
         self.dropout = float(dropout)
         self.weight_decay = float(weight_decay)
         self.logits = bool(logits)
+        self._task: Task = task_class(self.units, self.logits)
 
     # --- Constructors -----------------------------------------------------
 
@@ -156,17 +158,12 @@ class Head:
     @property
     def num_classes(self) -> int | None:
         """The number of classes of a classification head, else None."""
-        if self.task == "multiclass":
-            return self.units
-        if self.task == "binary":
-            return 2
-        return None
+        return self._task.num_classes
 
     @property
     def activation(self) -> str | None:
-        if self.task == "regression" or self.logits:
-            return None
-        return "softmax" if self.task == "multiclass" else "sigmoid"
+        """The activation of the predictions layer (None: linear)."""
+        return self._task.activation
 
     def __call__(self, features):
         """Builds the head's layers on `features` and returns the predictions."""
@@ -218,32 +215,33 @@ class Head:
             >>> Head.binary().label_names(["no", "yes"])
             ['no', 'yes']
         """
-        if self.task == "regression":
+        count = self._task.label_count
+        if count is None:
             if class_names is not None:
                 raise ValueError(
-                    "`class_names` applies to classification and multi-label heads; a "
-                    "regression head has no classes. Leave class_names=None."
+                    f"`class_names` applies to classification and multi-label heads; a "
+                    f"{self.task} head has no classes. Leave class_names=None."
                 )
             return None
-        count = self.units if self.task == "multilabel" else self.num_classes
         if class_names is None:
             return [str(i) for i in range(count)]
         names = [str(name) for name in class_names]
         if len(names) != count:
-            kind = "labels" if self.task == "multilabel" else "classes"
             raise ValueError(
-                f"`class_names` has {len(names)} names, but the head has {count} {kind}. "
-                "Pass one name per class, in class-id order."
+                f"`class_names` has {len(names)} names, but the head has {count} "
+                f"{self._task.label_kind}. Pass one name per class, in class-id order."
             )
         return names
 
     def default_loss(self) -> keras.losses.Loss:
-        """The loss that fits this head."""
-        if self.task in ("multiclass", "binary"):
-            return LabelCrossentropy(from_logits=self.logits)
-        if self.task == "multilabel":
-            return keras.losses.BinaryCrossentropy(from_logits=self.logits)
-        return keras.losses.MeanSquaredError()
+        """The loss that fits this head.
+
+        Examples:
+            >>> from finetune_tf import Head
+            >>> Head.regressor().default_loss().name
+            'mean_squared_error'
+        """
+        return self._task.default_loss()
 
     def default_metrics(self, prediction_rank: int = 2) -> list:
         """The metrics that fit this head.
@@ -260,29 +258,81 @@ class Head:
             >>> [m.name for m in Head.multilabel(3).default_metrics()]
             ['binary_accuracy', 'auc']
         """
-        if self.task in ("multiclass", "binary"):
-            return [LabelAccuracy(from_logits=self.logits)]
-        if self.task == "multilabel":
-            return [
-                keras.metrics.BinaryAccuracy(
-                    threshold=0.0 if self.logits else 0.5, name="binary_accuracy"
-                ),
-                keras.metrics.AUC(
-                    multi_label=prediction_rank == 2, from_logits=self.logits, name="auc"
-                ),
-            ]
-        return [keras.metrics.MeanAbsoluteError(name="mae")]
+        return self._task.default_metrics(prediction_rank)
+
+    def check_targets(
+        self, y, prediction_shape: tuple, argname: str = "y", method: str = "fit"
+    ) -> None:
+        """A ValueError naming `argname` unless `y` holds targets this head takes.
+
+        Args:
+            y: array-like of targets, with the batch axis first.
+            prediction_shape: the model's predictions for one example, e.g. `(3,)`.
+            argname: str. The argument `y` came in, for the message.
+            method: str. The `FineTuner` method that received it.
+
+        Examples:
+            >>> from finetune_tf import Head
+            >>> Head.classifier(3).check_targets([0, 2, 1], (3,))
+            >>> try:
+            ...     Head.classifier(3).check_targets([0, 5], (3,))
+            ... except ValueError as error:
+            ...     print(str(error)[:56])
+            `y` has labels outside the integer range 0..2 of this 3-
+        """
+        self._task.check_targets(np.asarray(y), tuple(prediction_shape), argname, method)
+
+    def report(self, predictions, y, class_names: list | None = None) -> Report:
+        """A `Report` of `predictions` (this head's outputs) against targets `y`.
+
+        Classes are the argmax of a softmax, or a sigmoid above 0.5 (logits
+        above 0); multi-label targets count as present from 0.5.
+
+        Examples:
+            >>> import numpy as np
+            >>> from finetune_tf import Head
+            >>> report = Head.binary().report(np.array([[0.9], [0.2]]), np.array([1, 1]))
+            >>> report["accuracy"]
+            0.5
+        """
+        names = self.label_names(class_names)
+        return self._task.report(np.asarray(predictions), np.asarray(y), names)
+
+    def serving_outputs(self, scores, labels) -> dict:
+        """What a served model returns beside `predictions`, for `scores` (a tf
+        tensor of predictions) and `labels` (a string tensor of class names):
+        `class_id` and `label` for classifiers, `active` for multi-label heads.
+        """
+        return self._task.serving_outputs(scores, labels)
+
+    # --- Config -----------------------------------------------------------
+
+    def get_config(self) -> dict:
+        """The arguments that rebuild this head with `Head.from_config`.
+
+        Examples:
+            >>> from finetune_tf import Head
+            >>> head = Head.classifier(5, dropout=0.2)
+            >>> Head.from_config(head.get_config())
+            Head.classifier(num_classes=5, pooling='avg', dropout=0.2)
+        """
+        return {
+            "task": self.task,
+            "units": self.units,
+            "pooling": self.pooling,
+            "hidden_units": list(self.hidden_units),
+            "dropout": self.dropout,
+            "weight_decay": self.weight_decay,
+            "logits": self.logits,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Head:
+        """The head `get_config` describes."""
+        return cls(**config)
 
     def __repr__(self):
-        if self.task == "multiclass":
-            args = [f"num_classes={self.units}"]
-            name = "classifier"
-        elif self.task == "binary":
-            args, name = [], "binary"
-        elif self.task == "multilabel":
-            args, name = [f"num_labels={self.units}"], "multilabel"
-        else:
-            args, name = [f"num_outputs={self.units}"], "regressor"
+        args = self._task.repr_args()
         args.append(f"pooling={self.pooling!r}")
         if self.hidden_units:
             args.append(f"hidden_units={self.hidden_units}")
@@ -290,6 +340,6 @@ class Head:
             args.append(f"dropout={self.dropout}")
         if self.weight_decay:
             args.append(f"weight_decay={self.weight_decay}")
-        if self.logits and self.task != "regression":
+        if self.logits and self._task.takes_logits:
             args.append("logits=True")
-        return f"Head.{name}({', '.join(args)})"
+        return f"Head.{self._task.constructor}({', '.join(args)})"

@@ -1,0 +1,97 @@
+"""Single-label classification: softmax over the classes (`Head.classifier`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from finetune_tf.data_checks import batch_of, check_finite, shapes_compatible
+from finetune_tf.head.task import Task, register_task
+from finetune_tf.losses import LabelCrossentropy
+from finetune_tf.metrics import LabelAccuracy
+from finetune_tf.report import Report
+
+__all__ = ["MulticlassTask"]
+
+
+@register_task
+class MulticlassTask(Task):
+    """One class per example out of `units`; integer class ids or one-hot targets."""
+
+    name = "multiclass"
+    constructor = "classifier"
+    units_arg = "num_classes"
+    label_kind = "classes"
+
+    @property
+    def activation(self) -> str | None:
+        return None if self.logits else "softmax"
+
+    @property
+    def num_classes(self) -> int:
+        return self.units
+
+    @property
+    def label_count(self) -> int:
+        return self.num_classes
+
+    def default_loss(self):
+        return LabelCrossentropy(from_logits=self.logits)
+
+    def default_metrics(self, prediction_rank: int = 2) -> list:
+        return [LabelAccuracy(from_logits=self.logits)]
+
+    def check_targets(self, array, prediction_shape, argname, method):
+        """Integer class ids (`(n, ...)` or `(n, ..., 1)`) or one-hot rows."""
+        classes = self.num_classes
+        lead = prediction_shape[:-1]
+        sample = tuple(array.shape[1:])
+        if shapes_compatible(sample, (*lead, classes)):
+            return  # one-hot
+        if not (shapes_compatible(sample, lead) or shapes_compatible(sample, (*lead, 1))):
+            raise ValueError(
+                f"`{argname}` has shape {array.shape}; a {classes}-class head takes integer labels "
+                f"of shape {batch_of(lead)} or one-hot labels of shape "
+                f"{batch_of((*lead, classes))}."
+            )
+        if array.dtype.kind not in "biuf":
+            raise ValueError(
+                f"`{argname}` holds {array.dtype} labels; the model needs integer class ids "
+                f"0..{classes - 1} or one-hot rows. Encode them first, e.g. with "
+                "sklearn.preprocessing.LabelEncoder."
+            )
+        check_finite(array, argname, method)
+        bad = (array < 0) | (array >= classes) | (array != np.round(array))
+        if bad.any():
+            example = array[bad].ravel()[0].item()
+            raise ValueError(
+                f"`{argname}` has labels outside the integer range 0..{classes - 1} of this "
+                f"{classes}-class head (e.g. {example!r}). Check the labels, "
+                "or build the head with the right num_classes."
+            )
+
+    def class_ids(self, predictions: np.ndarray) -> np.ndarray:
+        """The predicted class of each prediction (the batch and position axes, flat)."""
+        if predictions.shape[-1] == 1:
+            return (predictions.reshape(-1) > self.threshold).astype(int)
+        return np.argmax(predictions, axis=-1).reshape(-1)
+
+    def report(self, predictions, y, names) -> Report:
+        classes = self.num_classes
+        units = predictions.shape[-1]
+        lead = predictions.shape[1:-1]
+        one_hot = y.ndim == predictions.ndim and y.shape[-1] == classes and classes > 1
+        if one_hot and not (units == 1 and classes == 2 and y.shape[-1] == 1):
+            truth = np.argmax(y, axis=-1).reshape(-1)
+        else:
+            truth = y.reshape(len(y), *lead, -1)[..., 0].reshape(-1).astype(int)
+        return Report.for_classes(
+            truth, self.class_ids(predictions), class_names=names, labels=list(range(classes))
+        )
+
+    def serving_outputs(self, scores, labels) -> dict:
+        if scores.shape[-1] == 1:
+            class_id = tf.cast(scores[..., 0] > self.threshold, tf.int32)
+        else:
+            class_id = tf.argmax(scores, axis=-1, output_type=tf.int32)
+        return {"class_id": class_id, "label": tf.gather(labels, class_id)}
