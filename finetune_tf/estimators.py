@@ -25,7 +25,7 @@ from finetune_tf.backbone import Backbone
 from finetune_tf.export import export_model
 from finetune_tf.finetuner import FineTuner, head_stage_epochs
 from finetune_tf.freeze import FreezePolicy
-from finetune_tf.head import Head
+from finetune_tf.model.head import Head
 from finetune_tf.tuned_model import as_tensor_if_text
 
 
@@ -518,10 +518,12 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
             Head.regressor(pooling=self.pooling),
             input_shape=self.input_shape,
         )
-        tuner._check_inputs(as_tensor_if_text(X), "X", "fit")
+        tuner.assembly.check_inputs(as_tensor_if_text(X), "X", "fit")
         model = tuner.model
         names = [layer.name for layer in model.layers]
-        pooled = model.get_layer("pooling").output if "pooling" in names else tuner._features
+        pooled = (
+            model.get_layer("pooling").output if "pooling" in names else tuner.assembly.features
+        )
         self.model_ = keras.Model(model.input, pooled, name="backbone_features")
         self.n_features_out_ = int(np.prod(pooled.shape[1:]))
         return self

@@ -146,14 +146,14 @@ _REASONS = {
 }
 
 
-def cache_decision(tuner, x, fit_kwargs: dict, setting: FeatureCache) -> str | None:
-    """None if the current stage can train on cached features, else why not (or "" if it
-    is not a frozen stage, which needs no message)."""
+def cache_decision(assembly, x, fit_kwargs: dict, setting: FeatureCache) -> str | None:
+    """None if the current stage of `assembly`'s model can train on cached features, else
+    why not (or "" if it is not a frozen stage, which needs no message)."""
     if setting.mode is False:
         return ""
-    if tuner._feature_model.trainable_weights or not tuner._backbone_layer.inference_mode:
+    if assembly.feature_model.trainable_weights or not assembly.backbone_layer.inference_mode:
         return ""  # something before the head trains: not a frozen stage
-    if tuner.augmentation is not None:
+    if assembly.augmentation is not None:
         return "the model has augmentation layers"
     reasons = [_data_randomness(x)]
     validation = fit_kwargs.get("validation_data")
@@ -253,14 +253,15 @@ class _Cached:
         self.store.close()
 
 
-def _compute(tuner, x, y, sample_weight, batch_size, setting) -> _Cached:
+def _compute(loop, x, y, sample_weight, batch_size, setting) -> _Cached:
     store = _Store(setting.memory_limit, setting.directory)
     targets, weights, sizes = [], [], []
-    extract = tuner._feature_model.predict_on_batch
-    if tuner.strategy.num_replicas_in_sync > 1:
+    feature_model = loop.assembly.feature_model
+    extract = feature_model.predict_on_batch
+    if loop.strategy.num_replicas_in_sync > 1:
         # predict_on_batch would run the whole batch on every replica and concatenate
         # the copies; one call in cross-replica context reads the mirrored weights once.
-        extract = tf.function(lambda inputs: tuner._feature_model(inputs, training=False))
+        extract = tf.function(lambda inputs: feature_model(inputs, training=False))
     try:
         for inputs, batch_y, batch_w in _batches(x, y, sample_weight, batch_size):
             features = extract(inputs)
@@ -376,24 +377,25 @@ def _as_fit_data(cached: _Cached, batch_size, shuffle, as_arrays: bool):
     return _feature_dataset(cached, batch_size, shuffle), None, None
 
 
-def _compiled_head_model(tuner, steps: int) -> keras.Model:
+def _compiled_head_model(loop, steps: int) -> keras.Model:
     """The head alone, compiled like the full model and sharing its optimizer (one state)."""
-    head_model = tuner._head_model()
+    head_model = loop.assembly.head_model()
     steps_per_execution = min(_HEAD_STEPS_PER_EXECUTION, max(1, steps))  # not beyond an epoch
-    if in_multi_worker_mode(tuner.strategy):
+    if in_multi_worker_mode(loop.strategy):
         steps_per_execution = 1  # Keras 3.15's multi-step loop fails under multi-worker
-    key = (tuner._compile_count, steps_per_execution)
+    key = (loop.compiler.count, steps_per_execution)
     if getattr(head_model, "_finetune_tf_compiled_for", None) != key:
-        compile_args = tuner._keras_compile_args()
-        compile_args["optimizer"] = tuner.model.optimizer
+        compile_args = loop.compiler.keras_args()
+        compile_args["optimizer"] = loop.model.optimizer
         compile_args.setdefault("steps_per_execution", steps_per_execution)
         head_model.compile(**compile_args)
         head_model._finetune_tf_compiled_for = key
     return head_model
 
 
-def fit_on_cached_features(tuner, x, y, fit_kwargs: dict, setting: FeatureCache):
-    """Trains `tuner`'s head on cached backbone outputs; returns the `History`, or None when
+def fit_on_cached_features(loop, x, y, fit_kwargs: dict, setting: FeatureCache):
+    """Trains the head of `loop`'s model on cached backbone outputs (with `loop.keras_fit`);
+    returns the `History`, or None when
     the data turns out not to be cacheable (then nothing has trained)."""
     kwargs = dict(fit_kwargs)
     verbose = kwargs.get("verbose", "auto")
@@ -415,14 +417,14 @@ def fit_on_cached_features(tuner, x, y, fit_kwargs: dict, setting: FeatureCache)
     say("feature cache: running the frozen backbone once over the training data", verbose)
     cached_validation = None
     try:
-        cached = _compute(tuner, x, y, sample_weight, max(batch_size, _FEATURE_BATCH), setting)
+        cached = _compute(loop, x, y, sample_weight, max(batch_size, _FEATURE_BATCH), setting)
         if validation is not None:
             vx, vy, vw = (
                 keras.utils.unpack_x_y_sample_weight(validation)
                 if isinstance(validation, tuple)
                 else (validation, None, None)
             )
-            cached_validation = _compute(tuner, vx, vy, vw, _FEATURE_BATCH, setting)
+            cached_validation = _compute(loop, vx, vy, vw, _FEATURE_BATCH, setting)
     except _NotCacheable as reason:
         say(f"feature cache off: {reason}", verbose)
         return None
@@ -446,14 +448,15 @@ def fit_on_cached_features(tuner, x, y, fit_kwargs: dict, setting: FeatureCache)
         else:
             kwargs["shuffle"] = False  # the dataset shuffles itself
         steps = -(-len(cached.features) // batch_size)
-        head_model = _compiled_head_model(tuner, kwargs.get("steps_per_epoch") or steps)
-        tuner.model.stop_training = False
+        head_model = _compiled_head_model(loop, kwargs.get("steps_per_epoch") or steps)
+        model = loop.model
+        model.stop_training = False
         kwargs["callbacks"] = [
-            _OnFullModel(callback, tuner.model) for callback in kwargs.get("callbacks") or []
+            _OnFullModel(callback, model) for callback in kwargs.get("callbacks") or []
         ]
-        history = tuner._keras_fit(head_model, fx, fy, kwargs)
-        history.set_model(tuner.model)
-        tuner.model.history = history
+        history = loop.keras_fit(head_model, fx, fy, kwargs)
+        history.set_model(model)
+        model.history = history
         return history
     finally:
         cached.close()

@@ -19,69 +19,30 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetune_tf._utils import did_you_mean, shape_tuple
-from finetune_tf.backbone import Backbone, BackboneLayer
-from finetune_tf.checkpoint import TrainingRun, check_checkpoint_dir, chief_path, chief_writes
+from finetune_tf.backbone import Backbone
+from finetune_tf.checkpoint import check_checkpoint_dir, chief_path
 from finetune_tf.data_checks import (
-    check_finite,
     expected_input_range,
     first_batch,
     ordered_split_warning,
-    shapes_compatible,
     value_range_warning,
 )
-from finetune_tf.devices import (
-    configure_memory_growth,
-    describe,
-    is_default,
-    resolve_strategy,
-    strategy_devices,
-)
+from finetune_tf.devices import configure_memory_growth, resolve_strategy, strategy_devices
 from finetune_tf.distribute_compat import multi_worker_compat
 from finetune_tf.export import export_model
-from finetune_tf.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
+from finetune_tf.feature_cache import FeatureCache
 from finetune_tf.freeze import FreezePolicy, FreezeReport
-from finetune_tf.head import Head
-from finetune_tf.layerwise import (
-    LayerwiseOptimizer,
-    check_layerwise_lr_decay,
-    layerwise_multipliers,
-)
 from finetune_tf.lr_finder import LRFinderResult, find_learning_rate
+from finetune_tf.model.assembly import Assembly, check_policy, input_plan, resolve_augmentation
+from finetune_tf.model.head import Head
 from finetune_tf.precision import dtype_policy_scope, resolve_precision
-from finetune_tf.preprocessing import InputAdapter
-from finetune_tf.progress import say
 from finetune_tf.report import Report
 from finetune_tf.saving import save_model_atomically
-from finetune_tf.schedule import Stage, run_schedule, schedule_signature, steps_per_epoch
-from finetune_tf.seeding import check_seed, epoch_keyed, steps_per_execution_for
+from finetune_tf.schedule import Stage, steps_per_epoch
+from finetune_tf.seeding import check_seed
+from finetune_tf.training.compile import Compiler, check_jit_compile
+from finetune_tf.training.loop import Loop
 from finetune_tf.tuned_model import TunedModel, as_tensor_if_text
-
-
-def _optimizer_names() -> list[str]:
-    return sorted(
-        name.lower()
-        for name in dir(keras.optimizers)
-        if isinstance(getattr(keras.optimizers, name), type)
-        and issubclass(getattr(keras.optimizers, name), keras.optimizers.Optimizer)
-        and name not in ("Optimizer", "LossScaleOptimizer")
-    )
-
-
-def _first_array(data):
-    """The array-like inside `x` (numpy/tensor), or None for generators etc."""
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        return data
-    if isinstance(data, (list, tuple)) and data and _is_scalar_or_row(data[0]):
-        return np.asarray(data)
-    return None
-
-
-def _is_scalar_or_row(item) -> bool:
-    """A label or number (or a list of them): what a Python list of examples holds."""
-    if isinstance(item, list):
-        return bool(item) and _is_scalar_or_row(item[0])
-    return isinstance(item, (int, float, str, bytes, np.generic))
 
 
 def _in_scope(method):
@@ -93,37 +54,6 @@ def _in_scope(method):
             return method(self, *args, **kwargs)
 
     return wrapper
-
-
-def _forget_functions(model: keras.Model) -> None:
-    """Drops the traced train/test/predict functions: Keras fixes the steps they run per call
-    when it traces them."""
-    model.train_function = model.test_function = model.predict_function = None
-
-
-@contextlib.contextmanager
-def _steps_per_execution(model: keras.Model, steps: int):
-    """`model` runs `steps` per execution inside the block, then as compiled again."""
-    compiled = model.steps_per_execution
-    if steps == compiled:
-        yield
-        return
-    model.steps_per_execution = steps
-    _forget_functions(model)
-    try:
-        yield
-    finally:
-        model.steps_per_execution = compiled
-        _forget_functions(model)
-
-
-def _is_xla_error(error: Exception) -> bool:
-    return "XLA" in str(error)
-
-
-def xla_helps(devices: list[str]) -> bool:
-    """Whether `jit_compile="auto"` turns XLA on: on GPUs and TPUs, not on CPUs."""
-    return any(kind in d.upper() for d in devices for kind in ("GPU", "TPU"))
 
 
 class FineTuner:
@@ -234,67 +164,37 @@ class FineTuner:
         # trains the whole backbone (a method named fine_tune must fine-tune it).
         self._freeze_chosen = freeze is not None
         freeze = FreezePolicy.all() if freeze is None else freeze
-        self._check_policy(freeze)
-        model_input_shape, adapt = self._resolve_input_shape(backbone, input_shape)
-        augmentation = self._resolve_augmentation(augmentation)
-        if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
-            raise ValueError(
-                '`jit_compile` must be "auto", True or False. '
-                f"Received: jit_compile={jit_compile!r}."
-            )
+        check_policy(freeze)
+        model_input_shape, adapt = input_plan(backbone, input_shape)
+        augmentation = resolve_augmentation(augmentation)
+        check_jit_compile(jit_compile)
         self._strategy = resolve_strategy(strategy)
         self.devices: list[str] = strategy_devices(self._strategy)
         self.mixed_precision: str | None = resolve_precision(mixed_precision, self.devices)
-        self._jit_compile = jit_compile
-        self._xla_failed = False
-        self._placement_said = False
-        self._run: TrainingRun | None = None  # the progress of the running fit call
         self._range_checked = False  # whether fit looked at the scale of the inputs
         with self._scope(), dtype_policy_scope(self.mixed_precision):
-            self._build(
+            backbone = backbone.placed(self._strategy, self.mixed_precision)
+            if self._seed is not None:
+                # Copying the backbone into a strategy's scope draws from the generator; the
+                # head must start from the same weights with or without that copy.
+                keras.utils.set_random_seed(self._seed)
+            self._assembly = Assembly.build(
                 backbone,
                 head,
                 freeze,
-                augmentation,
-                (model_input_shape, adapt, input_channels),
-                name,
+                input_shape=model_input_shape,
+                adapt=adapt,
+                input_channels=input_channels,
+                augmentation=augmentation,
+                name=name,
             )
-
-    def _build(self, backbone, head, freeze, augmentation, input_spec, name):
-        """Builds the model; runs in the strategy's scope and under the dtype policy."""
-        model_input_shape, adapt, input_channels = input_spec
-        backbone = backbone.placed(self._strategy, self.mixed_precision)
-        if self._seed is not None:
-            # Copying the backbone into a strategy's scope draws from the generator; the
-            # head must start from the same weights with or without that copy.
-            keras.utils.set_random_seed(self._seed)
-        self._backbone = backbone
-        self._head = head
-        self._freeze = freeze
-        self.freeze_report: FreezeReport = freeze.apply(backbone)
-        self._compile_args = None
-        self._layerwise_lr_decay = None
-        self._compile_count = 0  # lets derived models know when to compile again
-
-        # === Layers ===
-        self._backbone_layer = BackboneLayer(
-            backbone.model, inference_mode=freeze.batchnorm != "train", name="backbone"
+        self.model: TunedModel = self._assembly.model
+        self._compiler = Compiler(
+            self.model, backbone, head, self._strategy, self.devices, jit_compile
         )
-        # === Functional Model ===
-        inputs = keras.Input(model_input_shape, dtype=backbone.input_dtype, name="inputs")
-        x = inputs
-        self.augmentation = augmentation
-        if augmentation is not None:
-            x = augmentation(x)
-        if adapt:
-            x = InputAdapter(backbone.input_shape, channels=input_channels, name="input_adapter")(x)
-        if backbone.preprocessing is not None:
-            x = backbone.preprocessing(x)
-        self._features = self._backbone_layer(x)
-        outputs = head(self._features)
-        self.model = TunedModel(inputs, outputs, name=name)
-        self._feature_model = keras.Model(inputs, self._features, name=f"{name}_features")
-        self._cached_head_model = None
+        self._loop = Loop(
+            self._assembly, self._compiler, self._strategy, self.mixed_precision, self._seed
+        )
 
     # --- Placement ----------------------------------------------------------
 
@@ -312,95 +212,47 @@ class FineTuner:
             stack.enter_context(multi_worker_compat(self._strategy))
             yield
 
-    def _say_placement(self, verbose):
-        if not self._placement_said and verbose != 0:
-            precision = self.mixed_precision or "float32"
-            say(f"training on {describe(self._strategy)}, {precision}", verbose)
-            self._placement_said = True
-
-    # --- Construction helpers ---------------------------------------------
-
-    @staticmethod
-    def _check_policy(freeze):
-        if not isinstance(freeze, FreezePolicy):
-            raise TypeError(
-                "`freeze` must be a finetune_tf.FreezePolicy, e.g. FreezePolicy.bottom(100) "
-                f"or FreezePolicy.all(). Received: freeze={freeze!r}."
-            )
-
-    @staticmethod
-    def _resolve_augmentation(augmentation):
-        if augmentation is None:
-            return None
-        if isinstance(augmentation, (list, tuple)):
-            layers = list(augmentation)
-            if layers and all(isinstance(layer, keras.layers.Layer) for layer in layers):
-                return keras.Sequential(layers, name="augmentation")
-        elif isinstance(augmentation, keras.layers.Layer):
-            return augmentation
-        raise TypeError(
-            "`augmentation` must be a Keras layer or a list of Keras layers, e.g. "
-            "[keras.layers.RandomFlip('horizontal'), keras.layers.RandomRotation(0.1)]. "
-            f"Received: augmentation={augmentation!r}."
-        )
-
-    def _head_model(self) -> keras.Model:
-        """The head alone, from backbone features to predictions (shares the layers)."""
-        if self._cached_head_model is None:
-            self._cached_head_model = keras.Model(
-                self._features, self.model.outputs, name=f"{self.model.name}_head"
-            )
-        return self._cached_head_model
-
-    @staticmethod
-    def _resolve_input_shape(backbone: Backbone, input_shape):
-        target = backbone.input_shape
-        if input_shape is None:
-            return target, False
-        if isinstance(input_shape, int):
-            input_shape = (input_shape,)
-        try:
-            shape = shape_tuple(input_shape)
-        except (TypeError, ValueError):
-            shape = None
-        if shape is None or any(d is not None and d < 1 for d in shape):
-            raise ValueError(
-                "`input_shape` must be a tuple of positive sizes without the batch axis, "
-                f"e.g. (28, 28, 1). Received: input_shape={input_shape!r}."
-            )
-        if shapes_compatible(shape, target):
-            return shape, False
-        if len(shape) == 3 and len(target) == 3:
-            return shape, True
-        raise ValueError(
-            f"`input_shape`={shape} cannot be adapted to the backbone's input shape {target}: "
-            "only images (height, width, channels) are resized and channel-adapted. "
-            "Reshape your data to the backbone's input shape."
-        )
-
     # --- Properties -------------------------------------------------------
 
     @property
     def backbone(self) -> Backbone:
-        return self._backbone
+        """The `Backbone` inside the model (a copy under a strategy or mixed precision)."""
+        return self._assembly.backbone
 
     @property
     def head(self) -> Head:
-        return self._head
+        """The `Head` on top."""
+        return self._assembly.head
 
     @property
     def freeze(self) -> FreezePolicy:
         """The freeze policy. Assigning a new one is `set_freeze(policy)`."""
-        return self._freeze
+        return self._assembly.freeze
 
     @freeze.setter
     def freeze(self, policy: FreezePolicy):
         self.set_freeze(policy)
 
     @property
+    def freeze_report(self) -> FreezeReport:
+        """What the current freeze policy trains (`FreezeReport`)."""
+        return self._assembly.freeze_report
+
+    @property
+    def augmentation(self) -> keras.layers.Layer | None:
+        """The augmentation layer the model applies while training, or None."""
+        return self._assembly.augmentation
+
+    @property
+    def assembly(self) -> Assembly:
+        """The wired model and its parts (`model`, `backbone_layer`, `features`,
+        `feature_model`, `head_model()`), for code that builds on a FineTuner."""
+        return self._assembly
+
+    @property
     def input_shape(self) -> tuple:
         """The shape of raw inputs the model takes, without the batch axis."""
-        return shape_tuple(self.model.inputs[0].shape[1:])
+        return self._assembly.input_shape
 
     def set_freeze(self, policy: FreezePolicy) -> FreezeReport:
         """Applies a new freeze policy, recompiling if already compiled.
@@ -420,19 +272,10 @@ class FineTuner:
             >>> tuner.set_freeze(FreezePolicy.none()).trainable_params
             15
         """
-        report = self._apply_freeze(policy)
+        report = self._assembly.apply_freeze(policy)
         self._freeze_chosen = True
-        if self._compile_args is not None:
-            self._compile(fresh_optimizer=True)
+        self._compiler.refresh()
         return report
-
-    def _apply_freeze(self, policy: FreezePolicy) -> FreezeReport:
-        """Applies `policy` without recompiling (the caller compiles)."""
-        self._check_policy(policy)
-        self.freeze_report = policy.apply(self._backbone)
-        self._freeze = policy
-        self._backbone_layer.inference_mode = policy.batchnorm != "train"
-        return self.freeze_report
 
     # --- Keras API ----------------------------------------------------------
 
@@ -465,13 +308,14 @@ class FineTuner:
             **kwargs: passed to `keras.Model.compile` (e.g. `loss_weights`,
                 `run_eagerly`, `jit_compile`, `steps_per_execution`).
         """
-        self._check_learning_rate(learning_rate)
-        check_layerwise_lr_decay(layerwise_lr_decay)
-        optimizer = self._resolve_optimizer(optimizer, learning_rate)
-        loss = self._head.default_loss() if loss == "auto" else self._resolve_loss(loss)
-        self._compile_args = {"optimizer": optimizer, "loss": loss, "metrics": metrics, **kwargs}
-        self._layerwise_lr_decay = layerwise_lr_decay
-        self._compile(fresh_optimizer=False)
+        self._compiler.compile(
+            optimizer,
+            loss,
+            metrics,
+            learning_rate=learning_rate,
+            layerwise_lr_decay=layerwise_lr_decay,
+            **kwargs,
+        )
 
     @_in_scope
     def recompile(
@@ -496,162 +340,15 @@ class FineTuner:
             >>> round(float(tuner.model.optimizer.learning_rate), 6)
             1e-05
         """
-        self._check_learning_rate(learning_rate)
-        check_layerwise_lr_decay(layerwise_lr_decay)
-        if self._compile_args is None:
-            self._compile_args = {
-                "optimizer": "adam" if optimizer is None else optimizer,
-                "loss": self._head.default_loss(),
-                "metrics": "auto",
-            }
-        elif optimizer is None:
-            previous = self._compile_args["optimizer"]
-            optimizer = previous.__class__.from_config(previous.get_config())
-        optimizer = self._compile_args["optimizer"] if optimizer is None else optimizer
-        self._compile_args["optimizer"] = self._resolve_optimizer(optimizer, learning_rate)
-        self._compile(fresh_optimizer=False, layerwise_lr_decay=layerwise_lr_decay)
-
-    def _keras_compile_args(self, layerwise_lr_decay: float | None = None) -> dict:
-        args = dict(self._compile_args)
-        if isinstance(args["metrics"], str) and args["metrics"] == "auto":
-            args["metrics"] = self._head.default_metrics(len(self.model.output_shape))
-        args.setdefault("jit_compile", self._resolved_jit_compile())
-        decay = layerwise_lr_decay or self._layerwise_lr_decay
-        optimizer = args["optimizer"]
-        if not is_default(self._strategy) or (decay is not None and decay != 1.0):
-            # A copy made here, in the strategy's scope, owns distributed variables.
-            optimizer = optimizer.__class__.from_config(optimizer.get_config())
-        if decay is not None and decay != 1.0:
-            optimizer = LayerwiseOptimizer(optimizer, layerwise_multipliers(self, decay))
-        args["optimizer"] = optimizer
-        return args
-
-    def _resolved_jit_compile(self) -> bool:
-        if self._jit_compile != "auto":
-            return self._jit_compile
-        return not self._xla_failed and xla_helps(self.devices)
-
-    def _compile(self, fresh_optimizer: bool, layerwise_lr_decay: float | None = None):
-        if fresh_optimizer:
-            old = self._compile_args["optimizer"]
-            self._compile_args["optimizer"] = old.__class__.from_config(old.get_config())
-        self.model.compile(**self._keras_compile_args(layerwise_lr_decay))
-        self._compile_count += 1
-
-    @staticmethod
-    def _check_learning_rate(learning_rate):
-        if learning_rate is None or isinstance(
-            learning_rate, keras.optimizers.schedules.LearningRateSchedule
-        ):
-            return
-        if (
-            isinstance(learning_rate, bool)
-            or not isinstance(learning_rate, (int, float))
-            or not np.isfinite(learning_rate)
-            or learning_rate <= 0
-        ):
-            raise ValueError(
-                "`learning_rate` must be a positive number or a LearningRateSchedule. "
-                f"Received: learning_rate={learning_rate!r}. Typical values: 1e-3 for the "
-                "head, 1e-5 to 1e-4 when the backbone trains."
-            )
-
-    @staticmethod
-    def _resolve_optimizer(optimizer, learning_rate):
-        if isinstance(optimizer, str):
-            try:
-                optimizer = keras.optimizers.get(optimizer)
-            except ValueError:
-                names = _optimizer_names()
-                raise ValueError(
-                    f"Unknown optimizer={optimizer!r}.{did_you_mean(optimizer.lower(), names)} "
-                    f"Expected one of: {', '.join(names)}, or a keras.optimizers.Optimizer."
-                ) from None
-        elif not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise TypeError(
-                "`optimizer` must be a name such as 'adam' or a keras.optimizers.Optimizer "
-                f"(Keras 3). Received: optimizer={optimizer!r} of type "
-                f"{type(optimizer).__name__}."
-            )
-        if learning_rate is not None:
-            config = optimizer.get_config()
-            config["learning_rate"] = learning_rate
-            optimizer = optimizer.__class__.from_config(config)
-        return optimizer
-
-    @staticmethod
-    def _resolve_loss(loss):
-        if isinstance(loss, str):
-            try:
-                keras.losses.get(loss)
-            except ValueError:
-                names = [n for n in dir(keras.losses) if n[0].islower() and not n.startswith("_")]
-                raise ValueError(
-                    f"Unknown loss={loss!r}.{did_you_mean(loss, names)} Use 'auto' for the "
-                    "head's default, a keras.losses name, or a keras.losses.Loss."
-                ) from None
-        return loss
-
-    def _require_compiled(self, method: str):
-        if self._compile_args is None:
-            raise RuntimeError(
-                f"`FineTuner.{method}()` was called before `compile()`. Call "
-                "tuner.compile(optimizer='adam', learning_rate=1e-3) first (loss and metrics "
-                "default from the head)."
-            )
+        self._compiler.recompile(
+            optimizer=optimizer, learning_rate=learning_rate, layerwise_lr_decay=layerwise_lr_decay
+        )
 
     def _check_inputs(self, x, argname: str, method: str):
-        if isinstance(x, tf.data.Dataset):
-            spec = x.element_spec
-            spec = spec[0] if isinstance(spec, tuple) else spec
-            if isinstance(spec, tf.TensorSpec) and spec.shape.rank is not None:
-                self._check_sample_shape(tuple(spec.shape)[1:], argname, method)
-            return
-        array = _first_array(x)
-        if array is None:
-            return
-        if len(array.shape) == 0 or array.shape[0] == 0:
-            raise ValueError(
-                f"`FineTuner.{method}` got an empty `{argname}` (shape {tuple(array.shape)}). "
-                "Pass at least one example."
-            )
-        self._check_sample_shape(tuple(array.shape)[1:], argname, method)
-        if method != "predict":  # a NaN prediction harms nothing; a NaN step harms all
-            check_finite(array, argname, method)
-
-    def _check_sample_shape(self, shape, argname, method):
-        expected = self.input_shape
-        if shapes_compatible(shape_tuple(shape), expected):
-            return
-        hint = (
-            f" Pass input_shape={shape_tuple(shape)} to FineTuner to resize and adapt "
-            "them inside the model."
-            if len(shape) == 3 and len(expected) == 3
-            else " Reshape your data to match."
-        )
-        raise ValueError(
-            f"`FineTuner.{method}` got `{argname}` with samples of shape {shape_tuple(shape)}, "
-            f"but the model takes {expected}"
-            f"{' (the backbone input shape)' if expected == self._backbone.input_shape else ''}."
-            + hint
-        )
+        self._assembly.check_inputs(x, argname, method)
 
     def _check_targets(self, x, y, argname: str, method: str):
-        array = _first_array(y)
-        if array is None:
-            return
-        array = np.asarray(array)
-        inputs = _first_array(x)
-        if inputs is not None and len(inputs) != len(array):
-            raise ValueError(
-                f"`FineTuner.{method}` got {len(inputs)} inputs but {len(array)} labels in "
-                f"`{argname}`. Pass one label per example."
-            )
-        self._head.check_targets(array, self._prediction_shape(), argname, method)
-
-    def _prediction_shape(self) -> tuple:
-        """The model's output shape for one example, e.g. `(3,)` or `(6, 6, 3)`."""
-        return shape_tuple(self.model.output_shape)[1:]
+        self._assembly.check_targets(x, y, argname, method)
 
     def _check_data(self, x, y, method):
         self._check_inputs(x, "x", method)
@@ -705,76 +402,13 @@ class FineTuner:
         run).
         """
         if schedule is None:
-            self._require_compiled("fit")
+            self._compiler.require("fit")
         setting = FeatureCache.get(feature_cache)
         checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
         x = self._prepare_fit_data(x, y, kwargs)
-        if schedule is not None:
-            signature = {"schedule": schedule_signature(schedule)}
-        else:
-            signature = {k: kwargs.get(k, d) for k, d in (("epochs", 1), ("initial_epoch", 0))}
-        self._run = TrainingRun(self.model, checkpoint_dir, self._strategy, signature)
-        try:
-            with chief_writes(self._strategy, kwargs):
-                if schedule is not None:
-                    history = run_schedule(self, schedule, x, y, kwargs, setting)
-                else:
-                    history = self._fit_single(x, y, kwargs, setting)
-            self._run.finish()
-            return history
-        finally:
-            self._run = None
-
-    def _fit_single(self, x, y, kwargs, setting):
-        run = self._run
-        run.begin_stage(0, "fit", kwargs.get("initial_epoch", 0))
-        if run.resume is not None:
-            kwargs["initial_epoch"] = run.resume["epoch"]
-        keras_history = self._fit_stage(x, y, kwargs, setting)
-        history = run.as_history(stages=False)
-        history.params = keras_history.params
-        self.model.history = history
-        return history
-
-    def _fit_stage(self, x, y, kwargs, setting: FeatureCache) -> keras.callbacks.History:
-        """`model.fit`, on cached features when the stage allows it, watched by the run."""
-        kwargs = dict(kwargs, callbacks=[*(kwargs.get("callbacks") or []), self._run])
-        history = None
-        reason = cache_decision(self, x, kwargs, setting)
-        if reason is None:
-            history = fit_on_cached_features(self, x, y, kwargs, setting)
-        elif reason:
-            say(f"feature cache off: {reason}", kwargs.get("verbose", "auto"))
-        if history is None:
-            history = self._keras_fit(self.model, x, y, kwargs)
-        self._run.raise_if_failed(history)
-        return history
-
-    def _keras_fit(self, model: keras.Model, x, y, kwargs) -> keras.callbacks.History:
-        """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain."""
-        self._say_placement(kwargs.get("verbose", "auto"))
-        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) and "shuffle" not in kwargs:
-            # Keras ignores `shuffle` for these but warns about its default (True) each time.
-            kwargs = dict(kwargs, shuffle=False)
-        per_execution = model.steps_per_execution
-        if self._seed is not None:
-            x, y, keyed = epoch_keyed(x, y, kwargs, self._seed)
-            if keyed is not kwargs:  # one dataset of all epochs, back to back
-                per_execution = steps_per_execution_for(keyed["steps_per_epoch"], per_execution)
-            kwargs = keyed
-        with _steps_per_execution(model, per_execution):
-            try:
-                return model.fit(x, y, **kwargs)
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-                if not (model.jit_compile and self._jit_compile == "auto" and _is_xla_error(error)):
-                    raise
-                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-                reason = next((line for line in lines if "XLA" in line), lines[0])[:200]
-                say(f"XLA cannot compile this model ({reason}); training without XLA", 1)
-                self._xla_failed = True
-                model.jit_compile = False
-                _forget_functions(model)
-                return model.fit(x, y, **kwargs)
+        return self._loop.fit(
+            x, y, kwargs, schedule=schedule, feature_cache=setting, checkpoint_dir=checkpoint_dir
+        )
 
     @_in_scope
     def fine_tune(
@@ -847,7 +481,7 @@ class FineTuner:
             >>> history.history["stage"]
             ['head', 'head', 'fine_tune', 'fine_tune']
         """
-        policy = self._freeze
+        policy = self.freeze
         tuned_policy = (
             policy if self._freeze_chosen else FreezePolicy.none(batchnorm=policy.batchnorm)
         )
@@ -912,11 +546,11 @@ class FineTuner:
             >>> 0.0 < result.suggestion < 1.0
             True
         """
-        if self._compile_args is None:
+        if not self._compiler.compiled:
             self.compile()
         x = self._prepare_fit_data(x, y, kwargs)
         return find_learning_rate(
-            self,
+            self._compiler,
             x,
             y,
             min_lr=min_lr,
@@ -945,7 +579,8 @@ class FineTuner:
         messages = [ordered_split_warning(y, validation_split)]
         if not self._range_checked:  # once per tuner: the scale of the data does not change
             self._range_checked = True
-            expected = expected_input_range(self._backbone.preprocessing, self._backbone.model)
+            backbone = self.backbone
+            expected = expected_input_range(backbone.preprocessing, backbone.model)
             if expected is not None:
                 messages.append(value_range_warning(first_batch(x), expected))
         for message in filter(None, messages):
@@ -954,7 +589,7 @@ class FineTuner:
     @_in_scope
     def evaluate(self, x=None, y=None, **kwargs):
         """Evaluates the model; takes and returns what `keras.Model.evaluate` does."""
-        self._require_compiled("evaluate")
+        self._compiler.require("evaluate")
         x = as_tensor_if_text(x)
         self._check_data(x, y, "evaluate")
         return self.model.evaluate(x, y, **kwargs)
@@ -1001,7 +636,7 @@ class FineTuner:
             >>> sorted(report["per_class"]), len(report["confusion_matrix"])
             (['a', 'b', 'c'], 3)
         """
-        self._head.label_names(class_names)  # checked before predicting
+        self.head.label_names(class_names)  # checked before predicting
         if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
             kind = type(x).__name__ if isinstance(x, keras.utils.PyDataset) else "tf.data.Dataset"
             if y is not None:
@@ -1027,7 +662,7 @@ class FineTuner:
             x = as_tensor_if_text(x)
             self._check_data(x, y, "report")
             predictions = self.model.predict(x, batch_size=batch_size, verbose=0)
-        return self._head.report(predictions, y, class_names)
+        return self.head.report(predictions, y, class_names)
 
     def summary(self, **kwargs):
         """Prints the model summary (`keras.Model.summary`)."""
@@ -1088,7 +723,7 @@ class FineTuner:
         with chief_path(self._strategy, path) as target:
             written = export_model(
                 self.model,
-                self._head,
+                self.head,
                 target,
                 format=format,
                 class_names=class_names,
@@ -1099,8 +734,8 @@ class FineTuner:
 
     def __repr__(self):
         return (
-            f"<FineTuner {self.model.name!r}: {self._backbone!r} + {self._head!r}, "
-            f"freeze={self._freeze!r}>"
+            f"<FineTuner {self.model.name!r}: {self.backbone!r} + {self.head!r}, "
+            f"freeze={self.freeze!r}>"
         )
 
 

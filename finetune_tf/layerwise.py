@@ -227,8 +227,8 @@ def check_layerwise_lr_decay(decay) -> None:
         )
 
 
-def layerwise_multipliers(tuner, decay: float) -> list[tuple[str, float]]:
-    """`(path, multiplier)` for each trainable variable of `tuner.model`.
+def layerwise_multipliers(backbone, model, decay: float) -> list[tuple[str, float]]:
+    """`(path, multiplier)` for each trainable variable of `model`, which holds `backbone`.
 
     The head and any input adapter get 1; the backbone's trained layers (in
     the order of `Backbone.layers`, Hub variable groups included) get
@@ -236,7 +236,7 @@ def layerwise_multipliers(tuner, decay: float) -> list[tuple[str, float]]:
     """
     depth_of = {}
     depth = 0
-    for layer in reversed(tuner.backbone.layers):
+    for layer in reversed(backbone.layers):
         weights = layer.trainable_weights
         if weights:
             depth += 1
@@ -244,5 +244,5 @@ def layerwise_multipliers(tuner, decay: float) -> list[tuple[str, float]]:
                 depth_of[id(variable)] = depth
     return [
         (variable.path, decay ** depth_of.get(id(variable), 0))
-        for variable in tuner.model.trainable_variables
+        for variable in model.trainable_variables
     ]

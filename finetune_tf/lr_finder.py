@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from finetune_tf.plots import plot_lr_finder
+from finetune_tf.training.compile import fresh_optimizer
 
 SMOOTHING = 0.98  # of the loss curve, as in fastai: single batches are noisy
 
@@ -130,9 +131,10 @@ def _suggest(learning_rates, losses) -> tuple[float, str]:
 
 
 def find_learning_rate(
-    tuner, x, y, *, min_lr, max_lr, steps, batch_size, divergence, **fit_kwargs
+    compiler, x, y, *, min_lr, max_lr, steps, batch_size, divergence, **fit_kwargs
 ) -> LRFinderResult:
-    """Runs the sweep on `tuner`'s model; see `FineTuner.find_learning_rate`."""
+    """Runs the sweep on the model of `compiler` (a `training.compile.Compiler`) with its
+    settings; see `FineTuner.find_learning_rate`."""
     if not (0 < min_lr < max_lr):
         raise ValueError(
             "`find_learning_rate` needs 0 < min_lr < max_lr. "
@@ -140,11 +142,10 @@ def find_learning_rate(
         )
     if not isinstance(steps, int) or steps < 3:
         raise ValueError(f"`steps` must be an integer >= 3. Received: steps={steps!r}.")
-    model = tuner.model
+    model = compiler.model
     weights = [w.numpy().copy() for w in model.weights]
-    compile_args = tuner._keras_compile_args()
-    optimizer = compile_args["optimizer"]
-    compile_args["optimizer"] = optimizer.__class__.from_config(optimizer.get_config())
+    compile_args = compiler.keras_args()
+    compile_args["optimizer"] = fresh_optimizer(compile_args["optimizer"])
     model.compile(**compile_args)  # a separate optimizer: the compiled one stays untouched
     sweep = _ExponentialSweep(min_lr, max_lr, steps, divergence)
     try:
@@ -154,7 +155,7 @@ def find_learning_rate(
     finally:
         for variable, value in zip(model.weights, weights, strict=True):
             variable.assign(value)
-        tuner._compile(fresh_optimizer=False)
+        compiler.apply()
     suggestion, note = _suggest(sweep.learning_rates, sweep.losses)
     if note:
         warnings.warn(f"find_learning_rate: {note}", UserWarning, stacklevel=3)

@@ -241,8 +241,9 @@ class _LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "steps": self.steps}
 
 
-def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras.callbacks.History:
-    """Runs `schedule` on `tuner`; returns one `History` covering every stage."""
+def run_schedule(loop, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras.callbacks.History:
+    """Runs `schedule` with `loop` (a `training.loop.Loop`); returns one `History` covering
+    every stage."""
     if isinstance(schedule, Stage):
         schedule = [schedule]
     schedule = list(schedule)
@@ -262,7 +263,8 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> kera
     )
     user_callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     verbose = fit_kwargs.get("verbose", "auto")
-    run = tuner._run
+    run = loop.run
+    assembly, compiler = loop.assembly, loop.compiler
     resume = run.resume
     params = {}
     epoch = 0
@@ -276,21 +278,21 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> kera
                 epoch, initial_epoch = resume["stage_start"], resume["epoch"]
                 say(f"resuming stage {name!r} at epoch {initial_epoch}", verbose)
         if stage.freeze is not None:
-            tuner._apply_freeze(stage.freeze)  # recompiled just below, once
+            assembly.apply_freeze(stage.freeze)  # recompiled just below, once
         learning_rate = stage.learning_rate
         if stage.warmup_epochs or stage.lr_schedule != "constant":
             base_rate = learning_rate
             if base_rate is None:  # the rate of the last compile()
-                if tuner._compile_args is None:
-                    tuner.recompile()
-                base_rate = learning_rate_of(tuner._compile_args["optimizer"])
+                if not compiler.compiled:
+                    compiler.recompile()
+                base_rate = learning_rate_of(compiler.spec.optimizer)
             if not isinstance(base_rate, float):
                 raise ValueError(
                     f"Stage {name!r} has warmup_epochs/lr_schedule but no float learning rate "
                     "to shape (the last one was a schedule). Give the stage a learning_rate."
                 )
             learning_rate = stage_learning_rate(stage, base_rate, steps_per_epoch(x, fit_kwargs))
-        tuner.recompile(
+        compiler.recompile(
             optimizer=stage.optimizer,
             learning_rate=learning_rate,
             layerwise_lr_decay=stage.layerwise_lr_decay,
@@ -305,9 +307,9 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> kera
                 restore_best_weights=stage.restore_best_weights and has_validation,
             )
             callbacks.append(early_stopping)
-        say(f"stage {name!r}: {stage.epochs} epochs, {tuner.freeze_report}", verbose)
+        say(f"stage {name!r}: {stage.epochs} epochs, {assembly.freeze_report}", verbose)
         run.begin_stage(index, name, epoch, early_stopping)
-        history = tuner._fit_stage(
+        history = loop.fit_stage(
             x,
             y,
             dict(
@@ -323,7 +325,7 @@ def run_schedule(tuner, schedule, x, y, fit_kwargs: dict, feature_cache) -> kera
         run.end_stage(index + 1, epoch)
     combined = run.as_history(stages=True)
     combined.params = params
-    tuner.model.history = combined
+    loop.model.history = combined
     return combined
 
 

@@ -12,7 +12,7 @@ from conftest import small_cnn
 
 import finetune_tf
 import finetune_tf.checkpoint
-import finetune_tf.finetuner
+import finetune_tf.training.compile
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, devices
 
 CPU0 = "/job:localhost/replica:0/task:0/device:CPU:0"
@@ -124,7 +124,7 @@ def python_callback_backbone():
 
 
 def test_auto_xla_falls_back_with_a_log_line_when_a_layer_cannot_compile(monkeypatch, capsys):
-    monkeypatch.setattr(finetune_tf.finetuner, "xla_helps", lambda devices: True)  # as on a GPU
+    monkeypatch.setattr(finetune_tf.training.compile, "xla_helps", lambda devices: True)  # GPU-like
     tuner = FineTuner(python_callback_backbone(), Head.regressor(), freeze=FreezePolicy.none())
     tuner.compile("sgd")
     assert tuner.model.jit_compile is True

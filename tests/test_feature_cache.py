@@ -39,7 +39,7 @@ def _spy(monkeypatch, tuner_cls=FineTuner):
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        fit, predict = self.model.fit, self._feature_model.predict_on_batch
+        fit, predict = self.model.fit, self.assembly.feature_model.predict_on_batch
 
         def counting_fit(*a, **k):
             calls["full_fit"] += 1
@@ -50,7 +50,7 @@ def _spy(monkeypatch, tuner_cls=FineTuner):
             return predict(*a, **k)
 
         self.model.fit = counting_fit
-        self._feature_model.predict_on_batch = counting_predict
+        self.assembly.feature_model.predict_on_batch = counting_predict
 
     monkeypatch.setattr(tuner_cls, "__init__", init)
     return calls

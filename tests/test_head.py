@@ -17,7 +17,7 @@ from finetune_tf import (
     LabelCrossentropy,
     Report,
 )
-from finetune_tf.head import Task, register_task
+from finetune_tf.model.head import Task, register_task
 
 
 def build(head, backbone_model=None):
@@ -196,7 +196,7 @@ def test_head_config_round_trips(head):
 def test_a_new_task_is_one_small_class(monkeypatch):
     """A Poisson head for counts: a Task subclass, registered; Head, fit, report, export
     and the target checks take it without another change."""
-    from finetune_tf.head import task as task_module
+    from finetune_tf.model.head import task as task_module
 
     monkeypatch.setattr(task_module, "_REGISTRY", dict(task_module._REGISTRY))
 

@@ -23,13 +23,15 @@ MODULES = [
     "feature_cache",
     "finetuner",
     "freeze",
-    "head",
-    "head.binary",
-    "head.classifier",
-    "head.head",
-    "head.multilabel",
-    "head.regression",
-    "head.task",
+    "model",
+    "model.assembly",
+    "model.head",
+    "model.head.binary",
+    "model.head.classifier",
+    "model.head.head",
+    "model.head.multilabel",
+    "model.head.regression",
+    "model.head.task",
     "hub",
     "layerwise",
     "losses",
@@ -44,6 +46,9 @@ MODULES = [
     "schedule",
     "seeding",
     "data_checks",
+    "training",
+    "training.compile",
+    "training.loop",
     "tuned_model",
 ]
 
@@ -55,6 +60,13 @@ def test_every_module_runs_its_examples():
         if not any(part.startswith("_") for part in name.split("."))
     }
     assert modules == set(MODULES)
+
+
+def test_old_import_paths_of_public_names_still_work():
+    from finetune_tf.head import Head  # finetune_tf/head.py before 0.3
+
+    assert Head is finetune_tf.Head
+    assert importlib.import_module("finetune_tf.head").Head is finetune_tf.Head
 
 
 def test_the_wheel_ships_every_subpackage():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from finetune_tf.head.classifier import MulticlassTask
-from finetune_tf.head.task import register_task
+from finetune_tf.model.head.classifier import MulticlassTask
+from finetune_tf.model.head.task import register_task
 
 __all__ = ["BinaryTask"]
 

@@ -6,8 +6,8 @@ task is a new module with a `Task` subclass decorated `@register_task`,
 imported below.
 """
 
-from finetune_tf.head import binary, classifier, multilabel, regression  # noqa: F401 (registers)
-from finetune_tf.head.head import Head
-from finetune_tf.head.task import Task, register_task
+from finetune_tf.model.head import binary, classifier, multilabel, regression  # noqa: F401 (registers)
+from finetune_tf.model.head.head import Head
+from finetune_tf.model.head.task import Task, register_task
 
 __all__ = ["Head", "Task", "register_task"]

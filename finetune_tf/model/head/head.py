@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from finetune_tf.head.task import Task, get_task
+from finetune_tf.model.head.task import Task, get_task
 from finetune_tf.report import Report
 
 __all__ = ["Head"]

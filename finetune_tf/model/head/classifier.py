@@ -6,9 +6,9 @@ import numpy as np
 import tensorflow as tf
 
 from finetune_tf.data_checks import batch_of, check_finite, shapes_compatible
-from finetune_tf.head.task import Task, register_task
 from finetune_tf.losses import LabelCrossentropy
 from finetune_tf.metrics import LabelAccuracy
+from finetune_tf.model.head.task import Task, register_task
 from finetune_tf.report import Report
 
 __all__ = ["MulticlassTask"]

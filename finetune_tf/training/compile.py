@@ -1,0 +1,234 @@
+"""`Compiler`: the compile settings of one model, and every compile made from them.
+
+`FineTuner.compile` records a `CompileSpec` (optimizer, loss, metrics, the
+other `keras.Model.compile` arguments, layer-wise decay) and compiles; a
+stage, a new freeze policy or the learning-rate finder compiles again from
+the same spec with a fresh optimizer (its slots belonged to other variables),
+and the model keeps its weights. The rules live here once: how an optimizer
+is copied, when `"auto"` turns XLA on, how discriminative rates wrap the
+optimizer, what a strategy needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from finetune_tf._utils import did_you_mean
+from finetune_tf.devices import is_default
+from finetune_tf.layerwise import (
+    LayerwiseOptimizer,
+    check_layerwise_lr_decay,
+    layerwise_multipliers,
+)
+
+__all__ = ["CompileSpec", "Compiler", "check_jit_compile", "fresh_optimizer", "xla_helps"]
+
+
+def fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """A new optimizer with `optimizer`'s settings and no state (no slots, step 0)."""
+    return optimizer.__class__.from_config(optimizer.get_config())
+
+
+def xla_helps(devices: list[str]) -> bool:
+    """Whether `jit_compile="auto"` turns XLA on: on GPUs and TPUs, not on CPUs."""
+    return any(("GPU" in d or "TPU" in d) for d in devices)
+
+
+@dataclasses.dataclass
+class CompileSpec:
+    """What `FineTuner.compile` was given, resolved: an optimizer object, a loss
+    object or name, metrics (`"auto"`: the head's), the other compile arguments,
+    and the layer-wise learning-rate decay (None: one rate)."""
+
+    optimizer: keras.optimizers.Optimizer
+    loss: object
+    metrics: object = "auto"
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    layerwise_lr_decay: float | None = None
+
+
+class Compiler:
+    """Compiles `model` (a FineTuner's) from a `CompileSpec`, again and again.
+
+    Args:
+        model: the `keras.Model` to compile.
+        backbone: the `Backbone` in it (layer-wise decay counts its layers).
+        head: the `Head` on it (the default loss and metrics).
+        strategy: the `tf.distribute.Strategy` the model lives in.
+        devices: the devices it computes on (for `jit_compile="auto"`).
+        jit_compile: `"auto"`, True or False.
+    """
+
+    def __init__(self, model, backbone, head, strategy, devices, jit_compile="auto"):
+        check_jit_compile(jit_compile)
+        self.model = model
+        self.backbone = backbone
+        self.head = head
+        self.strategy = strategy
+        self.jit_compile = jit_compile
+        self.xla_helps = xla_helps(devices)
+        self.xla_failed = False  # set when XLA could not compile the model under "auto"
+        self.spec: CompileSpec | None = None
+        self.count = 0  # how many compiles: lets derived models know when to compile again
+
+    @property
+    def compiled(self) -> bool:
+        return self.spec is not None
+
+    # === Compiling ===
+
+    def compile(
+        self, optimizer, loss, metrics, *, learning_rate=None, layerwise_lr_decay=None, **kwargs
+    ) -> None:
+        """Records the settings (see `FineTuner.compile`) and compiles."""
+        check_learning_rate(learning_rate)
+        check_layerwise_lr_decay(layerwise_lr_decay)
+        optimizer = resolve_optimizer(optimizer, learning_rate)
+        loss = self.head.default_loss() if _is_auto(loss) else resolve_loss(loss)
+        self.spec = CompileSpec(optimizer, loss, metrics, kwargs, layerwise_lr_decay)
+        self.apply()
+
+    def recompile(self, *, optimizer=None, learning_rate=None, layerwise_lr_decay=None) -> None:
+        """Compiles again from the last settings with a fresh optimizer; `optimizer` and
+        `learning_rate` replace the last ones, `layerwise_lr_decay` holds for this
+        compile only. Without earlier settings: `"adam"` and the head's loss."""
+        check_learning_rate(learning_rate)
+        check_layerwise_lr_decay(layerwise_lr_decay)
+        if self.spec is None:
+            self.spec = CompileSpec("adam" if optimizer is None else optimizer, "auto")
+            self.spec.loss = self.head.default_loss()
+        elif optimizer is None:
+            optimizer = fresh_optimizer(self.spec.optimizer)
+        optimizer = self.spec.optimizer if optimizer is None else optimizer
+        self.spec.optimizer = resolve_optimizer(optimizer, learning_rate)
+        self.apply(layerwise_lr_decay=layerwise_lr_decay)
+
+    def refresh(self) -> None:
+        """Compiles again with a fresh optimizer, if compiled (e.g. after freezing)."""
+        if self.spec is not None:
+            self.spec.optimizer = fresh_optimizer(self.spec.optimizer)
+            self.apply()
+
+    def apply(self, layerwise_lr_decay: float | None = None) -> None:
+        """Compiles the model from the current settings (the optimizer as it is)."""
+        self.model.compile(**self.keras_args(layerwise_lr_decay))
+        self.count += 1
+
+    def keras_args(self, layerwise_lr_decay: float | None = None) -> dict:
+        """The arguments of `keras.Model.compile` for the current settings."""
+        spec = self.spec
+        metrics = spec.metrics
+        if _is_auto(metrics):
+            metrics = self.head.default_metrics(len(self.model.output_shape))
+        args = {"optimizer": spec.optimizer, "loss": spec.loss, "metrics": metrics, **spec.kwargs}
+        args.setdefault("jit_compile", self.resolved_jit_compile())
+        decay = layerwise_lr_decay or spec.layerwise_lr_decay
+        layerwise = decay is not None and decay != 1.0
+        optimizer = spec.optimizer
+        if not is_default(self.strategy) or layerwise:
+            # A copy made here, in the strategy's scope, owns distributed variables.
+            optimizer = fresh_optimizer(optimizer)
+        if layerwise:
+            optimizer = LayerwiseOptimizer(
+                optimizer, layerwise_multipliers(self.backbone, self.model, decay)
+            )
+        args["optimizer"] = optimizer
+        return args
+
+    def resolved_jit_compile(self) -> bool:
+        """What `jit_compile` means now: `"auto"` is XLA where it helps, until it failed."""
+        if self.jit_compile != "auto":
+            return self.jit_compile
+        return not self.xla_failed and self.xla_helps
+
+    def require(self, method: str) -> None:
+        """A RuntimeError when `FineTuner.<method>` needs a `compile()` first."""
+        if self.spec is None:
+            raise RuntimeError(
+                f"`FineTuner.{method}()` was called before `compile()`. Call "
+                "tuner.compile(optimizer='adam', learning_rate=1e-3) first (loss and metrics "
+                "default from the head)."
+            )
+
+
+def check_jit_compile(jit_compile) -> None:
+    """A ValueError unless `jit_compile` is "auto", True or False."""
+    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+        raise ValueError(
+            f'`jit_compile` must be "auto", True or False. Received: jit_compile={jit_compile!r}.'
+        )
+
+
+def _is_auto(value) -> bool:
+    return isinstance(value, str) and value == "auto"
+
+
+def optimizer_names() -> list[str]:
+    """The names `keras.optimizers.get` takes, lower case."""
+    return sorted(
+        name.lower()
+        for name in dir(keras.optimizers)
+        if isinstance(getattr(keras.optimizers, name), type)
+        and issubclass(getattr(keras.optimizers, name), keras.optimizers.Optimizer)
+        and name not in ("Optimizer", "LossScaleOptimizer")
+    )
+
+
+def check_learning_rate(learning_rate) -> None:
+    """A ValueError unless `learning_rate` is None, positive or a `LearningRateSchedule`."""
+    if learning_rate is None or isinstance(
+        learning_rate, keras.optimizers.schedules.LearningRateSchedule
+    ):
+        return
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float))
+        or not np.isfinite(learning_rate)
+        or learning_rate <= 0
+    ):
+        raise ValueError(
+            "`learning_rate` must be a positive number or a LearningRateSchedule. "
+            f"Received: learning_rate={learning_rate!r}. Typical values: 1e-3 for the "
+            "head, 1e-5 to 1e-4 when the backbone trains."
+        )
+
+
+def resolve_optimizer(optimizer, learning_rate) -> keras.optimizers.Optimizer:
+    """An optimizer object from a name or an object, at `learning_rate` when given."""
+    if isinstance(optimizer, str):
+        try:
+            optimizer = keras.optimizers.get(optimizer)
+        except ValueError:
+            names = optimizer_names()
+            raise ValueError(
+                f"Unknown optimizer={optimizer!r}.{did_you_mean(optimizer.lower(), names)} "
+                f"Expected one of: {', '.join(names)}, or a keras.optimizers.Optimizer."
+            ) from None
+    elif not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            "`optimizer` must be a name such as 'adam' or a keras.optimizers.Optimizer "
+            f"(Keras 3). Received: optimizer={optimizer!r} of type "
+            f"{type(optimizer).__name__}."
+        )
+    if learning_rate is not None:
+        config = optimizer.get_config()
+        config["learning_rate"] = learning_rate
+        optimizer = optimizer.__class__.from_config(config)
+    return optimizer
+
+
+def resolve_loss(loss):
+    """`loss` checked: a Keras loss name or object."""
+    if isinstance(loss, str):
+        try:
+            keras.losses.get(loss)
+        except ValueError:
+            names = [n for n in dir(keras.losses) if n[0].islower() and not n.startswith("_")]
+            raise ValueError(
+                f"Unknown loss={loss!r}.{did_you_mean(loss, names)} Use 'auto' for the "
+                "head's default, a keras.losses name, or a keras.losses.Loss."
+            ) from None
+    return loss

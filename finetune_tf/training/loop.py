@@ -1,0 +1,156 @@
+"""`Loop`: how one FineTuner's model trains, epoch by epoch.
+
+A `fit` call is one `TrainingRun` (progress, checkpoints, resume, the NaN
+guard), run as one stage or as a schedule of stages (`schedule.run_schedule`).
+Each stage trains on cached backbone features when the backbone is frozen
+and the data allows it (`feature_cache`), else with `keras.Model.fit`, which
+here also: orders array data by `(seed, epoch)` when seeded, runs a number of
+steps per execution that divides the epoch, and falls back from XLA when
+`jit_compile="auto"` turned it on for a model XLA cannot compile.
+
+The loop talks to the model through `Assembly` and `Compiler`, never through
+the FineTuner that owns them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+from finetune_tf.checkpoint import TrainingRun, chief_writes
+from finetune_tf.devices import describe
+from finetune_tf.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
+from finetune_tf.progress import say
+from finetune_tf.schedule import run_schedule, schedule_signature
+from finetune_tf.seeding import epoch_keyed, steps_per_execution_for
+
+__all__ = ["Loop"]
+
+
+class Loop:
+    """Trains `assembly.model`, compiled by `compiler`, under `strategy`.
+
+    Args:
+        assembly: the `Assembly` (model, backbone layer, features, freeze).
+        compiler: the `Compiler` of that model.
+        strategy: the `tf.distribute.Strategy` it trains under.
+        precision: str or None. The dtype policy, for the first progress line.
+        seed: int or None. Orders each epoch's array data by `(seed, epoch)`.
+    """
+
+    def __init__(self, assembly, compiler, strategy, precision, seed):
+        self.assembly = assembly
+        self.compiler = compiler
+        self.strategy = strategy
+        self.precision = precision
+        self.seed = seed
+        self.run: TrainingRun | None = None  # the progress of the running fit call
+        self._placement_said = False
+
+    @property
+    def model(self) -> keras.Model:
+        return self.assembly.model
+
+    def fit(self, x, y, fit_kwargs: dict, *, schedule, feature_cache, checkpoint_dir):
+        """One `fit` call: a run of one stage, or of `schedule`; returns its `History`."""
+        setting = FeatureCache.get(feature_cache)
+        if schedule is not None:
+            signature = {"schedule": schedule_signature(schedule)}
+        else:
+            signature = {k: fit_kwargs.get(k, d) for k, d in (("epochs", 1), ("initial_epoch", 0))}
+        self.run = TrainingRun(self.model, checkpoint_dir, self.strategy, signature)
+        try:
+            with chief_writes(self.strategy, fit_kwargs):
+                if schedule is not None:
+                    history = run_schedule(self, schedule, x, y, fit_kwargs, setting)
+                else:
+                    history = self._fit_single(x, y, fit_kwargs, setting)
+            self.run.finish()
+            return history
+        finally:
+            self.run = None
+
+    def _fit_single(self, x, y, kwargs, setting):
+        run = self.run
+        run.begin_stage(0, "fit", kwargs.get("initial_epoch", 0))
+        if run.resume is not None:
+            kwargs["initial_epoch"] = run.resume["epoch"]
+        keras_history = self.fit_stage(x, y, kwargs, setting)
+        history = run.as_history(stages=False)
+        history.params = keras_history.params
+        self.model.history = history
+        return history
+
+    def fit_stage(self, x, y, kwargs, setting: FeatureCache) -> keras.callbacks.History:
+        """`model.fit`, on cached features when the stage allows it, watched by the run."""
+        kwargs = dict(kwargs, callbacks=[*(kwargs.get("callbacks") or []), self.run])
+        history = None
+        reason = cache_decision(self.assembly, x, kwargs, setting)
+        if reason is None:
+            history = fit_on_cached_features(self, x, y, kwargs, setting)
+        elif reason:
+            say(f"feature cache off: {reason}", kwargs.get("verbose", "auto"))
+        if history is None:
+            history = self.keras_fit(self.model, x, y, kwargs)
+        self.run.raise_if_failed(history)
+        return history
+
+    def keras_fit(self, model: keras.Model, x, y, kwargs) -> keras.callbacks.History:
+        """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain."""
+        self._say_placement(kwargs.get("verbose", "auto"))
+        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) and "shuffle" not in kwargs:
+            # Keras ignores `shuffle` for these but warns about its default (True) each time.
+            kwargs = dict(kwargs, shuffle=False)
+        per_execution = model.steps_per_execution
+        if self.seed is not None:
+            x, y, keyed = epoch_keyed(x, y, kwargs, self.seed)
+            if keyed is not kwargs:  # one dataset of all epochs, back to back
+                per_execution = steps_per_execution_for(keyed["steps_per_epoch"], per_execution)
+            kwargs = keyed
+        with _steps_per_execution(model, per_execution):
+            try:
+                return model.fit(x, y, **kwargs)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+                compiler = self.compiler
+                if not (model.jit_compile and compiler.jit_compile == "auto" and _is_xla(error)):
+                    raise
+                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+                reason = next((line for line in lines if "XLA" in line), lines[0])[:200]
+                say(f"XLA cannot compile this model ({reason}); training without XLA", 1)
+                compiler.xla_failed = True
+                model.jit_compile = False
+                forget_functions(model)
+                return model.fit(x, y, **kwargs)
+
+    def _say_placement(self, verbose):
+        if not self._placement_said and verbose != 0:
+            say(f"training on {describe(self.strategy)}, {self.precision or 'float32'}", verbose)
+            self._placement_said = True
+
+
+def forget_functions(model: keras.Model) -> None:
+    """Drops `model`'s traced train/test/predict functions: Keras reads steps_per_execution
+    when it traces them."""
+    model.train_function = model.test_function = model.predict_function = None
+
+
+@contextlib.contextmanager
+def _steps_per_execution(model: keras.Model, steps: int):
+    """`model` runs `steps` per execution inside the block, then as compiled again."""
+    compiled = model.steps_per_execution
+    if steps == compiled:
+        yield
+        return
+    model.steps_per_execution = steps
+    forget_functions(model)
+    try:
+        yield
+    finally:
+        model.steps_per_execution = compiled
+        forget_functions(model)
+
+
+def _is_xla(error: Exception) -> bool:
+    return "XLA" in str(error)
