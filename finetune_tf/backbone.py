@@ -15,6 +15,7 @@ hold.)
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
@@ -192,6 +193,38 @@ class Backbone:
                 "`with strategy.scope():` and pass that strategy, or pass strategy=None and "
                 "mixed_precision=None."
             ) from None
+
+    def get_config(self) -> dict:
+        """The backbone's architecture and preprocessing (no weights), the Keras way;
+        `Backbone.from_config` rebuilds it with fresh weights, as `keras.Model.from_config`.
+
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone
+            >>> inputs = keras.Input((4,))
+            >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)))
+            >>> Backbone.from_config(backbone.get_config()).output_shape
+            (3,)
+        """
+        serialize = keras.saving.serialize_keras_object
+        preprocessing = self.preprocessing
+        return {
+            "model": serialize(self.model),
+            "preprocessing": None if preprocessing is None else serialize(preprocessing),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Backbone:
+        """The backbone `get_config` describes (Keras' safe mode applies: no Lambda code)."""
+        deserialize = keras.saving.deserialize_keras_object
+        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
+        preprocessing = config.get("preprocessing")
+        return cls(
+            deserialize(config["model"]),
+            preprocessing=None if preprocessing is None else deserialize(preprocessing),
+            source=config.get("source"),
+        )
 
     def copy(self) -> Backbone:
         """An independent copy: same architecture, preprocessing and weights.
@@ -650,6 +683,6 @@ class BackboneLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)

@@ -11,6 +11,7 @@ a change of `trainable` until the next `compile()`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import warnings
@@ -37,7 +38,7 @@ from finetune_tf.model.assembly import Assembly, check_policy, input_plan, resol
 from finetune_tf.model.head import Head
 from finetune_tf.precision import dtype_policy_scope, resolve_precision
 from finetune_tf.report import Report
-from finetune_tf.saving import save_model_atomically
+from finetune_tf.saving import load_model, save_model_atomically
 from finetune_tf.schedule import Stage, steps_per_epoch
 from finetune_tf.seeding import check_seed
 from finetune_tf.training.compile import Compiler, check_jit_compile
@@ -172,6 +173,7 @@ class FineTuner:
         self.devices: list[str] = strategy_devices(self._strategy)
         self.mixed_precision: str | None = resolve_precision(mixed_precision, self.devices)
         self._range_checked = False  # whether fit looked at the scale of the inputs
+        self._input_channels = input_channels
         with self._scope(), dtype_policy_scope(self.mixed_precision):
             backbone = backbone.placed(self._strategy, self.mixed_precision)
             if self._seed is not None:
@@ -669,15 +671,170 @@ class FineTuner:
         return self.model.summary(**kwargs)
 
     def save(self, filepath: str | os.PathLike, *, overwrite: bool = True) -> None:
-        """Saves the model to a `.keras` file, atomically.
+        """Saves the model and the tuner's settings to a `.keras` file, atomically.
 
-        Load it back with `finetune_tf.load_model(filepath)` or plain
+        `FineTuner.load(filepath)` gives back a tuner (backbone, head, freeze
+        policy, compile settings) ready to train again; the model alone loads
+        with `finetune_tf.load_model(filepath)` or plain
         `keras.models.load_model(filepath)` after `import finetune_tf`; no
         `custom_objects` needed. A model with a SavedModel or Hub backbone
         stores the handle, which must still resolve when loading.
         """
+        settings = self.get_config()
+        del settings["backbone"], settings["augmentation"]  # both are in the model
+        augmentation = self._assembly.augmentation
+        preprocessing = self.backbone.preprocessing
+        settings["parts"] = {
+            "augmentation": None if augmentation is None else augmentation.name,
+            "preprocessing": None if preprocessing is None else preprocessing.name,
+            "source": self.backbone.source,
+        }
+        self.model.tuner_config = settings
         with chief_path(self._strategy, filepath) as target:
             save_model_atomically(self.model, target, overwrite=overwrite)
+
+    @classmethod
+    def load(
+        cls,
+        filepath: str | os.PathLike,
+        *,
+        safe_mode: bool = True,
+        strategy="auto",
+        mixed_precision="auto",
+        memory_growth: bool | None = True,
+    ) -> FineTuner:
+        """A tuner saved with `FineTuner.save`, ready to `fit`, `fine_tune` or `report`.
+
+        The backbone, head, augmentation and weights come from the file; the
+        freeze policy, input settings, seed and the last `compile()` settings
+        from the tuner's saved settings. The optimizer starts afresh (its
+        state is not in the file); to continue an interrupted run exactly,
+        use `fit(checkpoint_dir=...)`.
+
+        Args:
+            filepath: str or path. A `.keras` file written by `FineTuner.save`.
+            safe_mode: bool. Refuse files that would run Python code on load
+                (see `finetune_tf.load_model`). Defaults to True.
+            strategy, mixed_precision, memory_growth: as for `FineTuner`, for
+                where the restored tuner trains.
+
+        Examples:
+            >>> import os, tempfile, keras, numpy as np
+            >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+            >>> inputs = keras.Input((4,))
+            >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)))
+            >>> tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.top(1))
+            >>> tuner.compile(learning_rate=1e-3)
+            >>> path = os.path.join(tempfile.mkdtemp(), "tuned.keras")
+            >>> tuner.save(path)
+            >>> again = FineTuner.load(path)
+            >>> again.head, again.freeze
+            (Head.classifier(num_classes=3, pooling='avg'), FreezePolicy.top(1))
+            >>> x = np.ones((2, 4), "float32")
+            >>> bool(np.allclose(again.predict(x, verbose=0), tuner.predict(x, verbose=0)))
+            True
+        """
+        model = load_model(filepath, compile=False, safe_mode=safe_mode)
+        settings = getattr(model, "tuner_config", None)
+        if settings is None:
+            raise ValueError(
+                f"`filepath`={os.fspath(filepath)!r} holds a model without FineTuner settings "
+                "(it was not written by FineTuner.save). Load the model with "
+                "finetune_tf.load_model(filepath), or fine-tune it anew with "
+                "FineTuner(Backbone.from_model(model), head)."
+            )
+        settings = dict(settings)
+        parts = settings.pop("parts")
+        layer = model.get_layer("backbone")
+        preprocessing = parts["preprocessing"] and model.get_layer(parts["preprocessing"])
+        augmentation = parts["augmentation"] and model.get_layer(parts["augmentation"])
+        backbone = Backbone(layer.backbone, preprocessing=preprocessing, source=parts["source"])
+        tuner = cls._from_settings(
+            backbone,
+            augmentation,
+            settings,
+            strategy=strategy,
+            mixed_precision=mixed_precision,
+            memory_growth=memory_growth,
+        )
+        tuner.model.set_weights(model.get_weights())
+        return tuner
+
+    def get_config(self) -> dict:
+        """The tuner as plain data: the backbone's architecture (no weights), the head,
+        the freeze policy, the input settings, the seed and the last `compile()`
+        settings. `FineTuner.from_config` rebuilds it, as `keras.Model.from_config`
+        rebuilds a model: same architecture, fresh weights. Where the tuner trains
+        (strategy, mixed precision) is not part of it.
+
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)))
+            >>> tuner = FineTuner(backbone, Head.regressor(), seed=1)
+            >>> again = FineTuner.from_config(tuner.get_config())
+            >>> again.head, again.freeze, again.backbone.output_shape
+            (Head.regressor(num_outputs=1, pooling='avg'), FreezePolicy.all(), (3,))
+        """
+        backbone = self.backbone
+        augmentation = self._assembly.augmentation
+        return {
+            "backbone": backbone.get_config(),
+            "head": self.head.get_config(),
+            "freeze": self.freeze.get_config(),
+            "freeze_chosen": self._freeze_chosen,
+            "input_shape": (
+                None if self.input_shape == backbone.input_shape else list(self.input_shape)
+            ),
+            "input_channels": self._input_channels,
+            "augmentation": (
+                None if augmentation is None else keras.saving.serialize_keras_object(augmentation)
+            ),
+            "jit_compile": self._compiler.jit_compile,
+            "seed": self._seed,
+            "name": self.model.name,
+            "compile": self._compiler.get_config(),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> FineTuner:
+        """The tuner `get_config` describes, with fresh weights (see `get_config`)."""
+        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
+        backbone = Backbone.from_config(config.pop("backbone"))
+        augmentation = config.pop("augmentation", None)
+        if augmentation is not None:
+            augmentation = keras.saving.deserialize_keras_object(augmentation)
+        return cls._from_settings(backbone, augmentation, config)
+
+    @classmethod
+    def _from_settings(cls, backbone, augmentation, settings: dict, **placement) -> FineTuner:
+        input_shape = settings["input_shape"]
+        tuner = cls(
+            backbone,
+            Head.from_config(settings["head"]),
+            freeze=FreezePolicy.from_config(settings["freeze"]),
+            input_shape=None if input_shape is None else tuple(input_shape),
+            input_channels=settings["input_channels"],
+            augmentation=augmentation,
+            jit_compile=settings["jit_compile"],
+            seed=settings["seed"],
+            name=settings["name"],
+            **placement,
+        )
+        tuner._freeze_chosen = settings["freeze_chosen"]
+        compiled = settings.get("compile")
+        if compiled is not None:
+            if compiled.get("not_saved"):
+                warnings.warn(
+                    "FineTuner: these compile() arguments could not be saved and are not "
+                    f"restored: {', '.join(compiled['not_saved'])}. Pass them to "
+                    "tuner.compile(...) again.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            tuner.compile(**Compiler.arguments_from_config(compiled))
+        return tuner
 
     def export(
         self,

@@ -303,6 +303,27 @@ class FreezePolicy:
     def __hash__(self):
         return hash((self.kind, self.value, self.batchnorm, tuple(sorted(self.options.items()))))
 
+    def get_config(self) -> dict:
+        """The arguments that rebuild this policy with `FreezePolicy.from_config`.
+
+        Examples:
+            >>> from finetune_tf import FreezePolicy
+            >>> policy = FreezePolicy.until("block_3", inclusive=False)
+            >>> FreezePolicy.from_config(policy.get_config()) == policy
+            True
+        """
+        return {"kind": self.kind, "value": self.value, "batchnorm": self.batchnorm, **self.options}
+
+    @classmethod
+    def from_config(cls, config: dict) -> FreezePolicy:
+        """The policy `get_config` describes, checked as its constructor checks it."""
+        config = dict(config)
+        kind, value = config.pop("kind", None), config.pop("value", None)
+        constructor = getattr(cls, kind, None) if isinstance(kind, str) else None
+        if kind not in ("all", "none", "bottom", "top", "until", "matching"):
+            return cls(kind, value, **config)  # the constructor's error names the kinds
+        return constructor(**config) if value is None else constructor(value, **config)
+
     def __repr__(self):
         args = [] if self.value is None else [repr(self.value)]
         defaults = {"inclusive": True, "train": False}

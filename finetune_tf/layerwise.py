@@ -15,6 +15,8 @@ rate. `global_clipnorm` is applied once, over all gradients.
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import tensorflow as tf
 
@@ -51,7 +53,7 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
         config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
         return cls(**config)
 
@@ -140,7 +142,8 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
 
     def build(self, var_list):
         paths = [variable.path for variable in var_list]
-        if paths != [path for path, _ in self.multipliers]:
+        expected = [path for path, _ in self.multipliers]
+        if len(paths) != len(expected) or not all(map(_same_variable, expected, paths)):
             raise ValueError(
                 "LayerwiseOptimizer was made for other variables than it is asked to train: "
                 f"expected {len(self.multipliers)} variables "
@@ -207,7 +210,7 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
         config["optimizer"] = keras.optimizers.deserialize(
             config["optimizer"], custom_objects=custom_objects
         )
@@ -225,6 +228,13 @@ def check_layerwise_lr_decay(decay) -> None:
             f"{decay!r}. Typical values: 0.6 to 0.9 for a few blocks, 0.95 to 0.99 "
             "for a hundred layers."
         )
+
+
+def _same_variable(expected: str, actual: str) -> bool:
+    """Whether two variable paths name the same variable. A model loaded from a file can
+    scope its variables without the enclosing model's name (a Sequential backbone's
+    `seq/conv2/kernel` comes back as `conv2/kernel`), so one may end the other."""
+    return expected == actual or expected.endswith("/" + actual) or actual.endswith("/" + expected)
 
 
 def layerwise_multipliers(backbone, model, decay: float) -> list[tuple[str, float]]:

@@ -10,6 +10,7 @@ optimizer, and Keras callbacks see one continuous run (epochs keep counting).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -119,6 +120,39 @@ class Stage:
                 "`Stage(early_stopping)` is a patience in epochs (a whole number >= 1) or None. "
                 f"Received: early_stopping={self.early_stopping!r}."
             )
+
+    def get_config(self) -> dict:
+        """The stage as plain data (optimizer and learning-rate schedule serialized the
+        Keras way); `Stage.from_config` rebuilds it.
+
+        Examples:
+            >>> from finetune_tf import FreezePolicy, Stage
+            >>> stage = Stage(3, FreezePolicy.top(2), 1e-4, optimizer="sgd", name="tune")
+            >>> Stage.from_config(stage.get_config()) == stage
+            True
+        """
+        config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.freeze is not None:
+            config["freeze"] = self.freeze.get_config()
+        for key in ("learning_rate", "optimizer"):
+            if isinstance(
+                config[key],
+                keras.optimizers.schedules.LearningRateSchedule | (keras.optimizers.Optimizer),
+            ):
+                config[key] = keras.saving.serialize_keras_object(config[key])
+        config["epochs"] = int(self.epochs)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> Stage:
+        """The stage `get_config` describes."""
+        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
+        if config.get("freeze") is not None:
+            config["freeze"] = FreezePolicy.from_config(config["freeze"])
+        for key in ("learning_rate", "optimizer"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
 
 
 def gradual_unfreezing(

@@ -9,6 +9,9 @@ string tensors. A saved tuner loads back as a `TunedModel` with plain
 
 from __future__ import annotations
 
+import copy
+import json
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -65,6 +68,32 @@ class TunedModel(keras.Model):
         # (*args, **kwargs): Keras revives a subclass of this signature from a functional
         # config (layers and their connections), so saved files need nothing else.
         super().__init__(*args, **kwargs)
+
+    @property
+    def tuner_config(self) -> dict | None:
+        """The settings of the `FineTuner` that saved this model (`FineTuner.load`
+        rebuilds the tuner from them), or None."""
+        text = getattr(self, "_tuner_json", None)
+        return None if text is None else json.loads(text)
+
+    @tuner_config.setter
+    def tuner_config(self, config: dict | None):
+        # Kept as JSON text: Keras tracks (and wraps) dicts set on a model.
+        self._tuner_json = None if config is None else json.dumps(config)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.tuner_config is not None:
+            config["tuner"] = self.tuner_config
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
+        tuner = config.pop("tuner", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.tuner_config = tuner
+        return model
 
     def fit(self, x=None, y=None, *args, **kwargs):
         if "validation_data" in kwargs:

@@ -130,3 +130,31 @@ def save_text_encoder(path):
     serve = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None], tf.string)])
     tf.saved_model.save(model, path, signatures={"serving_default": serve})
     return path
+
+
+def assert_round_trips(obj):
+    """`obj.get_config()` is plain JSON, and `from_config` (and, for Keras objects, Keras'
+    own serialization) gives back an object with the same config. Returns the copy."""
+    import json
+
+    def as_json(config):  # tuples become lists, as in a file
+        return json.loads(json.dumps(config))
+
+    config = as_json(obj.get_config())  # a TypeError for what a file cannot hold
+    again = type(obj).from_config(config)
+    assert as_json(again.get_config()) == config, type(obj).__name__
+    is_keras = isinstance(
+        obj,
+        (
+            keras.layers.Layer,
+            keras.losses.Loss,
+            keras.metrics.Metric,
+            keras.optimizers.Optimizer,
+            keras.optimizers.schedules.LearningRateSchedule,
+        ),
+    )
+    if is_keras:
+        revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
+        assert type(revived) is type(obj)
+        assert as_json(revived.get_config()) == config
+    return again

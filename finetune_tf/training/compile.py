@@ -12,6 +12,7 @@ optimizer, what a strategy needs.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import keras
 import numpy as np
@@ -144,6 +145,44 @@ class Compiler:
             return self.jit_compile
         return not self.xla_failed and self.xla_helps
 
+    # === Config ===
+
+    def get_config(self) -> dict | None:
+        """The last `compile()` settings as plain data (None before any), Keras objects
+        serialized the Keras way. Arguments that would not load back without running
+        code from the file (a lambda, an unregistered function) are named under
+        `"not_saved"` instead."""
+        spec = self.spec
+        if spec is None:
+            return None
+        given = {"optimizer": spec.optimizer, "loss": spec.loss, "metrics": spec.metrics}
+        saved, not_saved = {}, []
+        for key, value in {**given, **spec.kwargs}.items():
+            try:
+                saved[key] = value if _is_auto(value) else _serialize(value)
+            except Exception:  # whatever Keras raises for an object it cannot revive
+                not_saved.append(key)
+        return {
+            "arguments": saved,
+            "layerwise_lr_decay": spec.layerwise_lr_decay,
+            "not_saved": not_saved,
+        }
+
+    @staticmethod
+    def arguments_from_config(config: dict) -> dict:
+        """The arguments of `FineTuner.compile` that `get_config` describes."""
+        deserialize = keras.saving.deserialize_keras_object
+
+        def revive(value):
+            if isinstance(value, list):
+                return [revive(item) for item in value]
+            if isinstance(value, dict) and "class_name" in value:
+                return deserialize(value)
+            return value
+
+        arguments = {key: revive(value) for key, value in config["arguments"].items()}
+        return {**arguments, "layerwise_lr_decay": config.get("layerwise_lr_decay")}
+
     def require(self, method: str) -> None:
         """A RuntimeError when `FineTuner.<method>` needs a `compile()` first."""
         if self.spec is None:
@@ -160,6 +199,25 @@ def check_jit_compile(jit_compile) -> None:
         raise ValueError(
             f'`jit_compile` must be "auto", True or False. Received: jit_compile={jit_compile!r}.'
         )
+
+
+def _serialize(value):
+    """Plain data as it is, Keras objects (and lists of them) as Keras configs."""
+    if isinstance(value, (list, tuple)):
+        return [_serialize(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        json.dumps(value)  # a TypeError for what a file cannot hold
+        return value
+    config = keras.saving.serialize_keras_object(value)
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise TypeError(f"{value!r} is not a Keras object")
+    json.dumps(config)
+    # Only what loads back without running code from the file: built-in or registered
+    # Keras objects (a lambda, or a function Keras cannot find by name, is not saved).
+    keras.saving.deserialize_keras_object(config, safe_mode=True)
+    return config
 
 
 def _is_auto(value) -> bool:
