@@ -16,7 +16,6 @@ the data may be random: augmentation layers in the model, random ops in a
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ import tensorflow as tf
 from finetune_tf._utils import directory_path
 from finetune_tf.distribute_compat import in_multi_worker_mode
 from finetune_tf.progress import say
+from finetune_tf.training.fit_args import KERAS_BATCH_SIZE, split_index
 
 _DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 # Arrays go through the backbone this many at a time (fewer, larger calls are faster).
@@ -351,7 +351,7 @@ class _OnFullModel(keras.callbacks.Callback):
 
 def _split(cached: _Cached, validation_split: float):
     """Keras' `validation_split`: the last fraction of the examples, before shuffling."""
-    split_at = int(math.floor(len(cached.features) * (1.0 - validation_split)))
+    split_at = split_index(len(cached.features), validation_split)
 
     def piece(rows: slice) -> _Cached:
         def take(array):
@@ -400,7 +400,7 @@ def fit_on_cached_features(loop, x, y, fit_kwargs: dict, setting: FeatureCache):
     kwargs = dict(fit_kwargs)
     verbose = kwargs.get("verbose", "auto")
     from_dataset = not isinstance(x, (np.ndarray, tf.Tensor))
-    batch_size = kwargs.pop("batch_size", None) or 32
+    batch_size = kwargs.pop("batch_size", None) or KERAS_BATCH_SIZE
     sample_weight = kwargs.pop("sample_weight", None)
     shuffle = kwargs.pop("shuffle", True)
     if isinstance(x, tf.data.Dataset):  # keep its batching; reshuffle if it shuffled

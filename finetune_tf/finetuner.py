@@ -39,9 +39,10 @@ from finetune_tf.model.head import Head
 from finetune_tf.precision import dtype_policy_scope, resolve_precision
 from finetune_tf.report import Report
 from finetune_tf.saving import load_model, save_model_atomically
-from finetune_tf.schedule import Stage, steps_per_epoch
+from finetune_tf.schedule import Stage
 from finetune_tf.seeding import check_seed
 from finetune_tf.training.compile import Compiler, check_jit_compile
+from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.loop import Loop
 from finetune_tf.tuned_model import TunedModel, as_tensor_if_text
 
@@ -921,7 +922,7 @@ def _auto_epochs(value, argname: str, steps: int | None, least_steps, least, mos
 
 def head_stage_epochs(head_epochs, x, fit_kwargs: dict) -> int:
     """Resolve `head_epochs="auto"` for this data (see `FineTuner.fine_tune`)."""
-    steps = steps_per_epoch(x, fit_kwargs)
+    steps = FitArgs(fit_kwargs).steps_per_epoch(x)
     return _auto_epochs(
         head_epochs, "head_epochs", steps, HEAD_STEPS, HEAD_MIN_EPOCHS, HEAD_MAX_EPOCHS
     )
@@ -929,7 +930,7 @@ def head_stage_epochs(head_epochs, x, fit_kwargs: dict) -> int:
 
 def _fine_tune_budget(head_epochs, epochs, early_stopping, x, fit_kwargs: dict):
     """Resolve `fine_tune(head_epochs="auto", epochs="auto", early_stopping="auto")`."""
-    steps = steps_per_epoch(x, fit_kwargs)
+    steps = FitArgs(fit_kwargs).steps_per_epoch(x)
     head_epochs = _auto_epochs(
         head_epochs, "head_epochs", steps, HEAD_STEPS, HEAD_MIN_EPOCHS, HEAD_MAX_EPOCHS
     )
@@ -937,9 +938,7 @@ def _fine_tune_budget(head_epochs, epochs, early_stopping, x, fit_kwargs: dict):
         epochs, "epochs", steps, FINE_TUNE_STEPS, FINE_TUNE_MIN_EPOCHS, FINE_TUNE_MAX_EPOCHS
     )
     if early_stopping == "auto":
-        validated = fit_kwargs.get("validation_data") is not None or fit_kwargs.get(
-            "validation_split"
-        )
+        validated = FitArgs(fit_kwargs).has_validation
         early_stopping = max(3, epochs // 10) if validated and isinstance(epochs, int) else None
     elif isinstance(early_stopping, str):
         raise ValueError(

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from finetune_tf.freeze import FreezePolicy
 from finetune_tf.layerwise import check_layerwise_lr_decay, learning_rate_of
 from finetune_tf.progress import say
+from finetune_tf.training.fit_args import FitArgs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,27 +215,6 @@ def gradual_unfreezing(
     return stages
 
 
-def steps_per_epoch(x, fit_kwargs: dict) -> int | None:
-    """How many optimizer steps one epoch of `fit(x, **fit_kwargs)` takes, if knowable."""
-    if fit_kwargs.get("steps_per_epoch"):
-        return int(fit_kwargs["steps_per_epoch"])
-    if isinstance(x, tf.data.Dataset):
-        count = int(x.cardinality())
-        return count if count > 0 else None
-    if isinstance(x, keras.utils.PyDataset):
-        return len(x)
-    if isinstance(x, dict) and x:
-        x = next(iter(x.values()))
-    elif isinstance(x, (list, tuple)) and x:
-        x = x[0]
-    if hasattr(x, "shape") and len(x.shape) > 0:
-        examples = int(x.shape[0])
-        validation_split = fit_kwargs.get("validation_split") or 0.0
-        examples = int(math.floor(examples * (1.0 - validation_split)))
-        return max(1, -(-examples // (fit_kwargs.get("batch_size") or 32)))
-    return None
-
-
 def stage_learning_rate(stage: Stage, base_rate, steps: int | None):
     """The stage's learning rate, with its warm-up and cosine shape as a Keras schedule."""
     if not stage.warmup_epochs and stage.lr_schedule == "constant":
@@ -292,9 +270,7 @@ def run_schedule(loop, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras
                 f"`fit(schedule=...)` got `{argument}`={fit_kwargs[argument]!r}, but a "
                 "schedule sets the epochs of each stage. Remove it, or set Stage(epochs=...)."
             )
-    has_validation = (
-        fit_kwargs.get("validation_data") is not None or fit_kwargs.get("validation_split", 0.0) > 0
-    )
+    has_validation = FitArgs(fit_kwargs).has_validation
     user_callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     verbose = fit_kwargs.get("verbose", "auto")
     run = loop.run
@@ -325,7 +301,9 @@ def run_schedule(loop, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras
                     f"Stage {name!r} has warmup_epochs/lr_schedule but no float learning rate "
                     "to shape (the last one was a schedule). Give the stage a learning_rate."
                 )
-            learning_rate = stage_learning_rate(stage, base_rate, steps_per_epoch(x, fit_kwargs))
+            learning_rate = stage_learning_rate(
+                stage, base_rate, FitArgs(fit_kwargs).steps_per_epoch(x)
+            )
         compiler.recompile(
             optimizer=stage.optimizer,
             learning_rate=learning_rate,

@@ -12,10 +12,10 @@ than the run it continues. With a seed, arrays are therefore fed as a
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf
+
+from finetune_tf.training.fit_args import KERAS_BATCH_SIZE, split_index
 
 
 def check_seed(seed) -> int | None:
@@ -66,11 +66,11 @@ def epoch_keyed(x, y, fit_kwargs: dict, seed: int) -> tuple:
     count = int(x.shape[0])
     split = kwargs.pop("validation_split", 0.0) or 0.0
     if split:
-        at = int(math.floor(count * (1.0 - split)))
+        at = split_index(count, split)
         if kwargs.get("validation_data") is None:
             kwargs["validation_data"] = tuple(a[at:] for a in arrays)
         arrays, count = [a[:at] for a in arrays], at
-    batch_size = kwargs.pop("batch_size", None) or 32
+    batch_size = kwargs.pop("batch_size", None) or KERAS_BATCH_SIZE
     kwargs.pop("sample_weight", None)
     kwargs["shuffle"] = False  # the dataset orders itself
     first, last = kwargs.get("initial_epoch", 0), kwargs.get("epochs", 1)

@@ -48,6 +48,7 @@ MODULES = [
     "data_checks",
     "training",
     "training.compile",
+    "training.fit_args",
     "training.loop",
     "tuned_model",
 ]
