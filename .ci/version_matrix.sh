@@ -29,7 +29,7 @@ for pair in "${PAIRS[@]}"; do
     venv="$root/tf$tensorflow"
     python -m venv "$venv"
     "$venv/bin/pip" install --quiet "tensorflow==$tensorflow" "keras==$keras" \
-        "tf-keras==$tf_keras" "pytest>=8,<10" -e .
+        "tf-keras==$tf_keras" "pytest>=8,<10" "pytest-xdist>=3.6,<4" -e .
     "$venv/bin/python" -c "import tensorflow as tf, keras; print('tensorflow', tf.__version__, 'keras', keras.__version__)"
     "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=5 "${SUBSET[@]}"
 done

@@ -28,6 +28,8 @@ from finetune_tf.hub import ARCHIVE_SUFFIXES, HubLayer, _is_url
 from finetune_tf.preprocessing import ApplicationPreprocessing
 from finetune_tf.saving import H5_SUFFIXES, KERAS_SUFFIXES, load_keras_file
 
+__all__ = ["Backbone", "BackboneLayer", "application_names", "flatten_layers"]
+
 
 def application_names() -> list[str]:
     """All model constructors in `keras.applications` (e.g. `"ResNet50"`)."""

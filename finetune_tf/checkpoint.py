@@ -40,6 +40,17 @@ import tensorflow as tf
 from finetune_tf._utils import atomic_file, directory_path, require_parent_directory
 from finetune_tf.devices import is_chief
 
+__all__ = [
+    "FROZEN_PREFIX",
+    "STATE_FILE",
+    "TrainingRun",
+    "WORKER_TEMP_PREFIX",
+    "check_checkpoint_dir",
+    "chief_path",
+    "chief_writes",
+    "read_state",
+]
+
 WORKER_TEMP_PREFIX = "finetune_tf_worker_"
 
 

@@ -23,6 +23,16 @@ import tensorflow as tf
 
 from finetune_tf.preprocessing import ApplicationPreprocessing
 
+__all__ = [
+    "batch_of",
+    "check_finite",
+    "expected_input_range",
+    "first_batch",
+    "ordered_split_warning",
+    "shapes_compatible",
+    "value_range_warning",
+]
+
 # A split less likely than this under random order means data sorted by label.
 _CHANCE_OF_RANDOM_ORDER = 1e-3
 # A first batch whose largest value is this many times below (or above) the top of the

@@ -23,6 +23,18 @@ import tensorflow as tf
 from tensorflow.python.distribute import distribute_lib as _distribute_lib
 from tensorflow.python.eager import context as _context
 
+__all__ = [
+    "configure_memory_growth",
+    "describe",
+    "is_chief",
+    "is_default",
+    "multi_worker_strategy",
+    "resolve_strategy",
+    "runtime_started",
+    "strategy_devices",
+    "tf_config_workers",
+]
+
 _multi_worker_strategy = None  # created once per process: TensorFlow allows no second one
 
 

@@ -32,6 +32,8 @@ import threading
 import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as _tf_trainer
 
+__all__ = ["UPSTREAM_ISSUE", "in_multi_worker_mode", "multi_worker_compat"]
+
 UPSTREAM_ISSUE = "https://github.com/keras-team/keras/issues/20585"
 _lock = threading.RLock()
 _depth = 0

@@ -28,6 +28,8 @@ from finetune_tf.freeze import FreezePolicy
 from finetune_tf.model.head import Head
 from finetune_tf.tuned_model import as_tensor_if_text
 
+__all__ = ["BackboneFeatures", "FineTunerClassifier", "FineTunerRegressor", "LARGE_SCALE"]
+
 
 def _pristine_backbone(backbone) -> Backbone:
     """A Backbone whose training cannot touch the caller's weights."""

@@ -30,6 +30,8 @@ import tensorflow as tf
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
 from finetune_tf.progress import say
 
+__all__ = ["FORMATS", "LABELS_FILE", "QUANTIZATIONS", "export_model"]
+
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = (None, "dynamic")
 LABELS_FILE = "labels.txt"

@@ -29,6 +29,8 @@ from finetune_tf.distribute_compat import in_multi_worker_mode
 from finetune_tf.progress import say
 from finetune_tf.training.fit_args import KERAS_BATCH_SIZE, split_index
 
+__all__ = ["FeatureCache", "cache_decision", "fit_on_cached_features"]
+
 _DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 # Arrays go through the backbone this many at a time (fewer, larger calls are faster).
 _FEATURE_BATCH = 256

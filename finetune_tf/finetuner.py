@@ -46,6 +46,17 @@ from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.loop import Loop
 from finetune_tf.tuned_model import TunedModel, as_tensor_if_text
 
+__all__ = [
+    "FINE_TUNE_MAX_EPOCHS",
+    "FINE_TUNE_MIN_EPOCHS",
+    "FINE_TUNE_STEPS",
+    "FineTuner",
+    "HEAD_MAX_EPOCHS",
+    "HEAD_MIN_EPOCHS",
+    "HEAD_STEPS",
+    "head_stage_epochs",
+]
+
 
 def _in_scope(method):
     """Runs a FineTuner method inside its strategy's scope (see `FineTuner._scope`)."""

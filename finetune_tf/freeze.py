@@ -16,6 +16,8 @@ import numpy as np
 
 from finetune_tf._utils import did_you_mean
 
+__all__ = ["BATCHNORM_MODES", "FreezePolicy", "FreezeReport"]
+
 BATCHNORM_MODES = ("inference", "train", "freeze")
 
 

@@ -22,6 +22,16 @@ from keras.src.saving import serialization_lib
 from finetune_tf._utils import as_str_path, short_list
 from finetune_tf.progress import say
 
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "HubLayer",
+    "UNSAFE_OPS",
+    "VariableGroup",
+    "hub_cache_dir",
+    "resolve_handle",
+    "unsafe_ops",
+]
+
 
 def _is_url(handle: str) -> bool:
     return handle.startswith(("http://", "https://", "gs://"))

@@ -20,6 +20,14 @@ import copy
 import keras
 import tensorflow as tf
 
+__all__ = [
+    "LayerwiseOptimizer",
+    "ScaledSchedule",
+    "check_layerwise_lr_decay",
+    "layerwise_multipliers",
+    "learning_rate_of",
+]
+
 
 @keras.saving.register_keras_serializable(package="finetune_tf")
 class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):

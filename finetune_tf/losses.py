@@ -7,6 +7,8 @@ from keras import ops
 
 from finetune_tf._labels import binary_targets, sparse_targets
 
+__all__ = ["LabelCrossentropy"]
+
 
 @keras.saving.register_keras_serializable(package="finetune_tf")
 class LabelCrossentropy(keras.losses.Loss):

@@ -18,6 +18,8 @@ import numpy as np
 from finetune_tf.plots import plot_lr_finder
 from finetune_tf.training.compile import fresh_optimizer
 
+__all__ = ["LRFinderResult", "SMOOTHING", "find_learning_rate"]
+
 SMOOTHING = 0.98  # of the loss curve, as in fastai: single batches are noisy
 
 

@@ -7,6 +7,8 @@ from keras import ops
 
 from finetune_tf._labels import binary_targets, sparse_targets
 
+__all__ = ["LabelAccuracy", "label_accuracy"]
+
 
 @keras.saving.register_keras_serializable(package="finetune_tf")
 def label_accuracy(y_true, y_pred, from_logits=False):

@@ -18,6 +18,8 @@ import numpy as np
 
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
 
+__all__ = ["plot_confusion_matrix", "plot_history", "plot_lr_finder"]
+
 
 @functools.cache
 def _figure_class():

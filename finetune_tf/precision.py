@@ -14,6 +14,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+__all__ = ["POLICIES", "dtype_policy_scope", "gpu_benefits_from_float16", "resolve_precision"]
+
 POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 

@@ -12,6 +12,8 @@ import keras
 
 from finetune_tf._utils import did_you_mean, shape_tuple
 
+__all__ = ["ApplicationPreprocessing", "InputAdapter"]
+
 _MODES = ("tf", "torch", "caffe")
 
 

@@ -8,6 +8,8 @@ call that does the work (0: none).
 
 from __future__ import annotations
 
+__all__ = ["say"]
+
 
 def say(message: str, verbose=1) -> None:
     """Prints `finetune_tf: message` unless `verbose` is 0.

@@ -6,6 +6,8 @@ import numpy as np
 
 from finetune_tf.plots import plot_confusion_matrix
 
+__all__ = ["Report"]
+
 
 def _metrics():
     """`sklearn.metrics`, imported when a report is made, not with finetune_tf."""

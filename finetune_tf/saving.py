@@ -19,6 +19,16 @@ import keras
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
 from finetune_tf.devices import resolve_strategy
 
+__all__ = [
+    "H5_SUFFIXES",
+    "KERAS_SUFFIXES",
+    "check_h5_file",
+    "check_keras_archive",
+    "load_keras_file",
+    "load_model",
+    "save_model_atomically",
+]
+
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
 

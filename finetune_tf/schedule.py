@@ -21,6 +21,14 @@ from finetune_tf.layerwise import check_layerwise_lr_decay, learning_rate_of
 from finetune_tf.progress import say
 from finetune_tf.training.fit_args import FitArgs
 
+__all__ = [
+    "Stage",
+    "gradual_unfreezing",
+    "run_schedule",
+    "schedule_signature",
+    "stage_learning_rate",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:

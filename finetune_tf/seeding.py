@@ -17,6 +17,8 @@ import tensorflow as tf
 
 from finetune_tf.training.fit_args import KERAS_BATCH_SIZE, split_index
 
+__all__ = ["check_seed", "epoch_keyed", "steps_per_execution_for"]
+
 
 def check_seed(seed) -> int | None:
     """`seed` as an int, or a TypeError/ValueError naming it."""

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["TunedModel", "as_tensor_if_text"]
+
 
 def as_tensor_if_text(data):
     """numpy arrays and lists of strings as string tensors; anything else as it is.

@@ -44,6 +44,7 @@ MODULES = [
     "report",
     "saving",
     "schedule",
+    "sklearn",
     "seeding",
     "data_checks",
     "training",
@@ -68,6 +69,13 @@ def test_old_import_paths_of_public_names_still_work():
 
     assert Head is finetune_tf.Head
     assert importlib.import_module("finetune_tf.head").Head is finetune_tf.Head
+
+
+def test_the_public_contracts_are_finetune_tf_and_finetune_tf_sklearn():
+    import finetune_tf.sklearn
+
+    for name in finetune_tf.sklearn.__all__:
+        assert getattr(finetune_tf.sklearn, name) is getattr(finetune_tf, name)
 
 
 def test_the_wheel_ships_every_subpackage():
