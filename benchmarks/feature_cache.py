@@ -40,7 +40,7 @@ def main(rounds: int, images: int, epochs: int):
 
     guide_name, cached_name = "Keras guide (backbone every epoch)", "FineTuner.fit (feature cache)"
     times = _common.interleaved({guide_name: run_guide, cached_name: run_cached}, rounds)
-    features = tuner._feature_model.output.shape[1:]
+    features = tuner.assembly.feature_model.output.shape[1:]
     cache_mib = images * int(np.prod(features)) * 4 / 1024**2
     print(f"MobileNetV3Small 96x96 frozen, {images} images, {epochs} epochs, batch 32:")
     _common.report(times, cached_name)

@@ -40,7 +40,7 @@ def main(rounds: int, images: int, epochs: int):
     tuner = FineTuner(backbone, Head.classifier(10), freeze=FreezePolicy.all())
     tuner.compile("adam")
 
-    feature_model = tuner._feature_model  # the same preprocessing + backbone the cache runs
+    feature_model = tuner.assembly.feature_model  # the same preprocessing + backbone the cache runs
     head = keras.Sequential(
         [
             keras.Input(feature_model.output.shape[1:]),

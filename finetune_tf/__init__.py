@@ -6,8 +6,6 @@ Examples:
     >>> policy = FreezePolicy.bottom(100)
 """
 
-import sys as _sys
-
 from finetune_tf import devices as _devices
 from finetune_tf.backbone import Backbone, BackboneLayer
 from finetune_tf.estimators import BackboneFeatures, FineTunerClassifier, FineTunerRegressor
@@ -19,7 +17,6 @@ from finetune_tf.layerwise import LayerwiseOptimizer
 from finetune_tf.losses import LabelCrossentropy
 from finetune_tf.lr_finder import LRFinderResult
 from finetune_tf.metrics import LabelAccuracy
-from finetune_tf.model import head as _head_package
 from finetune_tf.model.head import Head
 from finetune_tf.plots import plot_confusion_matrix, plot_history
 from finetune_tf.preprocessing import ApplicationPreprocessing, InputAdapter
@@ -29,12 +26,6 @@ from finetune_tf.schedule import Stage, gradual_unfreezing
 from finetune_tf.tuned_model import TunedModel
 
 __version__ = "0.2.0"
-
-# Modules that moved keep their old import paths (`from finetune_tf.head import Head`).
-_MOVED = {"head": _head_package}
-for _name, _module in _MOVED.items():
-    _sys.modules[f"{__name__}.{_name}"] = _module
-    globals()[_name] = _module
 
 if _devices.tf_config_workers() > 1 and not _devices.runtime_started():
     # TensorFlow accepts a MultiWorkerMirroredStrategy only before its runtime

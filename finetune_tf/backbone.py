@@ -170,7 +170,9 @@ class Backbone:
         """
         return flatten_layers(self.model)
 
-    def placed(self, strategy: tf.distribute.Strategy, dtype_policy: str | None = None) -> Backbone:
+    def placed(
+        self, strategy: tf.distribute.Strategy, dtype_policy: str | None = None, *, exact=False
+    ) -> Backbone:
         """This backbone with its variables under `strategy` and layers computing in `dtype_policy`.
 
         Returns `self` when nothing needs to change (TensorFlow's default
@@ -178,16 +180,30 @@ class Backbone:
         float32); otherwise a copy with the same weights, built inside the
         strategy's scope, since a model trains under the strategy its
         variables were created in. Hub layers keep float32: their graphs are
-        fixed. Call it inside `strategy.scope()`.
+        fixed. Call it inside `strategy.scope()`. With `exact=True` and no
+        `dtype_policy`, layers that compute in a mixed policy (a backbone saved from
+        a mixed-precision tuner) are recast to float32 too; by default a model the
+        user built under a global mixed policy keeps it.
         """
         in_scope = all(  # Keras variables hold the tf.Variable in `_value`
             strategy.extended.variable_created_in_scope(getattr(v, "_value", v))
             for v in self.model.weights
         )
-        if in_scope and dtype_policy is None:
+        # Layers that compute in a mixed policy (a backbone saved from a mixed-precision
+        # tuner) go back to float32 when this model is float32.
+        mixed = (
+            exact
+            and dtype_policy is None
+            and any(
+                getattr(layer, "dtype_policy", None) is not None
+                and layer.dtype_policy.name.startswith("mixed_")
+                for layer in self.model._flatten_layers(include_self=False)
+            )
+        )
+        if in_scope and dtype_policy is None and not mixed:
             return self
         try:
-            return self._copy(dtype_policy)
+            return self._copy("float32" if mixed else dtype_policy)
         except ValueError as error:
             raise ValueError(
                 f"Backbone {self.name!r} cannot be rebuilt under {type(strategy).__name__} or "

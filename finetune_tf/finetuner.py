@@ -692,8 +692,7 @@ class FineTuner:
         `custom_objects` needed. A model with a SavedModel or Hub backbone
         stores the handle, which must still resolve when loading.
         """
-        settings = self.get_config()
-        del settings["backbone"], settings["augmentation"]  # both are in the model
+        settings = self._settings()
         augmentation = self._assembly.augmentation
         preprocessing = self.backbone.preprocessing
         settings["parts"] = {
@@ -702,8 +701,11 @@ class FineTuner:
             "source": self.backbone.source,
         }
         self.model.tuner_config = settings
-        with chief_path(self._strategy, filepath) as target:
-            save_model_atomically(self.model, target, overwrite=overwrite)
+        try:
+            with chief_path(self._strategy, filepath) as target:
+                save_model_atomically(self.model, target, overwrite=overwrite)
+        finally:  # settings of this moment only: a later model.save() is the model alone
+            self.model.tuner_config = None
 
     @classmethod
     def load(
@@ -746,9 +748,11 @@ class FineTuner:
             >>> bool(np.allclose(again.predict(x, verbose=0), tuner.predict(x, verbose=0)))
             True
         """
-        model = load_model(filepath, compile=False, safe_mode=safe_mode)
+        configure_memory_growth(memory_growth)
+        strategy = resolve_strategy(strategy)  # the file's variables are made in its scope
+        model = load_model(filepath, compile=False, safe_mode=safe_mode, strategy=strategy)
         settings = getattr(model, "tuner_config", None)
-        if settings is None:
+        if not isinstance(settings, dict) or not isinstance(settings.get("parts"), dict):
             raise ValueError(
                 f"`filepath`={os.fspath(filepath)!r} holds a model without FineTuner settings "
                 "(it was not written by FineTuner.save). Load the model with "
@@ -757,19 +761,27 @@ class FineTuner:
             )
         settings = dict(settings)
         parts = settings.pop("parts")
-        layer = model.get_layer("backbone")
-        preprocessing = parts["preprocessing"] and model.get_layer(parts["preprocessing"])
-        augmentation = parts["augmentation"] and model.get_layer(parts["augmentation"])
-        backbone = Backbone(layer.backbone, preprocessing=preprocessing, source=parts["source"])
+        precision = resolve_precision(mixed_precision, strategy_devices(strategy))
+        preprocessing = parts.get("preprocessing") and model.get_layer(parts["preprocessing"])
+        augmentation = parts.get("augmentation") and model.get_layer(parts["augmentation"])
+        backbone = Backbone(
+            model.get_layer("backbone").backbone,
+            preprocessing=preprocessing,
+            source=parts.get("source"),
+        )
+        with strategy.scope():  # the file's precision is not this tuner's: recast
+            backbone = backbone.placed(strategy, precision, exact=True)
         tuner = cls._from_settings(
             backbone,
             augmentation,
             settings,
+            safe_mode=safe_mode,
             strategy=strategy,
-            mixed_precision=mixed_precision,
-            memory_growth=memory_growth,
+            mixed_precision=precision,
+            memory_growth=None,
         )
-        tuner.model.set_weights(model.get_weights())
+        with tuner._scope():
+            _copy_weights_by_layer_name(model, tuner.model)
         return tuner
 
     def get_config(self) -> dict:
@@ -789,10 +801,19 @@ class FineTuner:
             >>> again.head, again.freeze, again.backbone.output_shape
             (Head.regressor(num_outputs=1, pooling='avg'), FreezePolicy.all(), (3,))
         """
-        backbone = self.backbone
         augmentation = self._assembly.augmentation
         return {
-            "backbone": backbone.get_config(),
+            "backbone": self.backbone.get_config(),
+            "augmentation": (
+                None if augmentation is None else keras.saving.serialize_keras_object(augmentation)
+            ),
+            **self._settings(),
+        }
+
+    def _settings(self) -> dict:
+        """`get_config` without the backbone and the augmentation (a saved file holds them)."""
+        backbone = self.backbone
+        return {
             "head": self.head.get_config(),
             "freeze": self.freeze.get_config(),
             "freeze_chosen": self._freeze_chosen,
@@ -800,9 +821,6 @@ class FineTuner:
                 None if self.input_shape == backbone.input_shape else list(self.input_shape)
             ),
             "input_channels": self._input_channels,
-            "augmentation": (
-                None if augmentation is None else keras.saving.serialize_keras_object(augmentation)
-            ),
             "jit_compile": self._compiler.jit_compile,
             "seed": self._seed,
             "name": self.model.name,
@@ -820,7 +838,9 @@ class FineTuner:
         return cls._from_settings(backbone, augmentation, config)
 
     @classmethod
-    def _from_settings(cls, backbone, augmentation, settings: dict, **placement) -> FineTuner:
+    def _from_settings(
+        cls, backbone, augmentation, settings: dict, safe_mode: bool = True, **placement
+    ) -> FineTuner:
         input_shape = settings["input_shape"]
         tuner = cls(
             backbone,
@@ -845,7 +865,7 @@ class FineTuner:
                     UserWarning,
                     stacklevel=3,
                 )
-            tuner.compile(**Compiler.arguments_from_config(compiled))
+            tuner.compile(**Compiler.arguments_from_config(compiled, safe_mode=safe_mode))
         return tuner
 
     def export(
@@ -906,6 +926,24 @@ class FineTuner:
             f"<FineTuner {self.model.name!r}: {self.backbone!r} + {self.head!r}, "
             f"freeze={self.freeze!r}>"
         )
+
+
+def _copy_weights_by_layer_name(source: keras.Model, target: keras.Model) -> None:
+    """Each weighted layer of `target` takes the weights of `source`'s layer of the same
+    name (layers they share are skipped); a ValueError names a layer `source` lacks."""
+    names = {layer.name for layer in source.layers}
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in names:
+            raise ValueError(
+                f"The saved model has no layer {layer.name!r} for the restored tuner's "
+                "weights: the file's tuner settings do not match its model. Load the model "
+                "alone with finetune_tf.load_model."
+            )
+        origin = source.get_layer(layer.name)
+        if origin is not layer:
+            layer.set_weights(origin.get_weights())
 
 
 HEAD_STEPS = 500  # the least number of optimizer steps `head_epochs="auto"` gives stage 1

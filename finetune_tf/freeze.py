@@ -151,7 +151,7 @@ class FreezePolicy:
             100
         """
         cls._check_count(n, "n", "bottom")
-        return cls("bottom", n, batchnorm=batchnorm)
+        return cls("bottom", int(n), batchnorm=batchnorm)
 
     @classmethod
     def top(cls, k: int, *, batchnorm: str = "inference") -> FreezePolicy:
@@ -163,7 +163,7 @@ class FreezePolicy:
             30
         """
         cls._check_count(k, "k", "top")
-        return cls("top", k, batchnorm=batchnorm)
+        return cls("top", int(k), batchnorm=batchnorm)
 
     @classmethod
     def until(cls, layer_name: str, *, inclusive: bool = True, batchnorm: str = "inference"):

@@ -239,10 +239,11 @@ def check_layerwise_lr_decay(decay) -> None:
 
 
 def _same_variable(expected: str, actual: str) -> bool:
-    """Whether two variable paths name the same variable. A model loaded from a file can
-    scope its variables without the enclosing model's name (a Sequential backbone's
-    `seq/conv2/kernel` comes back as `conv2/kernel`), so one may end the other."""
-    return expected == actual or expected.endswith("/" + actual) or actual.endswith("/" + expected)
+    """Whether the variable at `actual` is the one the multipliers named `expected`. A model
+    loaded from a file can scope its variables without the enclosing model's name (a
+    Sequential backbone's `seq/conv2/kernel` comes back as `conv2/kernel`): `actual` may
+    drop leading scopes of `expected`, nothing else."""
+    return expected == actual or expected.endswith("/" + actual)
 
 
 def layerwise_multipliers(backbone, model, decay: float) -> list[tuple[str, float]]:

@@ -206,3 +206,27 @@ def test_optimizer_built_for_other_variables_says_to_recompile():
     with pytest.raises(TypeError, match="Keras optimizer"):
         LayerwiseOptimizer("adam", [])
     assert finetune_tf.LayerwiseOptimizer is LayerwiseOptimizer
+
+
+def test_the_variable_check_allows_a_reloaded_scope_and_nothing_looser():
+    with keras.name_scope("seq"):
+        scoped = keras.layers.Dense(2, name="conv")
+        scoped.build((None, 3))
+    plain = keras.layers.Dense(2, name="conv")
+    plain.build((None, 3))
+    other = keras.layers.Dense(2, name="other")
+    other.build((None, 3))
+    assert scoped.kernel.path == "seq/conv/kernel" and plain.kernel.path == "conv/kernel"
+
+    def build(expected, variables):
+        optimizer = LayerwiseOptimizer(keras.optimizers.SGD(0.1), [(p, 1.0) for p in expected])
+        optimizer.build(variables)
+
+    build(["seq/conv/kernel"], [plain.kernel])  # reloaded: the Sequential's scope dropped
+    build(["seq/conv/kernel"], [scoped.kernel])
+    with pytest.raises(ValueError, match="other variables"):
+        build(["conv/kernel"], [scoped.kernel])  # a longer path is another variable
+    with pytest.raises(ValueError, match="other variables"):
+        build(["seq/conv/kernel"], [other.kernel])
+    with pytest.raises(ValueError, match="other variables"):
+        build(["seq/conv/kernel"], [plain.kernel, plain.bias])

@@ -23,6 +23,7 @@ MODULES = [
     "feature_cache",
     "finetuner",
     "freeze",
+    "head",
     "model",
     "model.assembly",
     "model.head",

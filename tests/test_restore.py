@@ -64,12 +64,15 @@ def test_a_saved_tuner_loads_as_a_tuner_ready_to_train_again(tmp_path):
     assert isinstance(inner, keras.optimizers.SGD) and inner.momentum == pytest.approx(0.9)
     assert float(inner.learning_rate) == pytest.approx(0.05)
     assert again.evaluate(x, y, verbose=0, return_dict=True).keys() == {"loss", "accuracy"}
-    # It trains again, on its own weights, without touching the file's tuner.
+    # It trains again, on its own weights, without touching the tuner it came from.
     before = [w.copy() for w in again.model.get_weights()]
+    original = [w.copy() for w in tuner.model.get_weights()]
     history = again.fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     after = again.model.get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    for a, b in zip(original, tuner.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
     history = again.fine_tune(x, y, head_epochs=1, epochs=1, verbose=0)
     assert history.history["stage"] == ["head", "fine_tune"]
     assert again.report(x, y)["accuracy"] >= 0.0
@@ -142,6 +145,9 @@ def test_from_config_rebuilds_the_architecture_with_fresh_weights():
     json.dumps(config)  # plain data
     again = FineTuner.from_config(config)
     assert again.model.count_params() == tuner.model.count_params()
+    kernel = again.model.get_layer("backbone").backbone.get_layer("conv1").kernel
+    trained = tuner.model.get_layer("backbone").backbone.get_layer("conv1").kernel
+    assert not np.allclose(kernel.numpy(), trained.numpy())  # fresh weights, as Keras does
     assert [layer.name for layer in again.model.layers] == [
         layer.name for layer in tuner.model.layers
     ]
@@ -185,3 +191,93 @@ def test_a_stage_round_trips_with_keras_objects():
     assert again.freeze == stage.freeze and again.name == "tune" and again.early_stopping == 2
     assert again.learning_rate.get_config() == schedule.get_config()
     assert again.optimizer.get_config()["momentum"] == pytest.approx(0.5)
+
+
+def small_tuner(**kwargs):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(5, name="features")(inputs), name="bb")
+    return FineTuner(Backbone.from_model(model), Head.classifier(3), **kwargs)
+
+
+def test_learning_rate_schedules_and_shaped_stages_save_and_restore(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    tuner = small_tuner(freeze=FreezePolicy.none())
+    tuner.compile(learning_rate=keras.optimizers.schedules.CosineDecay(1e-2, 100))
+    tuner.save(tmp_path / "cosine.keras")
+    again = FineTuner.load(tmp_path / "cosine.keras")
+    rate = again.model.optimizer._learning_rate
+    assert isinstance(rate, keras.optimizers.schedules.CosineDecay)
+    assert rate.get_config()["decay_steps"] == 100
+    tuner.fit(x, y, schedule=[Stage(2, learning_rate=1e-3, warmup_epochs=1)], verbose=0)
+    tuner.save(tmp_path / "warmup.keras")  # the compiled rate is a warm-up schedule now
+    assert FineTuner.load(tmp_path / "warmup.keras").model.optimizer is not None
+
+
+def test_policies_built_from_numpy_counts_save():
+    policy = FreezePolicy.top(np.int64(1))
+    assert json.loads(json.dumps(policy.get_config()))["value"] == 1
+    assert FreezePolicy.bottom(np.int32(2)).get_config()["value"] == 2
+
+
+def test_a_mixed_precision_tuner_restores_in_the_precision_asked_for(tmp_path):
+    x = np.ones((2, 4), "float32")
+    tuner = small_tuner(mixed_precision="mixed_bfloat16")
+    tuner.save(tmp_path / "mixed.keras")
+    plain = FineTuner.load(tmp_path / "mixed.keras")  # float32 on this CPU ("auto")
+    assert plain.mixed_precision is None
+    features = plain.model.get_layer("backbone").backbone.get_layer("features")
+    assert features.dtype_policy.name == "float32"
+    np.testing.assert_allclose(
+        plain.predict(x, verbose=0), tuner.predict(x, verbose=0), rtol=2e-2, atol=1e-2
+    )
+    mixed = FineTuner.load(tmp_path / "mixed.keras", mixed_precision="mixed_bfloat16")
+    layer = mixed.model.get_layer("backbone").backbone.get_layer("features")
+    assert mixed.mixed_precision == "mixed_bfloat16"
+    assert layer.dtype_policy.name == "mixed_bfloat16"
+
+
+LOAD_UNDER_A_STRATEGY = """
+import sys
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+inputs = keras.Input((4,))
+model = keras.Model(inputs, keras.layers.Dense(5, name="features")(inputs))
+backbone = Backbone.from_model(model, preprocessing=keras.layers.Dense(4, name="scaler"))
+tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.none(), strategy=None)
+tuner.compile(learning_rate=1e-2)
+tuner.save(sys.argv[1])
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+again = FineTuner.load(sys.argv[1], strategy=strategy)
+x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+history = again.fit(x, np.arange(32) % 3, epochs=2, batch_size=8, verbose=0)
+assert again.strategy is strategy and np.isfinite(history.history["loss"]).all()
+print("ok", again.strategy.num_replicas_in_sync)
+"""
+
+
+def test_a_tuner_restores_under_a_strategy(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_UNDER_A_STRATEGY, str(tmp_path / "t.keras")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok 2")
+
+
+def test_a_head_pickled_before_tasks_were_classes_still_works():
+    import pickle
+
+    head = Head.classifier(4, dropout=0.1)
+    del head.__dict__["_task"]  # as a 0.2 Head was pickled
+    again = pickle.loads(pickle.dumps(head))
+    assert again.num_classes == 4 and again.default_loss().name == "label_crossentropy"
+    assert repr(again) == "Head.classifier(num_classes=4, pooling='avg', dropout=0.1)"

@@ -53,7 +53,8 @@ class Assembly:
         self.backbone_layer = backbone_layer
         self.features = features
         self.augmentation = augmentation
-        self.feature_model = keras.Model(model.inputs, features, name=f"{model.name}_features")
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        self.feature_model = keras.Model(inputs, features, name=f"{model.name}_features")
         self._head_model = None
         self.freeze = freeze
         self.freeze_report: FreezeReport = report

@@ -11,6 +11,7 @@ optimizer, what a strategy needs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -35,7 +36,7 @@ def fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.O
 
 def xla_helps(devices: list[str]) -> bool:
     """Whether `jit_compile="auto"` turns XLA on: on GPUs and TPUs, not on CPUs."""
-    return any(("GPU" in d or "TPU" in d) for d in devices)
+    return any(kind in d.upper() for d in devices for kind in ("GPU", "TPU"))
 
 
 @dataclasses.dataclass
@@ -169,15 +170,16 @@ class Compiler:
         }
 
     @staticmethod
-    def arguments_from_config(config: dict) -> dict:
+    def arguments_from_config(config: dict, safe_mode: bool = True) -> dict:
         """The arguments of `FineTuner.compile` that `get_config` describes."""
-        deserialize = keras.saving.deserialize_keras_object
 
         def revive(value):
             if isinstance(value, list):
                 return [revive(item) for item in value]
             if isinstance(value, dict) and "class_name" in value:
-                return deserialize(value)
+                return keras.saving.deserialize_keras_object(
+                    copy.deepcopy(value), safe_mode=safe_mode
+                )
             return value
 
         arguments = {key: revive(value) for key, value in config["arguments"].items()}
@@ -216,7 +218,7 @@ def _serialize(value):
     json.dumps(config)
     # Only what loads back without running code from the file: built-in or registered
     # Keras objects (a lambda, or a function Keras cannot find by name, is not saved).
-    keras.saving.deserialize_keras_object(config, safe_mode=True)
+    keras.saving.deserialize_keras_object(copy.deepcopy(config), safe_mode=True)  # it edits
     return config
 
 

@@ -305,6 +305,12 @@ class Head:
         """
         return self._task.serving_outputs(scores, labels)
 
+    def __setstate__(self, state: dict):
+        # A Head pickled before tasks were classes (0.2) has no `_task`: make it.
+        self.__dict__.update(state)
+        if "_task" not in state:
+            self._task = get_task(self.task)(self.units, self.logits)
+
     # --- Config -----------------------------------------------------------
 
     def get_config(self) -> dict:
