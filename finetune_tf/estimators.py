@@ -23,9 +23,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from finetune_tf.backbone import Backbone
 from finetune_tf.export import export_model
-from finetune_tf.finetuner import FineTuner, head_stage_epochs
+from finetune_tf.finetuner import FineTuner
 from finetune_tf.freeze import FreezePolicy
 from finetune_tf.model.head import Head
+from finetune_tf.training.recipes import head_stage_epochs
 from finetune_tf.tuned_model import as_tensor_if_text
 
 __all__ = ["BackboneFeatures", "FineTunerClassifier", "FineTunerRegressor", "LARGE_SCALE"]

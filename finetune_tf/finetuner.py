@@ -42,20 +42,11 @@ from finetune_tf.saving import load_model, save_model_atomically
 from finetune_tf.schedule import Stage
 from finetune_tf.seeding import check_seed
 from finetune_tf.training.compile import Compiler, check_jit_compile
-from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.loop import Loop
+from finetune_tf.training.recipes import fine_tune_budget
 from finetune_tf.tuned_model import TunedModel, as_tensor_if_text
 
-__all__ = [
-    "FINE_TUNE_MAX_EPOCHS",
-    "FINE_TUNE_MIN_EPOCHS",
-    "FINE_TUNE_STEPS",
-    "FineTuner",
-    "HEAD_MAX_EPOCHS",
-    "HEAD_MIN_EPOCHS",
-    "HEAD_STEPS",
-    "head_stage_epochs",
-]
+__all__ = ["FineTuner"]
 
 
 def _in_scope(method):
@@ -499,7 +490,7 @@ class FineTuner:
         tuned_policy = (
             policy if self._freeze_chosen else FreezePolicy.none(batchnorm=policy.batchnorm)
         )
-        head_epochs, epochs, early_stopping = _fine_tune_budget(
+        head_epochs, epochs, early_stopping = fine_tune_budget(
             head_epochs, epochs, early_stopping, x, kwargs
         )
         schedule = [
@@ -944,54 +935,3 @@ def _copy_weights_by_layer_name(source: keras.Model, target: keras.Model) -> Non
         origin = source.get_layer(layer.name)
         if origin is not layer:
             layer.set_weights(origin.get_weights())
-
-
-HEAD_STEPS = 500  # the least number of optimizer steps `head_epochs="auto"` gives stage 1
-HEAD_MIN_EPOCHS = 30
-HEAD_MAX_EPOCHS = 500
-FINE_TUNE_STEPS = 300  # the least number of optimizer steps `epochs="auto"` gives stage 2
-FINE_TUNE_MIN_EPOCHS = 10
-FINE_TUNE_MAX_EPOCHS = 200
-
-
-def _auto_epochs(value, argname: str, steps: int | None, least_steps, least, most) -> int:
-    """`value`, or for "auto" the epochs that make `least_steps` optimizer steps,
-    between `least` and `most` epochs (`least` when the data's length is unknown)."""
-    if value == "auto":
-        if not steps:
-            return least
-        return min(most, max(least, -(-least_steps // steps)))
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(
-            f'`{argname}` is a number of epochs (a whole number >= 1) or "auto". '
-            f"Received: {argname}={value!r}."
-        )
-    return int(value)
-
-
-def head_stage_epochs(head_epochs, x, fit_kwargs: dict) -> int:
-    """Resolve `head_epochs="auto"` for this data (see `FineTuner.fine_tune`)."""
-    steps = FitArgs(fit_kwargs).steps_per_epoch(x)
-    return _auto_epochs(
-        head_epochs, "head_epochs", steps, HEAD_STEPS, HEAD_MIN_EPOCHS, HEAD_MAX_EPOCHS
-    )
-
-
-def _fine_tune_budget(head_epochs, epochs, early_stopping, x, fit_kwargs: dict):
-    """Resolve `fine_tune(head_epochs="auto", epochs="auto", early_stopping="auto")`."""
-    steps = FitArgs(fit_kwargs).steps_per_epoch(x)
-    head_epochs = _auto_epochs(
-        head_epochs, "head_epochs", steps, HEAD_STEPS, HEAD_MIN_EPOCHS, HEAD_MAX_EPOCHS
-    )
-    epochs = _auto_epochs(
-        epochs, "epochs", steps, FINE_TUNE_STEPS, FINE_TUNE_MIN_EPOCHS, FINE_TUNE_MAX_EPOCHS
-    )
-    if early_stopping == "auto":
-        validated = FitArgs(fit_kwargs).has_validation
-        early_stopping = max(3, epochs // 10) if validated and isinstance(epochs, int) else None
-    elif isinstance(early_stopping, str):
-        raise ValueError(
-            '`fine_tune(early_stopping)` is a patience in epochs, None or "auto". '
-            f"Received: early_stopping={early_stopping!r}."
-        )
-    return head_epochs, epochs, early_stopping

@@ -52,6 +52,7 @@ MODULES = [
     "training.compile",
     "training.fit_args",
     "training.loop",
+    "training.recipes",
     "tuned_model",
 ]
 
