@@ -349,15 +349,9 @@ class FineTuner:
             optimizer=optimizer, learning_rate=learning_rate, layerwise_lr_decay=layerwise_lr_decay
         )
 
-    def _check_inputs(self, x, argname: str, method: str):
-        self._assembly.check_inputs(x, argname, method)
-
-    def _check_targets(self, x, y, argname: str, method: str):
-        self._assembly.check_targets(x, y, argname, method)
-
     def _check_data(self, x, y, method):
-        self._check_inputs(x, "x", method)
-        self._check_targets(x, y, "y", method)
+        self._assembly.check_inputs(x, "x", method)
+        self._assembly.check_targets(x, y, "y", method)
 
     @_in_scope
     def fit(
@@ -574,8 +568,8 @@ class FineTuner:
         validation = kwargs.get("validation_data")
         if isinstance(validation, tuple) and len(validation) >= 2:
             validation = (as_tensor_if_text(validation[0]), *validation[1:])
-            self._check_inputs(validation[0], "validation_data[0]", "fit")
-            self._check_targets(validation[0], validation[1], "validation_data[1]", "fit")
+            self._assembly.check_inputs(validation[0], "validation_data[0]", "fit")
+            self._assembly.check_targets(validation[0], validation[1], "validation_data[1]", "fit")
             kwargs["validation_data"] = validation
         return x
 
@@ -603,7 +597,7 @@ class FineTuner:
     def predict(self, x, **kwargs):
         """Predicts; takes and returns what `keras.Model.predict` does."""
         x = as_tensor_if_text(x)
-        self._check_inputs(x, "x", "predict")
+        self._assembly.check_inputs(x, "x", "predict")
         return self.model.predict(x, **kwargs)
 
     @_in_scope

@@ -321,9 +321,9 @@ class FreezePolicy:
         """The policy `get_config` describes, checked as its constructor checks it."""
         config = dict(config)
         kind, value = config.pop("kind", None), config.pop("value", None)
-        constructor = getattr(cls, kind, None) if isinstance(kind, str) else None
         if kind not in ("all", "none", "bottom", "top", "until", "matching"):
             return cls(kind, value, **config)  # the constructor's error names the kinds
+        constructor = getattr(cls, kind)  # checks the value as FreezePolicy.<kind> does
         return constructor(**config) if value is None else constructor(value, **config)
 
     def __repr__(self):

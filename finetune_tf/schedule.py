@@ -142,10 +142,11 @@ class Stage:
         if self.freeze is not None:
             config["freeze"] = self.freeze.get_config()
         for key in ("learning_rate", "optimizer"):
-            if isinstance(
-                config[key],
-                keras.optimizers.schedules.LearningRateSchedule | (keras.optimizers.Optimizer),
-            ):
+            keras_object = (
+                keras.optimizers.schedules.LearningRateSchedule,
+                keras.optimizers.Optimizer,
+            )
+            if isinstance(config[key], keras_object):
                 config[key] = keras.saving.serialize_keras_object(config[key])
         config["epochs"] = int(self.epochs)
         return config

@@ -100,8 +100,9 @@ class Compiler:
         check_learning_rate(learning_rate)
         check_layerwise_lr_decay(layerwise_lr_decay)
         if self.spec is None:
-            self.spec = CompileSpec("adam" if optimizer is None else optimizer, "auto")
-            self.spec.loss = self.head.default_loss()
+            self.spec = CompileSpec(
+                "adam" if optimizer is None else optimizer, self.head.default_loss()
+            )
         elif optimizer is None:
             optimizer = fresh_optimizer(self.spec.optimizer)
         optimizer = self.spec.optimizer if optimizer is None else optimizer
