@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
-from finetune_tf.precision import dtype_policy_scope
+from finetune_tf.runtime.precision import dtype_policy_scope
 
 BATCH = 64
 

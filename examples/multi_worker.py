@@ -52,7 +52,7 @@ def worker(pretrained: str, head_epochs: int, epochs, output: str) -> None:
         Head.classifier(5, dropout=0.2),
         freeze=FreezePolicy.none(),
     )
-    chief = finetune_tf.devices.is_chief(tuner.strategy)
+    chief = finetune_tf.runtime.devices.is_chief(tuner.strategy)
     tuner.fine_tune(
         x[train], y[train], head_epochs=head_epochs, epochs=epochs, verbose=2 if chief else 0
     )

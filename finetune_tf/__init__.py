@@ -6,26 +6,31 @@ Examples:
     >>> policy = FreezePolicy.bottom(100)
 """
 
-from finetune_tf import devices as _devices
-from finetune_tf.backbone import Backbone, BackboneLayer
-from finetune_tf.estimators import BackboneFeatures, FineTunerClassifier, FineTunerRegressor
-from finetune_tf.feature_cache import FeatureCache
+import sys
+
+from finetune_tf import _aliases
 from finetune_tf.finetuner import FineTuner
-from finetune_tf.freeze import FreezePolicy, FreezeReport
-from finetune_tf.hub import HubLayer
-from finetune_tf.layerwise import LayerwiseOptimizer
-from finetune_tf.losses import LabelCrossentropy
-from finetune_tf.lr_finder import LRFinderResult
-from finetune_tf.metrics import LabelAccuracy
+from finetune_tf.model.backbone import Backbone, BackboneLayer
+from finetune_tf.model.freeze import FreezePolicy, FreezeReport
 from finetune_tf.model.head import Head
-from finetune_tf.plots import plot_confusion_matrix, plot_history
-from finetune_tf.preprocessing import ApplicationPreprocessing, InputAdapter
-from finetune_tf.report import Report
-from finetune_tf.saving import load_model
-from finetune_tf.schedule import Stage, gradual_unfreezing
-from finetune_tf.tuned_model import TunedModel
+from finetune_tf.model.head.losses import LabelCrossentropy
+from finetune_tf.model.head.metrics import LabelAccuracy
+from finetune_tf.model.preprocessing import ApplicationPreprocessing, InputAdapter
+from finetune_tf.model.tuned_model import TunedModel
+from finetune_tf.outputs.plots import plot_confusion_matrix, plot_history
+from finetune_tf.outputs.report import Report
+from finetune_tf.outputs.saving import load_model
+from finetune_tf.runtime import devices as _devices
+from finetune_tf.sklearn import BackboneFeatures, FineTunerClassifier, FineTunerRegressor
+from finetune_tf.sources.hub import HubLayer
+from finetune_tf.training.feature_cache import FeatureCache
+from finetune_tf.training.layerwise import LayerwiseOptimizer
+from finetune_tf.training.lr_finder import LRFinderResult
+from finetune_tf.training.stages import Stage, gradual_unfreezing
 
 __version__ = "0.2.0"
+
+_aliases.install(sys.modules[__name__])  # the module paths of 0.2 (see _aliases)
 
 if _devices.tf_config_workers() > 1 and not _devices.runtime_started():
     # TensorFlow accepts a MultiWorkerMirroredStrategy only before its runtime

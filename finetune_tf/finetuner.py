@@ -20,31 +20,31 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetune_tf.backbone import Backbone
-from finetune_tf.checkpoint import check_checkpoint_dir, chief_path
-from finetune_tf.data_checks import (
+from finetune_tf.model.assembly import Assembly, check_policy, input_plan, resolve_augmentation
+from finetune_tf.model.backbone import Backbone
+from finetune_tf.model.freeze import FreezePolicy, FreezeReport
+from finetune_tf.model.head import Head
+from finetune_tf.model.tuned_model import TunedModel, as_tensor_if_text
+from finetune_tf.outputs.export import export_model
+from finetune_tf.outputs.report import Report
+from finetune_tf.outputs.saving import load_model, save_model_atomically
+from finetune_tf.runtime.devices import configure_memory_growth, resolve_strategy, strategy_devices
+from finetune_tf.runtime.multi_worker import multi_worker_compat
+from finetune_tf.runtime.precision import dtype_policy_scope, resolve_precision
+from finetune_tf.training.compile import Compiler, check_jit_compile
+from finetune_tf.training.data_checks import (
     expected_input_range,
     first_batch,
     ordered_split_warning,
     value_range_warning,
 )
-from finetune_tf.devices import configure_memory_growth, resolve_strategy, strategy_devices
-from finetune_tf.distribute_compat import multi_worker_compat
-from finetune_tf.export import export_model
-from finetune_tf.feature_cache import FeatureCache
-from finetune_tf.freeze import FreezePolicy, FreezeReport
-from finetune_tf.lr_finder import LRFinderResult, find_learning_rate
-from finetune_tf.model.assembly import Assembly, check_policy, input_plan, resolve_augmentation
-from finetune_tf.model.head import Head
-from finetune_tf.precision import dtype_policy_scope, resolve_precision
-from finetune_tf.report import Report
-from finetune_tf.saving import load_model, save_model_atomically
-from finetune_tf.schedule import Stage
-from finetune_tf.seeding import check_seed
-from finetune_tf.training.compile import Compiler, check_jit_compile
+from finetune_tf.training.feature_cache import FeatureCache
 from finetune_tf.training.loop import Loop
+from finetune_tf.training.lr_finder import LRFinderResult, find_learning_rate
 from finetune_tf.training.recipes import fine_tune_budget
-from finetune_tf.tuned_model import TunedModel, as_tensor_if_text
+from finetune_tf.training.run_state import check_checkpoint_dir, chief_path
+from finetune_tf.training.seeding import check_seed
+from finetune_tf.training.stages import Stage
 
 __all__ = ["FineTuner"]
 

@@ -20,8 +20,8 @@ from finetune_tf import (
     Stage,
     TunedModel,
 )
-from finetune_tf.layerwise import ScaledSchedule
-from finetune_tf.schedule import stage_learning_rate
+from finetune_tf.training.layerwise import ScaledSchedule
+from finetune_tf.training.stages import stage_learning_rate
 
 
 def hub_layer(tmp_path):

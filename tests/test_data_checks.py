@@ -94,7 +94,7 @@ def test_validation_split_with_classes_never_trained_on_warns_for_one_hot_labels
 
 def test_shuffled_imbalanced_labels_do_not_look_sorted():
     """2% positives, shuffled: the last 10% often holds no positive, which is chance."""
-    from finetune_tf.data_checks import ordered_split_warning
+    from finetune_tf.training.data_checks import ordered_split_warning
 
     rng = np.random.default_rng(0)
     labels = np.zeros(500, "int64")

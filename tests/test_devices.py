@@ -11,8 +11,8 @@ import tensorflow as tf
 from conftest import small_cnn
 
 import finetune_tf
-import finetune_tf.checkpoint
 import finetune_tf.training.compile
+import finetune_tf.training.run_state
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, devices
 
 CPU0 = "/job:localhost/replica:0/task:0/device:CPU:0"
@@ -246,7 +246,7 @@ def test_load_model_restores_into_a_strategy_and_trains_on(images, labels, tmp_p
     [((8, 0), "mixed_float16"), ((7, 0), "mixed_float16"), ((6, 1), None)],
 )
 def test_auto_precision_follows_the_gpu_compute_capability(monkeypatch, capability, expected):
-    from finetune_tf import precision
+    from finetune_tf.runtime import precision
 
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU0", "GPU1"])
     monkeypatch.setattr(
@@ -278,7 +278,7 @@ def test_checkpoint_callbacks_on_a_non_chief_worker_write_temporary_copies(
     written = {name: (backup / name).stat().st_mtime_ns for name in os.listdir(backup)}
     assert "latest.weights.h5" in written
 
-    monkeypatch.setattr(finetune_tf.checkpoint, "is_chief", lambda strategy: False)
+    monkeypatch.setattr(finetune_tf.training.run_state, "is_chief", lambda strategy: False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "worker_tmp"))
     os.mkdir(tmp_path / "worker_tmp")
     seen = []

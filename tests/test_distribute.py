@@ -177,6 +177,6 @@ def test_plain_keras_multi_worker_fit_is_still_broken_upstream(tmp_path):
             error = json.load(f)["plain_keras_error"]
         assert "PerReplica" in error, (
             f"Plain Keras fit under MultiWorkerMirroredStrategy no longer fails ({error!r}): "
-            f"upstream ({finetune_tf.distribute_compat.UPSTREAM_ISSUE}) may be fixed; check "
+            f"upstream ({finetune_tf.runtime.multi_worker.UPSTREAM_ISSUE}) may be fixed; check "
             "whether finetune_tf/distribute_compat.py is still needed."
         )

@@ -125,10 +125,10 @@ def test_export_arguments_are_checked_and_failures_leave_the_old_file(tmp_path, 
 def test_a_non_chief_worker_writes_a_throwaway_copy(tmp_path, monkeypatch):
     import tempfile
 
-    from finetune_tf import checkpoint
+    from finetune_tf.training import run_state
 
     tuner = tuner_for(Head.classifier(3))
-    monkeypatch.setattr(checkpoint, "is_chief", lambda strategy: False)
+    monkeypatch.setattr(run_state, "is_chief", lambda strategy: False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "worker_tmp"))
     os.makedirs(tmp_path / "worker_tmp")
     written = []

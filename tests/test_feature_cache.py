@@ -105,7 +105,7 @@ def test_spilled_numpy_features_train_the_same_without_shuffling():
 
 
 def test_shuffled_tf_data_is_reshuffled_every_epoch_from_the_cache(monkeypatch):
-    from finetune_tf.feature_cache import _compute, _feature_dataset
+    from finetune_tf.training.feature_cache import _compute, _feature_dataset
 
     calls = _spy(monkeypatch)
     dataset = (

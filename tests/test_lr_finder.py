@@ -82,7 +82,7 @@ def test_a_curve_without_a_minimum_is_flagged_and_the_suggestion_stays_in_the_sw
     ],
 )
 def test_the_suggestion_never_leaves_the_sweep(losses, reliable, words):
-    from finetune_tf.lr_finder import _suggest
+    from finetune_tf.training.lr_finder import _suggest
 
     lrs = list(np.geomspace(1e-7, 1.0, len(losses)))
     suggestion, note = _suggest(lrs, losses)

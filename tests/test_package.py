@@ -12,48 +12,41 @@ import textwrap
 import pytest
 
 import finetune_tf
+from finetune_tf import _aliases
 
 MODULES = [
-    "backbone",
-    "checkpoint",
-    "devices",
-    "distribute_compat",
-    "estimators",
-    "export",
-    "feature_cache",
     "finetuner",
-    "freeze",
     "head",
     "model",
     "model.assembly",
+    "model.backbone",
+    "model.freeze",
     "model.head",
     "model.head.binary",
     "model.head.classifier",
     "model.head.head",
+    "model.head.labels",
+    "model.head.losses",
+    "model.head.metrics",
     "model.head.multilabel",
     "model.head.regression",
     "model.head.task",
-    "hub",
-    "layerwise",
-    "losses",
-    "lr_finder",
-    "metrics",
-    "plots",
-    "precision",
-    "preprocessing",
-    "progress",
-    "report",
-    "saving",
-    "schedule",
+    "model.kinds",
+    "model.preprocessing",
+    "model.tuned_model",
     "sklearn",
-    "seeding",
-    "data_checks",
     "training",
     "training.compile",
+    "training.data_checks",
+    "training.feature_cache",
     "training.fit_args",
+    "training.layerwise",
     "training.loop",
+    "training.lr_finder",
     "training.recipes",
-    "tuned_model",
+    "training.run_state",
+    "training.seeding",
+    "training.stages",
 ]
 
 
@@ -71,6 +64,23 @@ def test_old_import_paths_of_public_names_still_work():
 
     assert Head is finetune_tf.Head
     assert importlib.import_module("finetune_tf.head").Head is finetune_tf.Head
+    from finetune_tf.estimators import FineTunerClassifier  # finetune_tf/estimators.py
+    from finetune_tf.freeze import FreezePolicy  # finetune_tf/freeze.py
+    from finetune_tf.schedule import Stage  # finetune_tf/schedule.py
+
+    assert (FineTunerClassifier, FreezePolicy, Stage) == (
+        finetune_tf.FineTunerClassifier,
+        finetune_tf.FreezePolicy,
+        finetune_tf.Stage,
+    )
+
+
+@pytest.mark.parametrize("old", sorted(_aliases.MOVED))
+def test_a_moved_module_is_the_same_module_under_its_old_name(old):
+    """Patching or pickling through a 0.2 path must reach the module that runs."""
+    moved = importlib.import_module(f"finetune_tf.{old}")
+    assert moved is importlib.import_module(_aliases.MOVED[old])
+    assert getattr(finetune_tf, old) is moved
 
 
 def test_the_public_contracts_are_finetune_tf_and_finetune_tf_sklearn():

@@ -19,12 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from finetune_tf._utils import shape_tuple
-from finetune_tf.backbone import Backbone, BackboneLayer
-from finetune_tf.data_checks import check_finite, shapes_compatible
-from finetune_tf.freeze import FreezePolicy, FreezeReport
+from finetune_tf.model.backbone import Backbone, BackboneLayer
+from finetune_tf.model.freeze import FreezePolicy, FreezeReport
 from finetune_tf.model.head import Head
-from finetune_tf.preprocessing import InputAdapter
-from finetune_tf.tuned_model import TunedModel
+from finetune_tf.model.preprocessing import InputAdapter
+from finetune_tf.model.tuned_model import TunedModel
+from finetune_tf.training.data_checks import check_finite, shapes_compatible
 
 __all__ = ["Assembly", "first_array", "input_plan", "resolve_augmentation"]
 

@@ -19,8 +19,8 @@ import keras
 import numpy as np
 
 from finetune_tf._utils import did_you_mean
-from finetune_tf.devices import is_default
-from finetune_tf.layerwise import (
+from finetune_tf.runtime.devices import is_default
+from finetune_tf.training.layerwise import (
     LayerwiseOptimizer,
     check_layerwise_lr_decay,
     layerwise_multipliers,

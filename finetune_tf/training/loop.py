@@ -19,12 +19,12 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from finetune_tf.checkpoint import TrainingRun, chief_writes
-from finetune_tf.devices import describe
-from finetune_tf.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
-from finetune_tf.progress import say
-from finetune_tf.schedule import run_schedule, schedule_signature
-from finetune_tf.seeding import epoch_keyed, steps_per_execution_for
+from finetune_tf.runtime.devices import describe
+from finetune_tf.runtime.progress import say
+from finetune_tf.training.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
+from finetune_tf.training.run_state import TrainingRun, chief_writes
+from finetune_tf.training.seeding import epoch_keyed, steps_per_execution_for
+from finetune_tf.training.stages import run_schedule, schedule_signature
 
 __all__ = ["Loop"]
 

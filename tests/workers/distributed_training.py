@@ -42,7 +42,7 @@ report = {"mode": mode}
 
 def plain_keras_multi_worker_fails() -> str:
     """Runs the TensorFlow multi-worker tutorial's Keras 3 fit, without our module."""
-    strategy = finetune_tf.devices.multi_worker_strategy()
+    strategy = finetune_tf.runtime.devices.multi_worker_strategy()
     with strategy.scope():
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
         model.compile("sgd", "mse")
@@ -130,7 +130,7 @@ report["predict_shape"] = list(tuner.predict(x, batch_size=16, verbose=0).shape)
 if mode == "multi_worker":
     saved = os.path.join(os.path.dirname(out), "tuned.keras")
     tuner.save(saved)
-    report["is_chief"] = finetune_tf.devices.is_chief(tuner.strategy)
+    report["is_chief"] = finetune_tf.runtime.devices.is_chief(tuner.strategy)
 np.savez(out, *[np.asarray(w) for w in tuner.model.get_weights()])
 with open(out + ".json", "w") as f:
     json.dump(report, f)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from finetune_tf.data_checks import batch_of, check_finite, shapes_compatible
-from finetune_tf.losses import LabelCrossentropy
-from finetune_tf.metrics import LabelAccuracy
+from finetune_tf.model.head.losses import LabelCrossentropy
+from finetune_tf.model.head.metrics import LabelAccuracy
 from finetune_tf.model.head.task import Task, register_task
-from finetune_tf.report import Report
+from finetune_tf.outputs.report import Report
+from finetune_tf.training.data_checks import batch_of, check_finite, shapes_compatible
 
 __all__ = ["MulticlassTask"]
 

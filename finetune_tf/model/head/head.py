@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from finetune_tf.model.head.task import Task, get_task
-from finetune_tf.report import Report
+from finetune_tf.outputs.report import Report
 
 __all__ = ["Head"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from finetune_tf.model.head.task import Task, check_real_targets, register_task
-from finetune_tf.report import Report
+from finetune_tf.outputs.report import Report
 
 __all__ = ["MultilabelTask"]
 

@@ -15,8 +15,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from finetune_tf.data_checks import batch_of, check_finite, shapes_compatible
-from finetune_tf.report import Report
+from finetune_tf.outputs.report import Report
+from finetune_tf.training.data_checks import batch_of, check_finite, shapes_compatible
 
 __all__ = ["Task", "get_task", "register_task", "task_names"]
 

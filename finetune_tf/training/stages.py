@@ -16,10 +16,10 @@ import dataclasses
 import keras
 import numpy as np
 
-from finetune_tf.freeze import FreezePolicy
-from finetune_tf.layerwise import check_layerwise_lr_decay, learning_rate_of
-from finetune_tf.progress import say
+from finetune_tf.model.freeze import FreezePolicy
+from finetune_tf.runtime.progress import say
 from finetune_tf.training.fit_args import FitArgs
+from finetune_tf.training.layerwise import check_layerwise_lr_decay, learning_rate_of
 
 __all__ = [
     "Stage",

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetune_tf.preprocessing import ApplicationPreprocessing
+from finetune_tf.model.preprocessing import ApplicationPreprocessing
 
 __all__ = [
     "batch_of",
@@ -76,7 +76,7 @@ def expected_input_range(preprocessing, model: keras.Model) -> tuple[float, floa
 
     Examples:
         >>> import keras
-        >>> from finetune_tf.data_checks import expected_input_range
+        >>> from finetune_tf.training.data_checks import expected_input_range
         >>> inputs = keras.Input((4,))
         >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
         >>> expected_input_range(keras.layers.Rescaling(1 / 127.5, offset=-1), model)
@@ -118,7 +118,7 @@ def value_range_warning(batch: np.ndarray | None, expected: tuple | None) -> str
 
     Examples:
         >>> import numpy as np
-        >>> from finetune_tf.data_checks import value_range_warning
+        >>> from finetune_tf.training.data_checks import value_range_warning
         >>> print(value_range_warning(np.array([0.0, 16.0]), (0.0, 255.0)))  # doctest: +ELLIPSIS
         `x` holds values in [0, 16], but the backbone's preprocessing expects about [0, 255]...
         >>> value_range_warning(np.array([0.0, 230.0]), (0.0, 255.0)) is None
@@ -151,7 +151,7 @@ def ordered_split_warning(y, validation_split) -> str | None:
 
     Examples:
         >>> import numpy as np
-        >>> from finetune_tf.data_checks import ordered_split_warning
+        >>> from finetune_tf.training.data_checks import ordered_split_warning
         >>> print(ordered_split_warning(np.repeat([0, 1, 2, 3, 4], 10), 0.2))  # doctest: +ELLIPSIS
         validation_split=0.2 validates on the last 10 examples, ... only class 4...
         >>> ordered_split_warning(np.arange(50) % 5, 0.2) is None

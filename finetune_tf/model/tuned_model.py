@@ -24,7 +24,7 @@ def as_tensor_if_text(data):
 
     Examples:
         >>> import numpy as np
-        >>> from finetune_tf.tuned_model import as_tensor_if_text
+        >>> from finetune_tf.model.tuned_model import as_tensor_if_text
         >>> as_tensor_if_text(np.array(["good movie"])).dtype.name
         'string'
         >>> as_tensor_if_text([1.0, 2.0])

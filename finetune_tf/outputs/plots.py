@@ -195,7 +195,7 @@ def plot_lr_finder(learning_rates, losses, suggestion: float, *, path=None):
     `LRFinderResult.plot(path)` calls this.
 
     Examples:
-        >>> from finetune_tf.plots import plot_lr_finder
+        >>> from finetune_tf.outputs.plots import plot_lr_finder
         >>> figure = plot_lr_finder([1e-4, 1e-3, 1e-2], [1.0, 0.5, 2.0], 1e-4)
         >>> figure.axes[0].get_xscale()
         'log'

@@ -20,7 +20,7 @@ import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import as_str_path, short_list
-from finetune_tf.progress import say
+from finetune_tf.runtime.progress import say
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -238,7 +238,7 @@ def unsafe_ops(path: str) -> list[str]:
 
     Examples:
         >>> import tempfile, tensorflow as tf
-        >>> from finetune_tf.hub import unsafe_ops
+        >>> from finetune_tf.sources.hub import unsafe_ops
         >>> class Writes(tf.Module):
         ...     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
         ...     def __call__(self, x):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from finetune_tf.plots import plot_confusion_matrix
+from finetune_tf.outputs.plots import plot_confusion_matrix
 
 __all__ = ["Report"]
 
@@ -29,7 +29,7 @@ class Report(dict):
     values are plain Python numbers and lists, so `json.dumps(report)` works.
 
     Examples:
-        >>> from finetune_tf.report import Report
+        >>> from finetune_tf.outputs.report import Report
         >>> report = Report.for_classes([0, 1, 1, 0], [0, 1, 0, 0], class_names=["cat", "dog"])
         >>> report["accuracy"]
         0.75

@@ -89,7 +89,7 @@ def multi_worker_compat(strategy):
 
     Examples:
         >>> import tensorflow as tf
-        >>> from finetune_tf.distribute_compat import multi_worker_compat
+        >>> from finetune_tf.runtime.multi_worker import multi_worker_compat
         >>> with multi_worker_compat(tf.distribute.get_strategy()):  # not multi-worker: no-op
         ...     pass
     """

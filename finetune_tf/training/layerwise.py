@@ -39,7 +39,7 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     Examples:
         >>> import keras
-        >>> from finetune_tf.layerwise import ScaledSchedule
+        >>> from finetune_tf.training.layerwise import ScaledSchedule
         >>> decay = keras.optimizers.schedules.ExponentialDecay(1.0, 10, 0.5)
         >>> schedule = ScaledSchedule(decay, 0.1)
         >>> round(float(schedule(10)), 4)
@@ -97,7 +97,7 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
 
     Examples:
         >>> import keras, numpy as np
-        >>> from finetune_tf.layerwise import LayerwiseOptimizer
+        >>> from finetune_tf.training.layerwise import LayerwiseOptimizer
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="dense")])
         >>> optimizer = LayerwiseOptimizer(
         ...     keras.optimizers.SGD(0.1),

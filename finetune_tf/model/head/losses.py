@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from finetune_tf._labels import binary_targets, sparse_targets
+from finetune_tf.model.head.labels import binary_targets, sparse_targets
 
 __all__ = ["LabelCrossentropy"]
 

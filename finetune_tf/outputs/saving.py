@@ -17,7 +17,7 @@ import zipfile
 import keras
 
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
-from finetune_tf.devices import resolve_strategy
+from finetune_tf.runtime.devices import resolve_strategy
 
 __all__ = [
     "H5_SUFFIXES",

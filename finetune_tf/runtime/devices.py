@@ -42,7 +42,7 @@ def tf_config_workers(environ=None) -> int:
     """How many workers `TF_CONFIG` describes (0 when it describes none, or a PS cluster).
 
     Examples:
-        >>> from finetune_tf.devices import tf_config_workers
+        >>> from finetune_tf.runtime.devices import tf_config_workers
         >>> cluster = '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}'
         >>> tf_config_workers({"TF_CONFIG": cluster})
         2
@@ -99,7 +99,7 @@ def configure_memory_growth(enabled: bool | None) -> None:
     changes nothing, since TensorFlow cannot change it then.
 
     Examples:
-        >>> from finetune_tf.devices import configure_memory_growth
+        >>> from finetune_tf.runtime.devices import configure_memory_growth
         >>> configure_memory_growth(True)  # what FineTuner(memory_growth=True) does first
     """
     if enabled is None:
@@ -139,7 +139,7 @@ def resolve_strategy(strategy="auto") -> tf.distribute.Strategy:
 
     Examples:
         >>> import tensorflow as tf
-        >>> from finetune_tf.devices import resolve_strategy
+        >>> from finetune_tf.runtime.devices import resolve_strategy
         >>> resolve_strategy(None) is tf.distribute.get_strategy()
         True
     """
@@ -170,7 +170,7 @@ def is_default(strategy: tf.distribute.Strategy) -> bool:
 
     Examples:
         >>> import tensorflow as tf
-        >>> from finetune_tf.devices import is_default
+        >>> from finetune_tf.runtime.devices import is_default
         >>> is_default(tf.distribute.get_strategy()), is_default(tf.distribute.MirroredStrategy())
         (True, False)
     """
@@ -182,7 +182,7 @@ def strategy_devices(strategy: tf.distribute.Strategy) -> list[str]:
 
     Examples:
         >>> import tensorflow as tf
-        >>> from finetune_tf.devices import strategy_devices
+        >>> from finetune_tf.runtime.devices import strategy_devices
         >>> strategy_devices(tf.distribute.OneDeviceStrategy("/cpu:0"))
         ['/job:localhost/replica:0/task:0/device:CPU:0']
     """
@@ -200,7 +200,7 @@ def describe(strategy: tf.distribute.Strategy) -> str:
 
     Examples:
         >>> import tensorflow as tf
-        >>> from finetune_tf.devices import describe
+        >>> from finetune_tf.runtime.devices import describe
         >>> describe(tf.distribute.OneDeviceStrategy("/cpu:0"))
         '1 device (CPU:0), OneDeviceStrategy'
     """
@@ -219,7 +219,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
     Examples:
         >>> import tensorflow as tf
-        >>> from finetune_tf.devices import is_chief
+        >>> from finetune_tf.runtime.devices import is_chief
         >>> is_chief(tf.distribute.get_strategy())
         True
     """

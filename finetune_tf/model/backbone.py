@@ -22,11 +22,11 @@ import re
 import keras
 import tensorflow as tf
 
-from finetune_tf._model_kinds import single_io_model, warn_if_classifier, with_inputs
 from finetune_tf._utils import as_str_path, did_you_mean, shape_tuple, short_list
-from finetune_tf.hub import ARCHIVE_SUFFIXES, HubLayer, _is_url
-from finetune_tf.preprocessing import ApplicationPreprocessing
-from finetune_tf.saving import H5_SUFFIXES, KERAS_SUFFIXES, load_keras_file
+from finetune_tf.model.kinds import single_io_model, warn_if_classifier, with_inputs
+from finetune_tf.model.preprocessing import ApplicationPreprocessing
+from finetune_tf.outputs.saving import H5_SUFFIXES, KERAS_SUFFIXES, load_keras_file
+from finetune_tf.sources.hub import ARCHIVE_SUFFIXES, HubLayer, _is_url
 
 __all__ = ["Backbone", "BackboneLayer", "application_names", "flatten_layers"]
 

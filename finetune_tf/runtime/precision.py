@@ -44,7 +44,7 @@ def resolve_precision(mixed_precision, device_names: list[str]) -> str | None:
     TPUs, and float32 elsewhere (CPUs and older GPUs gain nothing).
 
     Examples:
-        >>> from finetune_tf.precision import resolve_precision
+        >>> from finetune_tf.runtime.precision import resolve_precision
         >>> resolve_precision("auto", ["/job:localhost/replica:0/task:0/device:CPU:0"]) is None
         True
         >>> resolve_precision("mixed_bfloat16", [])

@@ -15,7 +15,7 @@ import warnings
 import keras
 import numpy as np
 
-from finetune_tf.plots import plot_lr_finder
+from finetune_tf.outputs.plots import plot_lr_finder
 from finetune_tf.training.compile import fresh_optimizer
 
 __all__ = ["LRFinderResult", "SMOOTHING", "find_learning_rate"]

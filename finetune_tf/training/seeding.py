@@ -47,7 +47,7 @@ def epoch_keyed(x, y, fit_kwargs: dict, seed: int) -> tuple:
 
     Examples:
         >>> import numpy as np
-        >>> from finetune_tf.seeding import epoch_keyed
+        >>> from finetune_tf.training.seeding import epoch_keyed
         >>> x, y = np.arange(10.0)[:, None], np.arange(10)
         >>> data, _, kwargs = epoch_keyed(x, y, {"batch_size": 4, "epochs": 2}, seed=0)
         >>> kwargs["steps_per_epoch"], len(list(data))  # 3 batches an epoch, 2 epochs
@@ -114,7 +114,7 @@ def steps_per_execution_for(steps_per_epoch: int, steps_per_execution: int) -> i
     of data.
 
     Examples:
-        >>> from finetune_tf.seeding import steps_per_execution_for
+        >>> from finetune_tf.training.seeding import steps_per_execution_for
         >>> steps_per_execution_for(40, 32), steps_per_execution_for(64, 32)
         (20, 32)
     """

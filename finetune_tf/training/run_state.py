@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetune_tf._utils import atomic_file, directory_path, require_parent_directory
-from finetune_tf.devices import is_chief
+from finetune_tf.runtime.devices import is_chief
 
 __all__ = [
     "FROZEN_PREFIX",
@@ -103,7 +103,7 @@ def chief_path(strategy: tf.distribute.Strategy, path):
 
     Examples:
         >>> import tensorflow as tf
-        >>> from finetune_tf.checkpoint import chief_path
+        >>> from finetune_tf.training.run_state import chief_path
         >>> with chief_path(tf.distribute.get_strategy(), "tuned.keras") as target:
         ...     target  # one process: it is the chief
         'tuned.keras'
@@ -126,7 +126,7 @@ def chief_writes(strategy: tf.distribute.Strategy, fit_kwargs: dict):
 
     Examples:
         >>> import keras, tensorflow as tf
-        >>> from finetune_tf.checkpoint import chief_writes
+        >>> from finetune_tf.training.run_state import chief_writes
         >>> kwargs = {"callbacks": [keras.callbacks.ModelCheckpoint("best.keras")]}
         >>> with chief_writes(tf.distribute.get_strategy(), kwargs):
         ...     kwargs["callbacks"][0].filepath  # one process: it is the chief
@@ -167,7 +167,7 @@ def read_state(directory: str) -> tuple[dict, list[np.ndarray]]:
 
     Examples:
         >>> import tempfile
-        >>> from finetune_tf.checkpoint import _save_arrays, read_state
+        >>> from finetune_tf.training.run_state import _save_arrays, read_state
         >>> directory = tempfile.mkdtemp()
         >>> _save_arrays(f"{directory}/frozen-0.npz", {"indices": [1]}, [np.zeros(2)])
         >>> frozen = {"file": "frozen-0.npz", "indices": [1], "count": 3}
@@ -237,7 +237,7 @@ class TrainingRun(keras.callbacks.Callback):
 
     Examples:
         >>> import keras, numpy as np
-        >>> from finetune_tf.checkpoint import TrainingRun
+        >>> from finetune_tf.training.run_state import TrainingRun
         >>> inputs = keras.Input((2,))
         >>> model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
         >>> model.compile("sgd", "mse")

@@ -15,7 +15,7 @@ def say(message: str, verbose=1) -> None:
     """Prints `finetune_tf: message` unless `verbose` is 0.
 
     Examples:
-        >>> from finetune_tf.progress import say
+        >>> from finetune_tf.runtime.progress import say
         >>> say("stage 'head': 30 epochs")
         finetune_tf: stage 'head': 30 epochs
         >>> say("not shown", verbose=0)

@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
-from finetune_tf.progress import say
+from finetune_tf.runtime.progress import say
 
 __all__ = ["FORMATS", "LABELS_FILE", "QUANTIZATIONS", "export_model"]
 
@@ -52,7 +52,7 @@ def export_model(
     Examples:
         >>> import os, tempfile, keras, numpy as np, tensorflow as tf
         >>> from finetune_tf import Head
-        >>> from finetune_tf.export import export_model
+        >>> from finetune_tf.outputs.export import export_model
         >>> inputs = keras.Input((4,))
         >>> model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
         >>> path = export_model(model, Head.classifier(3), os.path.join(tempfile.mkdtemp(), "m"),

@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from finetune_tf._utils import directory_path
-from finetune_tf.distribute_compat import in_multi_worker_mode
-from finetune_tf.progress import say
+from finetune_tf.runtime.multi_worker import in_multi_worker_mode
+from finetune_tf.runtime.progress import say
 from finetune_tf.training.fit_args import KERAS_BATCH_SIZE, split_index
 
 __all__ = ["FeatureCache", "cache_decision", "fit_on_cached_features"]
