@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, Head
-from finetune_tf.sources.hub import unsafe_ops
+from finetune_tf.sources.trust import unsafe_ops
 
 
 def lambda_model(marker):

@@ -1,5 +1,3 @@
-"""The model a FineTuner trains: backbone, head and how they are put together.
-
-`head/` holds the head and its tasks; `assembly` wires raw inputs through
-augmentation, input adaptation, preprocessing and the backbone to the head.
-"""
+"""The model a FineTuner trains: the backbone (`backbone`, `kinds`, `layers`,
+`preprocessing`), what trains (`freeze`), the head and its tasks (`head/`),
+and how they are put together (`assembly`, `tuned_model`)."""

@@ -5,39 +5,40 @@ SavedModel directory, a TF Hub handle, or a live `keras.Model`; each can be
 cut at a named layer. A backbone knows its input and output shapes, its
 ordered (flattened) list of layers, and the preprocessing its weights expect.
 
-`BackboneLayer` is how a backbone sits inside a FineTuner's model: it runs
-the backbone in inference mode while BatchNorm statistics must stay fixed.
-(Keras 3 propagates the outer `training=True` into a nested model even when
-the graph was built with `base_model(x, training=False)`, so the Keras
-guide's recipe does not hold inside a functional model; this layer makes it
-hold.)
+Where the weights come from is `finetune_tf.sources` (applications, model
+files, Hub handles, and the trust checks before any file is read); which
+Keras models can be one is `model.kinds`; how it sits inside a FineTuner's
+model is `model.layers.BackboneLayer`.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import re
 
 import keras
 import tensorflow as tf
 
-from finetune_tf._utils import as_str_path, did_you_mean, shape_tuple, short_list
-from finetune_tf.model.kinds import single_io_model, warn_if_classifier, with_inputs
+from finetune_tf._utils import as_str_path, did_you_mean, shape_tuple
+from finetune_tf.model.kinds import (
+    cut_at,
+    is_tf_keras_model,
+    single_io_model,
+    warn_if_classifier,
+    with_inputs,
+)
+from finetune_tf.model.layers import BackboneLayer, clone_model
 from finetune_tf.model.preprocessing import ApplicationPreprocessing
-from finetune_tf.outputs.saving import H5_SUFFIXES, KERAS_SUFFIXES, load_keras_file
-from finetune_tf.sources.hub import ARCHIVE_SUFFIXES, HubLayer, _is_url
+from finetune_tf.sources.applications import application_names, build_application
+from finetune_tf.sources.files import (
+    check_model_path,
+    load_keras_file,
+    saved_model_network,
+)
+from finetune_tf.sources.hub import ARCHIVE_SUFFIXES, HubLayer, is_url
 
+# BackboneLayer and application_names lived here in 0.2 and still import from here.
 __all__ = ["Backbone", "BackboneLayer", "application_names", "flatten_layers"]
-
-
-def application_names() -> list[str]:
-    """All model constructors in `keras.applications` (e.g. `"ResNet50"`)."""
-    return sorted(
-        name
-        for name in dir(keras.applications)
-        if name[:1].isupper() and callable(getattr(keras.applications, name))
-    )
 
 
 def flatten_layers(model: keras.Model) -> list:
@@ -54,36 +55,6 @@ def flatten_layers(model: keras.Model) -> list:
         else:
             layers.append(layer)
     return layers
-
-
-def _is_tf_keras_model(obj) -> bool:
-    module = type(obj).__module__ or ""
-    return module.startswith(("tf_keras", "keras.src.engine", "tensorflow.python.keras"))
-
-
-def _cut(model: keras.Model, output_layer: str | None, source: str) -> keras.Model:
-    if output_layer is None:
-        return model
-    if not isinstance(output_layer, str):
-        raise TypeError(
-            f"`output_layer` must be a layer name (str). Received: output_layer={output_layer!r}."
-        )
-    names = [layer.name for layer in model.layers]
-    if output_layer not in names:
-        raise ValueError(
-            f"`output_layer`={output_layer!r} is not a layer of {source}."
-            f"{did_you_mean(output_layer, names)} Its top-level layers are: "
-            f"{short_list(names[-12:])} (last 12 shown; see model.summary())."
-        )
-    layer = model.get_layer(output_layer)
-    try:
-        output = layer.output
-    except (AttributeError, ValueError) as error:
-        raise ValueError(
-            f"Cannot cut {source} at `output_layer`={output_layer!r}: {error}. Pick a layer "
-            "that is used once in the model's graph."
-        ) from error
-    return keras.Model(model.inputs, output, name=f"{model.name}_to_{output_layer}")
 
 
 class Backbone:
@@ -115,7 +86,7 @@ class Backbone:
     """
 
     def __init__(self, model: keras.Model, *, preprocessing=None, source: str | None = None):
-        if _is_tf_keras_model(model):
+        if is_tf_keras_model(model):
             raise TypeError(
                 "`model` is a tf_keras (Keras 2) model, which cannot enter a Keras 3 model. "
                 "Save it with tf.saved_model.save(model, path) and use "
@@ -269,36 +240,7 @@ class Backbone:
         return self.copy()
 
     def _copy(self, dtype_policy: str | None) -> Backbone:
-        try:
-            model = keras.models.clone_model(
-                self.model, clone_function=lambda layer: _clone_layer(layer, dtype_policy)
-            )
-        except (TypeError, NotImplementedError) as error:
-            # A subclassed model whose get_config does not give its constructor's arguments.
-            subclassed = [
-                type(layer).__name__
-                for layer in self.model._flatten_layers(include_self=False)
-                if isinstance(layer, keras.Model)
-                and not isinstance(layer, keras.Sequential)
-                and not hasattr(layer, "_inputs_struct")
-            ]
-            what = f"the subclassed model {subclassed[0]}" if subclassed else "a layer"
-            raise ValueError(
-                f"Backbone {self.name!r} cannot be copied: {what} cannot be rebuilt from its "
-                f"config ({type(error).__name__}: {str(error).splitlines()[0][:200]}). A copy "
-                "is made for strategies, mixed precision and every scikit-learn fit. Give the "
-                "class a get_config() that returns its constructor's arguments (and register "
-                "it with keras.saving.register_keras_serializable), or build the model inside "
-                "`with strategy.scope():` and pass that strategy."
-            ) from None
-        model.set_weights(self.model.get_weights())
-        for layer in model._flatten_layers(include_self=False):
-            # As Keras does after loading a file: an adapted Normalization computes from its
-            # statistics (weights) only once finalized; without this the copy normalised with
-            # the zeros and ones it was built with. (Other adapted layers keep their state in
-            # their config, and finalizing them would reset it from an empty summary.)
-            if isinstance(layer, keras.layers.Normalization):
-                layer.finalize_state()
+        model = clone_model(self.model, dtype_policy, what=f"Backbone {self.name!r}")
         return Backbone(model, preprocessing=self.preprocessing, source=self.source)
 
     def __repr__(self):
@@ -346,7 +288,7 @@ class Backbone:
             >>> Backbone.from_model(model, output_layer="hidden").output_shape
             (4,)
         """
-        if isinstance(model, keras.Model) and not _is_tf_keras_model(model):
+        if isinstance(model, keras.Model) and not is_tf_keras_model(model):
             source = f"model {model.name!r}"
             if input_shape is not None and hasattr(model, "_inputs_struct"):
                 raise ValueError(
@@ -358,7 +300,7 @@ class Backbone:
             if output_layer is None:
                 warn_if_classifier(model, source)
             return cls(
-                _cut(model, output_layer, source), preprocessing=preprocessing, source=source
+                cut_at(model, output_layer, source), preprocessing=preprocessing, source=source
             )
         return cls(model, preprocessing=preprocessing)  # raises the right TypeError
 
@@ -393,38 +335,10 @@ class Backbone:
             >>> backbone.output_shape
             (3, 3, 576)
         """
-        names = application_names()
-        if not isinstance(name, str) or name not in names:
-            raise ValueError(
-                f"Unknown keras.applications name={name!r}.{did_you_mean(str(name), names)} "
-                f"Expected one of: {', '.join(names)}."
-            )
-        if "include_top" in kwargs:
-            raise ValueError(
-                "`include_top` is always False for a Backbone (the FineTuner adds its own "
-                "head). Remove include_top= from the call."
-            )
-        if weights not in ("imagenet", None):
-            if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
-                raise FileNotFoundError(
-                    f"`weights`={weights!r} is neither 'imagenet', None, nor an existing "
-                    "weights file. Pass the path of a no-top weights file for "
-                    f"{name}, 'imagenet' to download them, or None for random weights."
-                )
-            weights = os.fspath(weights)
-        constructor = getattr(keras.applications, name)
-        try:
-            model = constructor(
-                include_top=False, weights=weights, input_shape=input_shape, **kwargs
-            )
-        except Exception as error:  # Keras raises a bare Exception when a download fails
-            if "URL fetch failure" not in str(error):
-                raise
-            raise _weights_download_error(name, str(error)) from None
-        module = constructor.__module__.rsplit(".", 1)[-1]
+        model, module = build_application(name, weights=weights, input_shape=input_shape, **kwargs)
         source = f"keras.applications.{name}(weights={weights!r})"
         return cls(
-            _cut(model, output_layer, source),
+            cut_at(model, output_layer, source),
             preprocessing=ApplicationPreprocessing(module, name="preprocessing"),
             source=source,
         )
@@ -469,36 +383,17 @@ class Backbone:
             >>> Backbone.from_file(path).output_shape
             (4,)
         """
-        path = as_str_path(path, "path", "a path to a .keras/.h5 file or a SavedModel directory")
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"`path`={path!r} does not exist. Expected a .keras or .h5 model file or a "
-                "SavedModel directory."
+        path, saved_model = check_model_path(path, output_layer)
+        if saved_model:
+            model = saved_model_network(
+                path, input_shape=input_shape, signature=signature, output_key=output_key
             )
-        if os.path.isdir(path):
-            if output_layer is not None:
-                raise ValueError(
-                    "`output_layer` cannot cut a SavedModel (its graph has no Keras layers). "
-                    "Export the SavedModel at the layer you want instead."
-                )
-            return cls._from_saved_model(
-                path,
-                input_shape=input_shape,
-                preprocessing=preprocessing,
-                signature=signature,
-                output_key=output_key,
-                source=f"SavedModel {path!r}",
-            )
-        if not path.lower().endswith(KERAS_SUFFIXES + H5_SUFFIXES):
-            raise ValueError(
-                f"`path`={path!r} is not a supported model file. Expected a .keras, .h5 or "
-                ".hdf5 file, or a SavedModel directory (containing saved_model.pb)."
-            )
+            return cls(model, preprocessing=preprocessing, source=f"SavedModel {path!r}")
         model = load_keras_file(path, safe_mode=safe_mode, compile=False, argname="path")
         source = f"file {os.path.basename(path)!r}"
         if output_layer is None:
             warn_if_classifier(model, source)
-        return cls(_cut(model, output_layer, source), preprocessing=preprocessing, source=source)
+        return cls(cut_at(model, output_layer, source), preprocessing=preprocessing, source=source)
 
     @classmethod
     def from_hub(
@@ -533,46 +428,14 @@ class Backbone:
             (5,)
         """
         handle = as_str_path(handle, "handle", "a Hub URL or a SavedModel directory")
-        return cls._from_saved_model(
+        model = saved_model_network(
             handle,
             input_shape=input_shape,
-            preprocessing=preprocessing,
             signature=signature,
             output_key=output_key,
             trainable=trainable,
-            source=f"hub handle {handle!r}",
         )
-
-    @classmethod
-    def _from_saved_model(
-        cls, handle, *, input_shape, preprocessing, signature, output_key, source, trainable=True
-    ):
-        layer = HubLayer(
-            handle,
-            signature=signature,
-            output_key=output_key,
-            trainable=trainable,
-            name="saved_model",
-        )
-        declared = layer.input_spec_from_saved_model()
-        dtype = declared[1] if declared else "float32"
-        if input_shape is None:
-            if declared is None:
-                raise ValueError(
-                    f"The SavedModel {handle!r} does not declare its input shape. Pass "
-                    "input_shape=, e.g. input_shape=(224, 224, 3)."
-                )
-            input_shape = declared[0]
-        inputs = keras.Input(shape_tuple(input_shape), dtype=dtype, name="inputs")
-        outputs = layer(inputs)
-        if isinstance(outputs, dict):
-            raise ValueError(
-                f"The SavedModel {handle!r} returns {len(outputs)} outputs "
-                f"({short_list(sorted(outputs))}); a Backbone has one. Choose it with "
-                f"output_key=, e.g. output_key={sorted(outputs)[0]!r}."
-            )
-        model = keras.Model(inputs, outputs, name="saved_model_backbone")
-        return cls(model, preprocessing=preprocessing, source=source)
+        return cls(model, preprocessing=preprocessing, source=f"hub handle {handle!r}")
 
     @classmethod
     def load(cls, source, **kwargs) -> Backbone:
@@ -590,14 +453,14 @@ class Backbone:
         """
         if isinstance(source, Backbone):
             return source
-        if isinstance(source, keras.Model) or _is_tf_keras_model(source):
+        if isinstance(source, keras.Model) or is_tf_keras_model(source):
             return cls.from_model(source, **kwargs)
         source = as_str_path(
             source,
             "source",
             "a keras.Model, a keras.applications name, a model file path or a Hub handle",
         )
-        if _is_url(source) or (os.path.isfile(source) and source.endswith(ARCHIVE_SUFFIXES)):
+        if is_url(source) or (os.path.isfile(source) and source.endswith(ARCHIVE_SUFFIXES)):
             return cls.from_hub(source, **kwargs)
         if os.path.exists(source):
             return cls.from_file(source, **kwargs)
@@ -609,98 +472,3 @@ class Backbone:
             f"`source`={source!r} is not a keras.applications name, an existing file or "
             f"directory, or a Hub URL.{hint} Check the path or the spelling."
         )
-
-
-def _keras_models_directory() -> str:
-    """Where `keras.utils.get_file` keeps downloaded weights (`$KERAS_HOME/models`)."""
-    from keras.src.backend import config  # the directory Keras fixed when it was imported
-
-    home = getattr(config, "keras_home", lambda: os.path.join("~", ".keras"))()
-    return os.path.join(os.path.expanduser(home), "models")
-
-
-def _weights_download_error(name: str, keras_message: str) -> ConnectionError:
-    """One clear error for `weights="imagenet"` without a network, naming the file to place."""
-    match = re.search(r"(https?://\S+?\.(?:h5|keras))", keras_message)
-    url = match.group(1) if match else None
-    file = url.rsplit("/", 1)[-1] if url else f"the {name} no-top weights file"
-    directory = _keras_models_directory()
-    where = f" from {url}" if url else ""
-    return ConnectionError(
-        f"Could not download the ImageNet weights of {name}{where} "
-        f"({keras_message.rsplit(' -- ', 1)[-1]}; no network, or a proxy refused it). Keras "
-        f"looks for {file} in {directory} (or in /tmp/.keras/models when that is not "
-        "writable). Copy it there from a machine that has a connection (or run this once "
-        "where there is one), or pass weights= the path of the file, or weights=None for "
-        "random initialisation."
-    )
-
-
-def _clone_layer(layer, dtype_policy: str | None):
-    """A fresh copy of `layer` (nested models layer by layer), computing in `dtype_policy`.
-
-    A subclassed model is rebuilt from its config like any layer: it must implement
-    `get_config` (Keras' rule for saving it too).
-    """
-    if isinstance(layer, keras.Sequential) or hasattr(layer, "_inputs_struct"):
-        return keras.models.clone_model(
-            layer, clone_function=lambda inner: _clone_layer(inner, dtype_policy)
-        )
-    config = layer.get_config()
-    if dtype_policy is not None and "dtype" in config and not isinstance(layer, HubLayer):
-        config["dtype"] = dtype_policy
-    return layer.__class__.from_config(config)
-
-
-@keras.saving.register_keras_serializable(package="finetune_tf")
-class BackboneLayer(keras.layers.Layer):
-    """Runs a backbone model inside a FineTuner's model.
-
-    With `inference_mode=True` the backbone always runs with
-    `training=False`: BatchNorm uses and keeps its moving statistics (the
-    Keras transfer-learning guide's rule, which nested functional models no
-    longer honour by themselves in Keras 3), and the backbone's own dropout is
-    off. With `inference_mode=False`, `training` passes through, so unfrozen
-    BatchNorm layers update their statistics.
-
-    Args:
-        backbone: keras.Model. The backbone model.
-        inference_mode: bool. Defaults to `True`.
-
-    Examples:
-        >>> import keras, numpy as np
-        >>> from finetune_tf import BackboneLayer
-        >>> inputs = keras.Input((4,))
-        >>> bn = keras.layers.BatchNormalization()
-        >>> layer = BackboneLayer(keras.Model(inputs, bn(inputs)))
-        >>> _ = layer(np.random.rand(8, 4) * 10, training=True)
-        >>> float(bn.moving_mean.numpy().max())  # statistics untouched
-        0.0
-    """
-
-    def __init__(self, backbone: keras.Model, inference_mode: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.backbone = backbone
-        self.inference_mode = bool(inference_mode)
-        self.built = True
-
-    def call(self, inputs, training=None):
-        if self.inference_mode:
-            training = False
-        return self.backbone(inputs, training=training)
-
-    def compute_output_spec(self, inputs, training=None):
-        return self.backbone.compute_output_spec(inputs)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "inference_mode": self.inference_mode,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)

@@ -14,7 +14,9 @@ import warnings
 
 import keras
 
-from finetune_tf._utils import shape_tuple, short_list
+from finetune_tf._utils import did_you_mean, shape_tuple, short_list
+
+__all__ = ["cut_at", "is_tf_keras_model", "single_io_model", "warn_if_classifier", "with_inputs"]
 
 
 def _build_input_shape(model: keras.Model) -> tuple | None:
@@ -158,3 +160,33 @@ def warn_if_classifier(model: keras.Model, source: str) -> None:
         UserWarning,
         stacklevel=3,
     )
+
+
+def is_tf_keras_model(obj) -> bool:
+    module = type(obj).__module__ or ""
+    return module.startswith(("tf_keras", "keras.src.engine", "tensorflow.python.keras"))
+
+
+def cut_at(model: keras.Model, output_layer: str | None, source: str) -> keras.Model:
+    if output_layer is None:
+        return model
+    if not isinstance(output_layer, str):
+        raise TypeError(
+            f"`output_layer` must be a layer name (str). Received: output_layer={output_layer!r}."
+        )
+    names = [layer.name for layer in model.layers]
+    if output_layer not in names:
+        raise ValueError(
+            f"`output_layer`={output_layer!r} is not a layer of {source}."
+            f"{did_you_mean(output_layer, names)} Its top-level layers are: "
+            f"{short_list(names[-12:])} (last 12 shown; see model.summary())."
+        )
+    layer = model.get_layer(output_layer)
+    try:
+        output = layer.output
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            f"Cannot cut {source} at `output_layer`={output_layer!r}: {error}. Pick a layer "
+            "that is used once in the model's graph."
+        ) from error
+    return keras.Model(model.inputs, output, name=f"{model.name}_to_{output_layer}")

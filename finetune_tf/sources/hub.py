@@ -21,19 +21,19 @@ from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import as_str_path, short_list
 from finetune_tf.runtime.progress import say
+from finetune_tf.sources.trust import unsafe_ops
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "HubLayer",
-    "UNSAFE_OPS",
     "VariableGroup",
     "hub_cache_dir",
+    "is_url",
     "resolve_handle",
-    "unsafe_ops",
 ]
 
 
-def _is_url(handle: str) -> bool:
+def is_url(handle: str) -> bool:
     return handle.startswith(("http://", "https://", "gs://"))
 
 
@@ -52,7 +52,7 @@ def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
     cache work exactly as with `hub.load`.
     """
     handle = as_str_path(handle, argname, "a URL or a path to a SavedModel directory")
-    if not _is_url(handle):
+    if not is_url(handle):
         path = os.path.abspath(os.path.expanduser(handle))
         if not os.path.exists(path):
             raise FileNotFoundError(
@@ -214,58 +214,6 @@ class VariableGroup:
 
     def __repr__(self):
         return f"<VariableGroup {self.name!r}: {len(self.weights)} variables>"
-
-
-# TensorFlow ops through which a SavedModel's graph can write files or call back into
-# Python. A SavedModel runs no Python of its own, but its graph runs whatever ops it holds.
-UNSAFE_OPS = frozenset(
-    {
-        "WriteFile",
-        "PyFunc",
-        "PyFuncStateless",
-        "EagerPyFunc",
-        "SaveDataset",
-        "SaveDatasetV2",
-        "CreateSummaryFileWriter",
-        "DebugIdentityV2",
-        "DebugIdentityV3",
-    }
-)
-
-
-def unsafe_ops(path: str) -> list[str]:
-    """The ops of `UNSAFE_OPS` (and `PrintV2` to a file) in a SavedModel's graphs.
-
-    Examples:
-        >>> import tempfile, tensorflow as tf
-        >>> from finetune_tf.sources.hub import unsafe_ops
-        >>> class Writes(tf.Module):
-        ...     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
-        ...     def __call__(self, x):
-        ...         tf.io.write_file("/tmp/anything", "text")
-        ...         return x
-        >>> path = tempfile.mkdtemp()
-        >>> tf.saved_model.save(Writes(), path)
-        >>> unsafe_ops(path)
-        ['WriteFile']
-    """
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        saved_model.ParseFromString(f.read())
-    found = set()
-    for meta_graph in saved_model.meta_graphs:
-        graph = meta_graph.graph_def
-        nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
-        for node in nodes:
-            if node.op in UNSAFE_OPS:
-                found.add(node.op)
-            elif node.op == "PrintV2":
-                stream = node.attr["output_stream"].s.decode(errors="replace")
-                if stream.startswith("file://"):
-                    found.add(f"PrintV2 to {stream}")
-    return sorted(found)
 
 
 @keras.saving.register_keras_serializable(package="finetune_tf")

@@ -1,3 +1,6 @@
-"""How a FineTuner's model trains: `compile` (the settings and every compile made
-from them) and `loop` (a fit call: stages, feature cache or Keras fit, XLA
-fallback, seeded order, resume)."""
+"""How a FineTuner's model trains: `compile` (the settings and every compile
+made from them), `fit_args` (Keras' fit arguments, parsed once), `loop` (a fit
+call: stages, feature cache or Keras fit, XLA fallback, seeded order, resume),
+`stages` and `recipes` (schedules), `layerwise` (discriminative learning
+rates), `feature_cache`, `run_state` (resumable runs), `seeding`,
+`data_checks` and `lr_finder`."""
