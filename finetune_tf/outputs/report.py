@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from finetune_tf.outputs.plots import plot_confusion_matrix
 
-__all__ = ["Report"]
+__all__ = ["Report", "predict_with_labels"]
 
 
 def _metrics():
@@ -184,3 +186,39 @@ def _regression_row(y_true, y_pred) -> dict:
         "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
         "r2": float(skm.r2_score(y_true, y_pred)),
     }
+
+
+def predict_with_labels(model: keras.Model, x, y, batch_size=None) -> tuple:
+    """`(predictions, labels)` of `model` on `x`, `y`, or on a dataset of `(inputs, labels)`.
+
+    Examples:
+        >>> import keras, numpy as np, tensorflow as tf
+        >>> from finetune_tf.outputs.report import predict_with_labels
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+        >>> data = tf.data.Dataset.from_tensor_slices((np.ones((5, 2)), np.arange(5))).batch(2)
+        >>> predictions, labels = predict_with_labels(model, data, None)
+        >>> predictions.shape, labels.tolist()
+        ((5, 3), [0, 1, 2, 3, 4])
+    """
+    if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
+        kind = type(x).__name__ if isinstance(x, keras.utils.PyDataset) else "tf.data.Dataset"
+        if y is not None:
+            raise ValueError(
+                f"`y` must be None when `x` is a {kind}: it yields (inputs, labels) batches."
+            )
+        batches = x if isinstance(x, tf.data.Dataset) else (x[i] for i in range(len(x)))
+        predictions, labels = [], []
+        for batch in batches:
+            if not isinstance(batch, tuple) or len(batch) < 2:
+                raise ValueError(
+                    f"`x` is a {kind} without labels; report() needs (inputs, labels) batches."
+                )
+            predictions.append(np.asarray(model.predict_on_batch(batch[0])))
+            labels.append(np.asarray(batch[1]))
+        return np.concatenate(predictions), np.concatenate(labels)
+    if y is None:
+        raise ValueError(
+            "`FineTuner.report` needs the labels: report(x, y), or a tf.data.Dataset "
+            "of (inputs, labels) as x."
+        )
+    return model.predict(x, batch_size=batch_size, verbose=0), y

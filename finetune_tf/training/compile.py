@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -172,7 +173,16 @@ class Compiler:
 
     @staticmethod
     def arguments_from_config(config: dict, safe_mode: bool = True) -> dict:
-        """The arguments of `FineTuner.compile` that `get_config` describes."""
+        """The arguments of `FineTuner.compile` that `get_config` describes (with a warning
+        naming those that could not be saved)."""
+        if config.get("not_saved"):
+            warnings.warn(
+                "FineTuner: these compile() arguments could not be saved and are not "
+                f"restored: {', '.join(config['not_saved'])}. Pass them to "
+                "tuner.compile(...) again.",
+                UserWarning,
+                stacklevel=4,
+            )
 
         def revive(value):
             if isinstance(value, list):

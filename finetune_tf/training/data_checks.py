@@ -16,14 +16,18 @@ Each looks at what is already in memory (or the first batch of a
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from finetune_tf.model.preprocessing import ApplicationPreprocessing
+from finetune_tf.model.tuned_model import as_tensor_if_text
+from finetune_tf.training.fit_args import FitArgs
 
 __all__ = [
+    "DataGate",
     "batch_of",
     "check_finite",
     "expected_input_range",
@@ -191,3 +195,51 @@ def ordered_split_warning(y, validation_split) -> str | None:
         + ". Your data looks sorted by class. Shuffle it first (e.g. "
         "sklearn.utils.shuffle(x, y, random_state=0)), or pass validation_data=."
     )
+
+
+class DataGate:
+    """Where data enters a FineTuner: checked against its model, text made tensors.
+
+    `check` refuses data the model cannot take (shapes, dtypes, targets the
+    head cannot learn) at the call that received it; `for_fit` also checks
+    `validation_data` and warns about what Keras takes silently but spoils
+    training (the scale of the inputs, looked at once; a sorted
+    `validation_split`).
+
+    Args:
+        assembly: the `Assembly` whose model the data is for.
+    """
+
+    def __init__(self, assembly):
+        self.assembly = assembly
+        self._range_checked = False  # the scale of the data does not change: look once
+
+    def check(self, x, y, method: str):
+        """`x` ready for Keras (text as a tensor), after checking `x` and `y` for `method`."""
+        x = as_tensor_if_text(x)
+        self.assembly.check_inputs(x, "x", method)
+        self.assembly.check_targets(x, y, "y", method)
+        return x
+
+    def for_fit(self, x, y, args: FitArgs) -> tuple:
+        """`(x, args)` ready for training, after every check of `fit`'s data."""
+        x = self.check(x, y, "fit")
+        self._warn(x, y, args.validation_split)
+        validation = args.validation_data
+        if isinstance(validation, tuple) and len(validation) >= 2:
+            validation = (as_tensor_if_text(validation[0]), *validation[1:])
+            self.assembly.check_inputs(validation[0], "validation_data[0]", "fit")
+            self.assembly.check_targets(validation[0], validation[1], "validation_data[1]", "fit")
+            args = args.replace(validation_data=validation)
+        return x, args
+
+    def _warn(self, x, y, validation_split):
+        messages = [ordered_split_warning(y, validation_split)]
+        if not self._range_checked:
+            self._range_checked = True
+            backbone = self.assembly.backbone
+            expected = expected_input_range(backbone.preprocessing, backbone.model)
+            if expected is not None:
+                messages.append(value_range_warning(first_batch(x), expected))
+        for message in filter(None, messages):
+            warnings.warn(f"FineTuner.fit: {message}", UserWarning, stacklevel=5)

@@ -27,7 +27,7 @@ import tensorflow as tf
 from finetune_tf._utils import directory_path
 from finetune_tf.runtime.multi_worker import in_multi_worker_mode
 from finetune_tf.runtime.progress import say
-from finetune_tf.training.fit_args import KERAS_BATCH_SIZE, split_index
+from finetune_tf.training.fit_args import FitArgs, split_index
 
 __all__ = ["FeatureCache", "cache_decision", "fit_on_cached_features"]
 
@@ -148,7 +148,7 @@ _REASONS = {
 }
 
 
-def cache_decision(assembly, x, fit_kwargs: dict, setting: FeatureCache) -> str | None:
+def cache_decision(assembly, x, args: FitArgs, setting: FeatureCache) -> str | None:
     """None if the current stage of `assembly`'s model can train on cached features, else
     why not (or "" if it is not a frozen stage, which needs no message)."""
     if setting.mode is False:
@@ -158,7 +158,7 @@ def cache_decision(assembly, x, fit_kwargs: dict, setting: FeatureCache) -> str 
     if assembly.augmentation is not None:
         return "the model has augmentation layers"
     reasons = [_data_randomness(x)]
-    validation = fit_kwargs.get("validation_data")
+    validation = args.validation_data
     if validation is not None:
         reasons.append(
             _data_randomness(validation[0] if isinstance(validation, tuple) else validation)
@@ -395,22 +395,26 @@ def _compiled_head_model(loop, steps: int) -> keras.Model:
     return head_model
 
 
-def fit_on_cached_features(loop, x, y, fit_kwargs: dict, setting: FeatureCache):
+def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache):
     """Trains the head of `loop`'s model on cached backbone outputs (with `loop.keras_fit`);
     returns the `History`, or None when
     the data turns out not to be cacheable (then nothing has trained)."""
-    kwargs = dict(fit_kwargs)
-    verbose = kwargs.get("verbose", "auto")
+    verbose = args.verbose
     from_dataset = not isinstance(x, (np.ndarray, tf.Tensor))
-    batch_size = kwargs.pop("batch_size", None) or KERAS_BATCH_SIZE
-    sample_weight = kwargs.pop("sample_weight", None)
-    shuffle = kwargs.pop("shuffle", True)
+    batch_size, sample_weight, shuffle = args.batch_size, args.sample_weight, args.shuffle
     if isinstance(x, tf.data.Dataset):  # keep its batching; reshuffle if it shuffled
         shuffle = any("Shuffle" in op for op in _dataset_ops(x))
     elif isinstance(x, keras.utils.PyDataset):
         shuffle = "batch" if shuffle else False
-    validation = kwargs.pop("validation_data", None)
-    validation_split = kwargs.pop("validation_split", 0.0)
+    validation, validation_split = args.validation_data, args.validation_split
+    # The head trains on the features: these describe the raw data, set anew below.
+    args = args.replace(
+        batch_size=None,
+        sample_weight=None,
+        shuffle=None,
+        validation_data=None,
+        validation_split=None,
+    )
     if isinstance(y, tf.Tensor):
         y = y.numpy()
 
@@ -444,19 +448,17 @@ def fit_on_cached_features(loop, x, y, fit_kwargs: dict, setting: FeatureCache):
             validation = _as_fit_data(
                 cached_validation, cached_validation.batch_size, False, as_arrays
             )
-            kwargs["validation_data"] = validation if as_arrays else validation[0]
+            args = args.replace(validation_data=validation if as_arrays else validation[0])
         if as_arrays:
-            kwargs.update(batch_size=batch_size, shuffle=shuffle, sample_weight=fw)
+            args = args.replace(batch_size=batch_size, shuffle=shuffle, sample_weight=fw)
         else:
-            kwargs["shuffle"] = False  # the dataset shuffles itself
+            args = args.replace(shuffle=False)  # the dataset shuffles itself
         steps = -(-len(cached.features) // batch_size)
-        head_model = _compiled_head_model(loop, kwargs.get("steps_per_epoch") or steps)
+        head_model = _compiled_head_model(loop, args.get("steps_per_epoch") or steps)
         model = loop.model
         model.stop_training = False
-        kwargs["callbacks"] = [
-            _OnFullModel(callback, model) for callback in kwargs.get("callbacks") or []
-        ]
-        history = loop.keras_fit(head_model, fx, fy, kwargs)
+        args = args.replace(callbacks=[_OnFullModel(c, model) for c in args.callbacks])
+        history = loop.keras_fit(head_model, fx, fy, args)
         history.set_model(model)
         model.history = history
         return history

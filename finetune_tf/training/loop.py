@@ -22,6 +22,7 @@ import tensorflow as tf
 from finetune_tf.runtime.devices import describe
 from finetune_tf.runtime.progress import say
 from finetune_tf.training.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
+from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.run_state import TrainingRun, chief_writes
 from finetune_tf.training.seeding import epoch_keyed, steps_per_execution_for
 from finetune_tf.training.stages import run_schedule, schedule_signature
@@ -53,62 +54,63 @@ class Loop:
     def model(self) -> keras.Model:
         return self.assembly.model
 
-    def fit(self, x, y, fit_kwargs: dict, *, schedule, feature_cache, checkpoint_dir):
+    def fit(self, x, y, args: FitArgs, *, schedule, feature_cache, checkpoint_dir):
         """One `fit` call: a run of one stage, or of `schedule`; returns its `History`."""
         setting = FeatureCache.get(feature_cache)
         if schedule is not None:
             signature = {"schedule": schedule_signature(schedule)}
         else:
-            signature = {k: fit_kwargs.get(k, d) for k, d in (("epochs", 1), ("initial_epoch", 0))}
+            signature = {"epochs": args.epochs, "initial_epoch": args.initial_epoch}
         self.run = TrainingRun(self.model, checkpoint_dir, self.strategy, signature)
         try:
-            with chief_writes(self.strategy, fit_kwargs):
+            with chief_writes(self.strategy, args) as args:
                 if schedule is not None:
-                    history = run_schedule(self, schedule, x, y, fit_kwargs, setting)
+                    history = run_schedule(self, schedule, x, y, args, setting)
                 else:
-                    history = self._fit_single(x, y, fit_kwargs, setting)
+                    history = self._fit_single(x, y, args, setting)
             self.run.finish()
             return history
         finally:
             self.run = None
 
-    def _fit_single(self, x, y, kwargs, setting):
+    def _fit_single(self, x, y, args: FitArgs, setting):
         run = self.run
-        run.begin_stage(0, "fit", kwargs.get("initial_epoch", 0))
+        run.begin_stage(0, "fit", args.initial_epoch)
         if run.resume is not None:
-            kwargs["initial_epoch"] = run.resume["epoch"]
-        keras_history = self.fit_stage(x, y, kwargs, setting)
+            args = args.replace(initial_epoch=run.resume["epoch"])
+        keras_history = self.fit_stage(x, y, args, setting)
         history = run.as_history(stages=False)
         history.params = keras_history.params
         self.model.history = history
         return history
 
-    def fit_stage(self, x, y, kwargs, setting: FeatureCache) -> keras.callbacks.History:
+    def fit_stage(self, x, y, args: FitArgs, setting: FeatureCache) -> keras.callbacks.History:
         """`model.fit`, on cached features when the stage allows it, watched by the run."""
-        kwargs = dict(kwargs, callbacks=[*(kwargs.get("callbacks") or []), self.run])
+        args = args.replace(callbacks=[*args.callbacks, self.run])
         history = None
-        reason = cache_decision(self.assembly, x, kwargs, setting)
+        reason = cache_decision(self.assembly, x, args, setting)
         if reason is None:
-            history = fit_on_cached_features(self, x, y, kwargs, setting)
+            history = fit_on_cached_features(self, x, y, args, setting)
         elif reason:
-            say(f"feature cache off: {reason}", kwargs.get("verbose", "auto"))
+            say(f"feature cache off: {reason}", args.verbose)
         if history is None:
-            history = self.keras_fit(self.model, x, y, kwargs)
+            history = self.keras_fit(self.model, x, y, args)
         self.run.raise_if_failed(history)
         return history
 
-    def keras_fit(self, model: keras.Model, x, y, kwargs) -> keras.callbacks.History:
+    def keras_fit(self, model: keras.Model, x, y, args: FitArgs) -> keras.callbacks.History:
         """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain."""
-        self._say_placement(kwargs.get("verbose", "auto"))
-        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) and "shuffle" not in kwargs:
+        self._say_placement(args.verbose)
+        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) and "shuffle" not in args:
             # Keras ignores `shuffle` for these but warns about its default (True) each time.
-            kwargs = dict(kwargs, shuffle=False)
+            args = args.replace(shuffle=False)
         per_execution = model.steps_per_execution
         if self.seed is not None:
-            x, y, keyed = epoch_keyed(x, y, kwargs, self.seed)
-            if keyed is not kwargs:  # one dataset of all epochs, back to back
-                per_execution = steps_per_execution_for(keyed["steps_per_epoch"], per_execution)
-            kwargs = keyed
+            x, y, keyed = epoch_keyed(x, y, args, self.seed)
+            if keyed is not args:  # one dataset of all epochs, back to back
+                per_execution = steps_per_execution_for(keyed.get("steps_per_epoch"), per_execution)
+            args = keyed
+        kwargs = args.keras()
         with _steps_per_execution(model, per_execution):
             try:
                 return model.fit(x, y, **kwargs)

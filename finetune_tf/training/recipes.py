@@ -1,4 +1,4 @@
-"""The budgets of the default recipe: how many epochs `fine_tune`'s stages run.
+"""The default recipe: `fine_tune`'s two stages and how many epochs each runs.
 
 `fine_tune(head_epochs="auto", epochs="auto")` sizes each stage in optimizer
 steps, not epochs: ten epochs of 50 examples are 20 steps, far too few for a
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.training.fit_args import FitArgs
+from finetune_tf.training.stages import Stage
 
 __all__ = [
     "FINE_TUNE_MAX_EPOCHS",
@@ -21,6 +23,7 @@ __all__ = [
     "HEAD_MIN_EPOCHS",
     "HEAD_STEPS",
     "fine_tune_budget",
+    "fine_tune_schedule",
     "head_stage_epochs",
 ]
 
@@ -47,17 +50,17 @@ def _auto_epochs(value, argname: str, steps: int | None, least_steps, least, mos
     return int(value)
 
 
-def head_stage_epochs(head_epochs, x, fit_kwargs: dict) -> int:
+def head_stage_epochs(head_epochs, x, args: FitArgs) -> int:
     """Resolve `head_epochs="auto"` for this data (see `FineTuner.fine_tune`)."""
-    steps = FitArgs(fit_kwargs).steps_per_epoch(x)
+    steps = args.steps_per_epoch(x)
     return _auto_epochs(
         head_epochs, "head_epochs", steps, HEAD_STEPS, HEAD_MIN_EPOCHS, HEAD_MAX_EPOCHS
     )
 
 
-def fine_tune_budget(head_epochs, epochs, early_stopping, x, fit_kwargs: dict):
+def fine_tune_budget(head_epochs, epochs, early_stopping, x, args: FitArgs):
     """Resolve `fine_tune(head_epochs="auto", epochs="auto", early_stopping="auto")`."""
-    steps = FitArgs(fit_kwargs).steps_per_epoch(x)
+    steps = args.steps_per_epoch(x)
     head_epochs = _auto_epochs(
         head_epochs, "head_epochs", steps, HEAD_STEPS, HEAD_MIN_EPOCHS, HEAD_MAX_EPOCHS
     )
@@ -65,7 +68,7 @@ def fine_tune_budget(head_epochs, epochs, early_stopping, x, fit_kwargs: dict):
         epochs, "epochs", steps, FINE_TUNE_STEPS, FINE_TUNE_MIN_EPOCHS, FINE_TUNE_MAX_EPOCHS
     )
     if early_stopping == "auto":
-        validated = FitArgs(fit_kwargs).has_validation
+        validated = args.has_validation
         early_stopping = max(3, epochs // 10) if validated and isinstance(epochs, int) else None
     elif isinstance(early_stopping, str):
         raise ValueError(
@@ -73,3 +76,48 @@ def fine_tune_budget(head_epochs, epochs, early_stopping, x, fit_kwargs: dict):
             f"Received: early_stopping={early_stopping!r}."
         )
     return head_epochs, epochs, early_stopping
+
+
+def fine_tune_schedule(
+    policy: FreezePolicy,
+    chosen: bool,
+    x,
+    args: FitArgs,
+    *,
+    head_epochs,
+    epochs,
+    learning_rate: float,
+    fine_tune_learning_rate: float,
+    layerwise_lr_decay: float | None,
+    early_stopping,
+) -> list[Stage]:
+    """`fine_tune`'s stages: the head on the frozen backbone, then `policy` (the whole
+    backbone unless the user `chose` one) at a gentler rate (see `FineTuner.fine_tune`).
+
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf import FreezePolicy
+        >>> from finetune_tf.training.fit_args import FitArgs
+        >>> from finetune_tf.training.recipes import fine_tune_schedule
+        >>> stages = fine_tune_schedule(
+        ...     FreezePolicy.all(), False, np.zeros((50, 4)), FitArgs({}), head_epochs="auto",
+        ...     epochs="auto", learning_rate=3e-3, fine_tune_learning_rate=3e-4,
+        ...     layerwise_lr_decay=0.8, early_stopping="auto")
+        >>> [(s.name, s.epochs, s.freeze) for s in stages]
+        [('head', 250, FreezePolicy.all()), ('fine_tune', 150, FreezePolicy.none())]
+    """
+    head_epochs, epochs, early_stopping = fine_tune_budget(
+        head_epochs, epochs, early_stopping, x, args
+    )
+    batchnorm = policy.batchnorm
+    return [
+        Stage(head_epochs, FreezePolicy.all(batchnorm=batchnorm), learning_rate, name="head"),
+        Stage(
+            epochs,
+            policy if chosen else FreezePolicy.none(batchnorm=batchnorm),
+            fine_tune_learning_rate,
+            layerwise_lr_decay=layerwise_lr_decay,
+            early_stopping=early_stopping,
+            name="fine_tune",
+        ),
+    ]

@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from finetune_tf._utils import atomic_file, directory_path, require_parent_directory
 from finetune_tf.runtime.devices import is_chief
+from finetune_tf.training.fit_args import FitArgs
 
 __all__ = [
     "FROZEN_PREFIX",
@@ -116,32 +117,31 @@ def chief_path(strategy: tf.distribute.Strategy, path):
 
 
 @contextlib.contextmanager
-def chief_writes(strategy: tf.distribute.Strategy, fit_kwargs: dict):
-    """Within it, `fit_kwargs["callbacks"]` write checkpoints on the chief only.
+def chief_writes(strategy: tf.distribute.Strategy, args: FitArgs):
+    """Yields `args` whose callbacks write checkpoints on the chief only.
 
     On a non-chief multi-worker, `ModelCheckpoint` and `BackupAndRestore`
     callbacks are replaced by copies writing into a temporary directory that
     is removed on exit; the user's callback objects are left untouched.
-    Elsewhere this does nothing.
+    Elsewhere it yields `args` as they are.
 
     Examples:
         >>> import keras, tensorflow as tf
+        >>> from finetune_tf.training.fit_args import FitArgs
         >>> from finetune_tf.training.run_state import chief_writes
-        >>> kwargs = {"callbacks": [keras.callbacks.ModelCheckpoint("best.keras")]}
-        >>> with chief_writes(tf.distribute.get_strategy(), kwargs):
-        ...     kwargs["callbacks"][0].filepath  # one process: it is the chief
+        >>> args = FitArgs({"callbacks": [keras.callbacks.ModelCheckpoint("best.keras")]})
+        >>> with chief_writes(tf.distribute.get_strategy(), args) as written:
+        ...     written.callbacks[0].filepath  # one process: it is the chief
         'best.keras'
     """
-    callbacks = fit_kwargs.get("callbacks")
+    callbacks = args.callbacks
     if not callbacks or is_chief(strategy):
-        yield
+        yield args
         return
     directory = tempfile.mkdtemp(prefix=WORKER_TEMP_PREFIX)
-    fit_kwargs["callbacks"] = _redirected(list(callbacks), directory)
     try:
-        yield
+        yield args.replace(callbacks=_redirected(callbacks, directory))
     finally:
-        fit_kwargs["callbacks"] = callbacks
         shutil.rmtree(directory, ignore_errors=True)
 
 

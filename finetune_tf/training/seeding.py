@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from finetune_tf.training.fit_args import KERAS_BATCH_SIZE, split_index
+from finetune_tf.training.fit_args import FitArgs, split_index
 
 __all__ = ["check_seed", "epoch_keyed", "steps_per_execution_for"]
 
@@ -38,8 +38,8 @@ def _is_array(value) -> bool:
     return isinstance(value, (np.ndarray, tf.Tensor))
 
 
-def epoch_keyed(x, y, fit_kwargs: dict, seed: int) -> tuple:
-    """`(x, y, fit_kwargs)` for `keras.Model.fit`, with arrays ordered by `(seed, epoch)`.
+def epoch_keyed(x, y, args: FitArgs, seed: int) -> tuple:
+    """`(x, y, args)` for `keras.Model.fit`, with arrays ordered by `(seed, epoch)`.
 
     Applies when `x` (and `y`, `sample_weight`) are arrays and `shuffle` is on;
     otherwise returns the arguments unchanged. `validation_split` is taken
@@ -47,35 +47,32 @@ def epoch_keyed(x, y, fit_kwargs: dict, seed: int) -> tuple:
 
     Examples:
         >>> import numpy as np
+        >>> from finetune_tf.training.fit_args import FitArgs
         >>> from finetune_tf.training.seeding import epoch_keyed
         >>> x, y = np.arange(10.0)[:, None], np.arange(10)
-        >>> data, _, kwargs = epoch_keyed(x, y, {"batch_size": 4, "epochs": 2}, seed=0)
-        >>> kwargs["steps_per_epoch"], len(list(data))  # 3 batches an epoch, 2 epochs
+        >>> data, _, args = epoch_keyed(x, y, FitArgs({"batch_size": 4, "epochs": 2}), seed=0)
+        >>> args.get("steps_per_epoch"), len(list(data))  # 3 batches an epoch, 2 epochs
         (3, 6)
     """
-    kwargs = dict(fit_kwargs)
-    shuffle = kwargs.get("shuffle", True)
-    sample_weight = kwargs.get("sample_weight")
+    shuffle, sample_weight = args.shuffle, args.sample_weight
     if not (
         shuffle
         and _is_array(x)
         and _is_array(y)
         and (sample_weight is None or _is_array(sample_weight))
-        and not kwargs.get("steps_per_epoch")
+        and not args.get("steps_per_epoch")
     ):
-        return x, y, fit_kwargs
+        return x, y, args
     arrays = [x, y] + ([sample_weight] if sample_weight is not None else [])
     count = int(x.shape[0])
-    split = kwargs.pop("validation_split", 0.0) or 0.0
-    if split:
-        at = split_index(count, split)
-        if kwargs.get("validation_data") is None:
-            kwargs["validation_data"] = tuple(a[at:] for a in arrays)
+    validation_data = args.validation_data
+    if args.validation_split:
+        at = split_index(count, args.validation_split)
+        if validation_data is None:
+            validation_data = tuple(a[at:] for a in arrays)
         arrays, count = [a[:at] for a in arrays], at
-    batch_size = kwargs.pop("batch_size", None) or KERAS_BATCH_SIZE
-    kwargs.pop("sample_weight", None)
-    kwargs["shuffle"] = False  # the dataset orders itself
-    first, last = kwargs.get("initial_epoch", 0), kwargs.get("epochs", 1)
+    batch_size = args.batch_size
+    first, last = args.initial_epoch, args.epochs
     tensors = tuple(tf.convert_to_tensor(a) for a in arrays)
     by_batch = shuffle == "batch"
     key = tf.constant(seed, tf.int64)
@@ -99,8 +96,15 @@ def epoch_keyed(x, y, fit_kwargs: dict, seed: int) -> tuple:
         return tuple(tf.gather(t, indices) for t in tensors)
 
     dataset = tf.data.Dataset.range(first, max(first, last)).flat_map(one_epoch)
-    kwargs["steps_per_epoch"] = max(1, -(-count // batch_size))
-    return dataset.map(take).prefetch(2), None, kwargs
+    keyed = args.replace(
+        validation_split=None,
+        validation_data=validation_data,
+        batch_size=None,
+        sample_weight=None,
+        shuffle=False,  # the dataset orders itself
+        steps_per_epoch=max(1, -(-count // batch_size)),
+    )
+    return dataset.map(take).prefetch(2), None, keyed
 
 
 def steps_per_execution_for(steps_per_epoch: int, steps_per_execution: int) -> int:

@@ -262,7 +262,7 @@ class _LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "steps": self.steps}
 
 
-def run_schedule(loop, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras.callbacks.History:
+def run_schedule(loop, schedule, x, y, args: FitArgs, feature_cache) -> keras.callbacks.History:
     """Runs `schedule` with `loop` (a `training.loop.Loop`); returns one `History` covering
     every stage."""
     if isinstance(schedule, Stage):
@@ -274,14 +274,14 @@ def run_schedule(loop, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras
             f"Received: schedule={schedule!r}."
         )
     for argument in ("epochs", "initial_epoch"):
-        if argument in fit_kwargs:
+        if argument in args:
             raise ValueError(
-                f"`fit(schedule=...)` got `{argument}`={fit_kwargs[argument]!r}, but a "
+                f"`fit(schedule=...)` got `{argument}`={args.get(argument)!r}, but a "
                 "schedule sets the epochs of each stage. Remove it, or set Stage(epochs=...)."
             )
-    has_validation = FitArgs(fit_kwargs).has_validation
-    user_callbacks = list(fit_kwargs.pop("callbacks", None) or [])
-    verbose = fit_kwargs.get("verbose", "auto")
+    has_validation = args.has_validation
+    user_callbacks = args.callbacks
+    verbose = args.verbose
     run = loop.run
     assembly, compiler = loop.assembly, loop.compiler
     resume = run.resume
@@ -310,9 +310,7 @@ def run_schedule(loop, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras
                     f"Stage {name!r} has warmup_epochs/lr_schedule but no float learning rate "
                     "to shape (the last one was a schedule). Give the stage a learning_rate."
                 )
-            learning_rate = stage_learning_rate(
-                stage, base_rate, FitArgs(fit_kwargs).steps_per_epoch(x)
-            )
+            learning_rate = stage_learning_rate(stage, base_rate, args.steps_per_epoch(x))
         compiler.recompile(
             optimizer=stage.optimizer,
             learning_rate=learning_rate,
@@ -333,11 +331,8 @@ def run_schedule(loop, schedule, x, y, fit_kwargs: dict, feature_cache) -> keras
         history = loop.fit_stage(
             x,
             y,
-            dict(
-                fit_kwargs,
-                initial_epoch=initial_epoch,
-                epochs=epoch + stage.epochs,
-                callbacks=callbacks,
+            args.replace(
+                initial_epoch=initial_epoch, epochs=epoch + stage.epochs, callbacks=callbacks
             ),
             feature_cache,
         )
