@@ -182,12 +182,8 @@ class FineTuner:
                 name=name,
             )
         self.model: TunedModel = self._assembly.model
-        self._compiler = Compiler(
-            self.model, backbone, head, self._strategy, self.devices, jit_compile
-        )
-        self._loop = Loop(
-            self._assembly, self._compiler, self._strategy, self.mixed_precision, self._seed
-        )
+        self._compiler = Compiler(self.model, backbone, head, self._placement, jit_compile)
+        self._loop = Loop(self._assembly, self._compiler, self._placement, self._seed)
         self._data = DataGate(self._assembly)
 
     # --- Placement ----------------------------------------------------------
@@ -196,6 +192,12 @@ class FineTuner:
     def strategy(self) -> tf.distribute.Strategy:
         """The `tf.distribute.Strategy` this FineTuner builds and trains under."""
         return self._strategy
+
+    @property
+    def placement(self) -> Placement:
+        """Where this tuner computes: its `strategy`, `devices` and `precision`, and the
+        answers to "does XLA help here" and "does this process write files"."""
+        return self._placement
 
     def _scope(self):
         """The strategy's scope (when it is not the default), mended for multi-worker Keras."""
@@ -584,7 +586,7 @@ class FineTuner:
             "source": self.backbone.source,
         }
         save_tuner_file(
-            self.model, settings, filepath, strategy=self._strategy, overwrite=overwrite
+            self.model, settings, filepath, chief=self._placement.is_chief(), overwrite=overwrite
         )
 
     @classmethod
@@ -764,7 +766,7 @@ class FineTuner:
             >>> bool(np.allclose(served.serve(x), tuner.predict(x, verbose=0), atol=1e-6))
             True
         """
-        with chief_path(self._strategy, path) as target:
+        with chief_path(self._placement.is_chief(), path) as target:
             written = export_model(
                 self.model,
                 self.head,

@@ -124,8 +124,8 @@ def python_callback_backbone():
 
 
 def test_auto_xla_falls_back_with_a_log_line_when_a_layer_cannot_compile(monkeypatch, capsys):
-    monkeypatch.setattr(finetune_tf.training.compile, "xla_helps", lambda devices: True)  # GPU-like
     tuner = FineTuner(python_callback_backbone(), Head.regressor(), freeze=FreezePolicy.none())
+    monkeypatch.setattr(tuner.placement, "xla_helps", lambda: True)  # as on a GPU
     tuner.compile("sgd")
     assert tuner.model.jit_compile is True
     x, y = np.random.rand(16, 4).astype("float32"), np.random.rand(16)
@@ -278,7 +278,7 @@ def test_checkpoint_callbacks_on_a_non_chief_worker_write_temporary_copies(
     written = {name: (backup / name).stat().st_mtime_ns for name in os.listdir(backup)}
     assert "latest.weights.h5" in written
 
-    monkeypatch.setattr(finetune_tf.training.run_state, "is_chief", lambda strategy: False)
+    monkeypatch.setattr(tuner.placement, "is_chief", lambda: False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "worker_tmp"))
     os.mkdir(tmp_path / "worker_tmp")
     seen = []

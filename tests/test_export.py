@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from finetune_tf import Backbone, FineTuner, FineTunerClassifier, FreezePolicy, Head, export
+from finetune_tf import Backbone, FineTuner, FineTunerClassifier, FreezePolicy, Head
 
 NAMES = ["cat", "dog", "fox"]
 
@@ -115,7 +115,7 @@ def test_export_arguments_are_checked_and_failures_leave_the_old_file(tmp_path, 
     def broken(*args, **kwargs):
         raise RuntimeError("converter died")
 
-    monkeypatch.setattr(export, "_to_tflite", broken)
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", broken)
     with pytest.raises(RuntimeError, match="converter died"):
         tuner.export(lite, format="tflite")
     assert open(lite, "rb").read() == before  # the previous export is intact
@@ -125,23 +125,21 @@ def test_export_arguments_are_checked_and_failures_leave_the_old_file(tmp_path, 
 def test_a_non_chief_worker_writes_a_throwaway_copy(tmp_path, monkeypatch):
     import tempfile
 
-    from finetune_tf.training import run_state
-
     tuner = tuner_for(Head.classifier(3))
-    monkeypatch.setattr(run_state, "is_chief", lambda strategy: False)
+    monkeypatch.setattr(tuner.placement, "is_chief", lambda: False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "worker_tmp"))
     os.makedirs(tmp_path / "worker_tmp")
-    written = []
-    original = export.export_model
+    converted = []
+    from_saved_model = tf.lite.TFLiteConverter.from_saved_model
 
-    def spy(model, head, path, **kwargs):
-        written.append(path)
-        return original(model, head, path, **kwargs)
+    def spy(saved_model, **kwargs):
+        converted.append(saved_model)
+        return from_saved_model(saved_model, **kwargs)
 
-    monkeypatch.setattr("finetune_tf.finetuner.export_model", spy)
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", spy)
     target = tmp_path / "model.tflite"
     assert tuner.export(target, format="tflite") == str(target)
     tuner.save(tmp_path / "tuned.keras")
     assert not target.exists() and not (tmp_path / "tuned.keras").exists()  # chief's files
-    assert written[0].startswith(str(tmp_path / "worker_tmp"))  # it did export, elsewhere
+    assert converted[0].startswith(str(tmp_path / "worker_tmp"))  # it did export, elsewhere
     assert os.listdir(tmp_path / "worker_tmp") == []  # and cleaned up

@@ -91,13 +91,13 @@ def save_model_atomically(model: keras.Model, filepath, *, overwrite: bool = Tru
     return filepath
 
 
-def save_tuner_file(model, settings: dict, filepath, *, strategy, overwrite: bool) -> None:
+def save_tuner_file(model, settings: dict, filepath, *, chief: bool, overwrite: bool) -> None:
     """Saves `model` with a tuner's `settings` in its config (`TunedModel.tuner_config`),
     atomically, on the chief only; the model keeps no settings afterwards (a later
     `model.save()` is the model alone)."""
     model.tuner_config = settings
     try:
-        with chief_path(strategy, filepath) as target:
+        with chief_path(chief, filepath) as target:
             save_model_atomically(model, target, overwrite=overwrite)
     finally:
         model.tuner_config = None

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from finetune_tf.runtime.devices import (
     configure_memory_growth,
+    is_chief,
     resolve_strategy,
     strategy_devices,
 )
@@ -28,6 +29,10 @@ __all__ = ["Placement"]
 class Placement:
     """The strategy, devices and precision of a tuner (see `FineTuner`'s arguments).
 
+    The code that trains and writes asks it, not the environment, whether XLA
+    helps and whether this process writes files, so a test can stand in for a
+    GPU or a non-chief worker by replacing those two methods on one object.
+
     Attributes:
         strategy: the `tf.distribute.Strategy` (`resolve_strategy`).
         devices: list of str. The devices that strategy computes on.
@@ -39,6 +44,15 @@ class Placement:
         self.strategy: tf.distribute.Strategy = resolve_strategy(strategy)
         self.devices: list[str] = strategy_devices(self.strategy)
         self.precision: str | None = resolve_precision(mixed_precision, self.devices)
+
+    def is_chief(self) -> bool:
+        """Whether this process writes the files a user asks for (all but non-chief
+        multi-workers)."""
+        return is_chief(self.strategy)
+
+    def xla_helps(self) -> bool:
+        """Whether `jit_compile="auto"` turns XLA on: on GPUs and TPUs, not on CPUs."""
+        return any(kind in d.upper() for d in self.devices for kind in ("GPU", "TPU"))
 
     @contextlib.contextmanager
     def scope(self):

@@ -27,17 +27,12 @@ from finetune_tf.training.layerwise import (
     layerwise_multipliers,
 )
 
-__all__ = ["CompileSpec", "Compiler", "check_jit_compile", "fresh_optimizer", "xla_helps"]
+__all__ = ["CompileSpec", "Compiler", "check_jit_compile", "fresh_optimizer"]
 
 
 def fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
     """A new optimizer with `optimizer`'s settings and no state (no slots, step 0)."""
     return optimizer.__class__.from_config(optimizer.get_config())
-
-
-def xla_helps(devices: list[str]) -> bool:
-    """Whether `jit_compile="auto"` turns XLA on: on GPUs and TPUs, not on CPUs."""
-    return any(kind in d.upper() for d in devices for kind in ("GPU", "TPU"))
 
 
 @dataclasses.dataclass
@@ -60,19 +55,18 @@ class Compiler:
         model: the `keras.Model` to compile.
         backbone: the `Backbone` in it (layer-wise decay counts its layers).
         head: the `Head` on it (the default loss and metrics).
-        strategy: the `tf.distribute.Strategy` the model lives in.
-        devices: the devices it computes on (for `jit_compile="auto"`).
+        placement: the `Placement` it computes under (its strategy; whether XLA
+            helps, for `jit_compile="auto"`).
         jit_compile: `"auto"`, True or False.
     """
 
-    def __init__(self, model, backbone, head, strategy, devices, jit_compile="auto"):
+    def __init__(self, model, backbone, head, placement, jit_compile="auto"):
         check_jit_compile(jit_compile)
         self.model = model
         self.backbone = backbone
         self.head = head
-        self.strategy = strategy
+        self.placement = placement
         self.jit_compile = jit_compile
-        self.xla_helps = xla_helps(devices)
         self.xla_failed = False  # set when XLA could not compile the model under "auto"
         self.spec: CompileSpec | None = None
         self.count = 0  # how many compiles: lets derived models know when to compile again
@@ -132,7 +126,7 @@ class Compiler:
         decay = layerwise_lr_decay or spec.layerwise_lr_decay
         layerwise = decay is not None and decay != 1.0
         optimizer = spec.optimizer
-        if not is_default(self.strategy) or layerwise:
+        if not is_default(self.placement.strategy) or layerwise:
             # A copy made here, in the strategy's scope, owns distributed variables.
             optimizer = fresh_optimizer(optimizer)
         if layerwise:
@@ -146,7 +140,7 @@ class Compiler:
         """What `jit_compile` means now: `"auto"` is XLA where it helps, until it failed."""
         if self.jit_compile != "auto":
             return self.jit_compile
-        return not self.xla_failed and self.xla_helps
+        return not self.xla_failed and self.placement.xla_helps()
 
     # === Config ===
 

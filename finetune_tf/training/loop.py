@@ -36,16 +36,14 @@ class Loop:
     Args:
         assembly: the `Assembly` (model, backbone layer, features, freeze).
         compiler: the `Compiler` of that model.
-        strategy: the `tf.distribute.Strategy` it trains under.
-        precision: str or None. The dtype policy, for the first progress line.
+        placement: the `Placement` it trains under (strategy, precision, chief).
         seed: int or None. Orders each epoch's array data by `(seed, epoch)`.
     """
 
-    def __init__(self, assembly, compiler, strategy, precision, seed):
+    def __init__(self, assembly, compiler, placement, seed):
         self.assembly = assembly
         self.compiler = compiler
-        self.strategy = strategy
-        self.precision = precision
+        self.placement = placement
         self.seed = seed
         self.run: TrainingRun | None = None  # the progress of the running fit call
         self._placement_said = False
@@ -54,6 +52,10 @@ class Loop:
     def model(self) -> keras.Model:
         return self.assembly.model
 
+    @property
+    def strategy(self) -> tf.distribute.Strategy:
+        return self.placement.strategy
+
     def fit(self, x, y, args: FitArgs, *, schedule, feature_cache, checkpoint_dir):
         """One `fit` call: a run of one stage, or of `schedule`; returns its `History`."""
         setting = FeatureCache.get(feature_cache)
@@ -61,9 +63,10 @@ class Loop:
             signature = {"schedule": schedule_signature(schedule)}
         else:
             signature = {"epochs": args.epochs, "initial_epoch": args.initial_epoch}
-        self.run = TrainingRun(self.model, checkpoint_dir, self.strategy, signature)
+        chief = self.placement.is_chief()
+        self.run = TrainingRun(self.model, checkpoint_dir, chief, signature)
         try:
-            with chief_writes(self.strategy, args) as args:
+            with chief_writes(chief, args) as args:
                 if schedule is not None:
                     history = run_schedule(self, schedule, x, y, args, setting)
                 else:
@@ -128,7 +131,8 @@ class Loop:
 
     def _say_placement(self, verbose):
         if not self._placement_said and verbose != 0:
-            say(f"training on {describe(self.strategy)}, {self.precision or 'float32'}", verbose)
+            precision = self.placement.precision or "float32"
+            say(f"training on {describe(self.strategy)}, {precision}", verbose)
             self._placement_said = True
 
 

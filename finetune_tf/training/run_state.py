@@ -35,10 +35,8 @@ import zipfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from finetune_tf._utils import atomic_file, directory_path, require_parent_directory
-from finetune_tf.runtime.devices import is_chief
 from finetune_tf.training.fit_args import FitArgs
 
 __all__ = [
@@ -94,7 +92,7 @@ def _redirected(callbacks, directory: str) -> list:
 
 
 @contextlib.contextmanager
-def chief_path(strategy: tf.distribute.Strategy, path):
+def chief_path(chief: bool, path):
     """Yields where this worker writes a file the user asked for at `path`.
 
     The chief writes to `path`; every other multi-worker writes a throwaway
@@ -105,11 +103,11 @@ def chief_path(strategy: tf.distribute.Strategy, path):
     Examples:
         >>> import tensorflow as tf
         >>> from finetune_tf.training.run_state import chief_path
-        >>> with chief_path(tf.distribute.get_strategy(), "tuned.keras") as target:
+        >>> with chief_path(True, "tuned.keras") as target:
         ...     target  # one process: it is the chief
         'tuned.keras'
     """
-    if is_chief(strategy):
+    if chief:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix=WORKER_TEMP_PREFIX) as directory:
@@ -117,7 +115,7 @@ def chief_path(strategy: tf.distribute.Strategy, path):
 
 
 @contextlib.contextmanager
-def chief_writes(strategy: tf.distribute.Strategy, args: FitArgs):
+def chief_writes(chief: bool, args: FitArgs):
     """Yields `args` whose callbacks write checkpoints on the chief only.
 
     On a non-chief multi-worker, `ModelCheckpoint` and `BackupAndRestore`
@@ -130,12 +128,12 @@ def chief_writes(strategy: tf.distribute.Strategy, args: FitArgs):
         >>> from finetune_tf.training.fit_args import FitArgs
         >>> from finetune_tf.training.run_state import chief_writes
         >>> args = FitArgs({"callbacks": [keras.callbacks.ModelCheckpoint("best.keras")]})
-        >>> with chief_writes(tf.distribute.get_strategy(), args) as written:
+        >>> with chief_writes(True, args) as written:
         ...     written.callbacks[0].filepath  # one process: it is the chief
         'best.keras'
     """
     callbacks = args.callbacks
-    if not callbacks or is_chief(strategy):
+    if not callbacks or chief:
         yield args
         return
     directory = tempfile.mkdtemp(prefix=WORKER_TEMP_PREFIX)
@@ -231,7 +229,7 @@ class TrainingRun(keras.callbacks.Callback):
     Args:
         model: the `keras.Model` that trains (`tuner.model`).
         directory: str or None. Where to keep the state on disk.
-        strategy: the `tf.distribute.Strategy`; only its chief writes.
+        chief: bool. Whether this process writes (a non-chief worker does not).
         signature: JSON-able description of the call (stages and epochs); a
             saved state made by another call is refused rather than mixed in.
 
@@ -249,11 +247,10 @@ class TrainingRun(keras.callbacks.Callback):
         ['fit', 'fit']
     """
 
-    def __init__(self, model, directory, strategy, signature: dict):
+    def __init__(self, model, directory, chief: bool, signature: dict):
         super().__init__()
         self.full_model = model
         self.directory = directory
-        self.strategy = strategy
         self.signature = json.loads(json.dumps(signature))
         self.history: dict[str, list] = {}
         self.epochs: list[int] = []  # the epoch numbers of `history`
@@ -265,7 +262,7 @@ class TrainingRun(keras.callbacks.Callback):
         self.early_stopping: keras.callbacks.EarlyStopping | None = None
         self.stage, self.stage_name, self.stage_start = 0, "fit", 0
         # Only the chief writes the state; every worker reads it to resume.
-        self._writes = directory is not None and is_chief(strategy)
+        self._writes = directory is not None and chief
         self._frozen_written: tuple | None = None  # (file, indices) written this call
         if directory is not None:
             self._read()
