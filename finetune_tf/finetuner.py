@@ -29,6 +29,7 @@ from finetune_tf.outputs.saving import (
     read_tuner_file,
     save_tuner_file,
 )
+from finetune_tf.runtime.chief import chief_path
 from finetune_tf.runtime.placement import Placement
 from finetune_tf.training.compile import Compiler, check_jit_compile
 from finetune_tf.training.data_checks import (
@@ -39,7 +40,7 @@ from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.loop import Loop
 from finetune_tf.training.lr_finder import LRFinderResult, find_learning_rate
 from finetune_tf.training.recipes import fine_tune_schedule
-from finetune_tf.training.run_state import check_checkpoint_dir, chief_path
+from finetune_tf.training.run_state import check_checkpoint_dir
 from finetune_tf.training.seeding import check_seed
 
 __all__ = ["FineTuner"]

@@ -105,7 +105,7 @@ def test_spilled_numpy_features_train_the_same_without_shuffling():
 
 
 def test_shuffled_tf_data_is_reshuffled_every_epoch_from_the_cache(monkeypatch):
-    from finetune_tf.training.feature_cache import _compute, _feature_dataset
+    from finetune_tf.training.feature_store import compute_features, feature_dataset
 
     calls = _spy(monkeypatch)
     dataset = (
@@ -117,9 +117,10 @@ def test_shuffled_tf_data_is_reshuffled_every_epoch_from_the_cache(monkeypatch):
     tuner.compile("sgd", learning_rate=1e-3)
     tuner.fit(dataset, epochs=2, verbose=0)
     assert calls["full_fit"] == 0
-    cached = _compute(tuner, dataset, None, None, 60, FeatureCache())
+    features = tuner.assembly.feature_model
+    cached = compute_features(features, tuner.strategy, dataset, None, None, 60, FeatureCache())
     try:
-        reads = _feature_dataset(cached, 60, shuffle=True)
+        reads = feature_dataset(cached, 60, shuffle=True)
         epochs = [np.asarray(next(iter(reads))[1]) for _ in range(2)]
     finally:
         cached.close()

@@ -14,9 +14,9 @@ import keras
 
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
 from finetune_tf.model.backbone import Backbone
+from finetune_tf.runtime.chief import chief_path
 from finetune_tf.runtime.devices import resolve_strategy
 from finetune_tf.sources.files import load_keras_file
-from finetune_tf.training.run_state import chief_path
 
 __all__ = [
     "copy_weights_by_layer_name",

@@ -2,5 +2,5 @@
 made from them), `fit_args` (Keras' fit arguments, parsed once), `loop` (a fit
 call: stages, feature cache or Keras fit, XLA fallback, seeded order, resume),
 `stages` and `recipes` (schedules), `layerwise` (discriminative learning
-rates), `feature_cache`, `run_state` (resumable runs), `seeding`,
+rates), `feature_cache` and `feature_store`, `run_state` (resumable runs), `seeding`,
 `data_checks` and `lr_finder`."""

@@ -16,9 +16,6 @@ the data may be random: augmentation layers in the model, random ops in a
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -27,7 +24,13 @@ import tensorflow as tf
 from finetune_tf._utils import directory_path
 from finetune_tf.runtime.multi_worker import in_multi_worker_mode
 from finetune_tf.runtime.progress import say
-from finetune_tf.training.fit_args import FitArgs, split_index
+from finetune_tf.training.feature_store import (
+    NotCacheable,
+    as_fit_data,
+    compute_features,
+    split_cached,
+)
+from finetune_tf.training.fit_args import FitArgs
 
 __all__ = ["FeatureCache", "cache_decision", "fit_on_cached_features"]
 
@@ -171,158 +174,6 @@ def cache_decision(assembly, x, args: FitArgs, setting: FeatureCache) -> str | N
     return None
 
 
-# --- Computing and storing features ------------------------------------------------
-
-
-class _Store:
-    """Feature batches appended in order: in memory up to a limit, then in a file."""
-
-    def __init__(self, memory_limit: int, directory: str | None):
-        self.memory_limit = memory_limit
-        self.directory = directory
-        self.chunks, self.nbytes, self.count = [], 0, 0
-        self.path = self._tempdir = None
-        self._file = None
-
-    def append(self, batch: np.ndarray):
-        self.nbytes += batch.nbytes
-        self.count += len(batch)
-        self.shape, self.dtype = batch.shape[1:], batch.dtype
-        if self._file is None and self.nbytes > self.memory_limit:
-            if self.directory is None:
-                self._tempdir = tempfile.mkdtemp(prefix="finetune_tf_features_")
-            else:
-                os.makedirs(self.directory, exist_ok=True)
-            directory = self.directory or self._tempdir
-            fd, self.path = tempfile.mkstemp(suffix=".features", dir=directory)
-            self._file = os.fdopen(fd, "wb")
-            for chunk in self.chunks:
-                self._file.write(np.ascontiguousarray(chunk).tobytes())
-            self.chunks = []
-        if self._file is not None:
-            self._file.write(np.ascontiguousarray(batch).tobytes())
-        else:
-            self.chunks.append(batch)
-
-    @property
-    def spilled(self) -> bool:
-        return self.path is not None
-
-    def array(self) -> np.ndarray:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self.path is not None:
-            return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.count, *self.shape))
-        return np.concatenate(self.chunks) if self.chunks else np.zeros((0,))
-
-    def close(self):
-        if self._file is not None:
-            self._file.close()
-        if self.path is not None and os.path.exists(self.path):
-            os.remove(self.path)
-        if self._tempdir is not None:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-
-
-def _batches(x, y, sample_weight, batch_size):
-    """(inputs, targets, sample_weight) batches of any supported input, in order."""
-    if isinstance(x, tf.data.Dataset):
-        for element in x.as_numpy_iterator():
-            yield keras.utils.unpack_x_y_sample_weight(element)
-    elif isinstance(x, keras.utils.PyDataset):
-        for index in range(len(x)):
-            yield keras.utils.unpack_x_y_sample_weight(x[index])
-    else:
-        for start in range(0, len(x), batch_size):
-            part = slice(start, start + batch_size)
-            yield (
-                x[part],
-                None if y is None else y[part],
-                None if sample_weight is None else sample_weight[part],
-            )
-
-
-@dataclasses.dataclass
-class _Cached:
-    features: np.ndarray
-    targets: np.ndarray | None
-    sample_weight: np.ndarray | None
-    batch_size: int
-    store: _Store
-
-    def close(self):
-        self.store.close()
-
-
-def _compute(loop, x, y, sample_weight, batch_size, setting) -> _Cached:
-    store = _Store(setting.memory_limit, setting.directory)
-    targets, weights, sizes = [], [], []
-    feature_model = loop.assembly.feature_model
-    extract = feature_model.predict_on_batch
-    if loop.strategy.num_replicas_in_sync > 1:
-        # predict_on_batch would run the whole batch on every replica and concatenate
-        # the copies; one call in cross-replica context reads the mirrored weights once.
-        extract = tf.function(lambda inputs: feature_model(inputs, training=False))
-    try:
-        for inputs, batch_y, batch_w in _batches(x, y, sample_weight, batch_size):
-            features = extract(inputs)
-            store.append(np.asarray(features))
-            sizes.append(len(features))
-            if batch_y is not None:
-                targets.append(np.asarray(batch_y))
-            if batch_w is not None:
-                weights.append(np.asarray(batch_w))
-    except BaseException:
-        store.close()
-        raise
-    uniform = all(size == sizes[0] for size in sizes[:-1]) if sizes else True
-    if not uniform:
-        store.close()
-        raise _NotCacheable("the dataset's batches have varying sizes")
-    return _Cached(
-        features=store.array(),
-        targets=np.concatenate(targets) if targets else None,
-        sample_weight=np.concatenate(weights) if weights else None,
-        batch_size=sizes[0] if sizes else batch_size,
-        store=store,
-    )
-
-
-class _NotCacheable(Exception):
-    pass
-
-
-def _feature_dataset(cached: _Cached, batch_size: int, shuffle) -> tf.data.Dataset:
-    """Batches read from the (possibly on-disk) features, reshuffled each epoch if asked."""
-    count = len(cached.features)
-    features = cached.features
-    spec = tf.TensorSpec((None, *features.shape[1:]), tf.as_dtype(features.dtype))
-
-    def read(indices):
-        return features[indices]
-
-    def take(indices):
-        if cached.store.spilled:
-            indices = tf.sort(indices)  # sequential reads from the file
-        batch = tf.numpy_function(read, [indices], spec.dtype)
-        element = [tf.ensure_shape(batch, spec.shape)]
-        for extra in (cached.targets, cached.sample_weight):
-            if extra is not None:
-                element.append(tf.gather(extra, indices))
-        return tuple(element) if len(element) > 1 else element[0]
-
-    dataset = tf.data.Dataset.range(count)
-    if shuffle == "batch":  # whole batches in a new order, as Keras shuffles a PyDataset
-        dataset = dataset.batch(batch_size)
-        dataset = dataset.shuffle(-(-count // batch_size), reshuffle_each_iteration=True)
-    elif shuffle:
-        dataset = dataset.shuffle(count, reshuffle_each_iteration=True).batch(batch_size)
-    else:
-        dataset = dataset.batch(batch_size)
-    return dataset.map(take).prefetch(2)
-
-
 # --- Training the head on cached features ------------------------------------------------
 
 
@@ -349,34 +200,6 @@ class _OnFullModel(keras.callbacks.Callback):
                 self.head_model.stop_training = True
 
         return call
-
-
-def _split(cached: _Cached, validation_split: float):
-    """Keras' `validation_split`: the last fraction of the examples, before shuffling."""
-    split_at = split_index(len(cached.features), validation_split)
-
-    def piece(rows: slice) -> _Cached:
-        def take(array):
-            return None if array is None else array[rows]
-
-        return _Cached(
-            cached.features[rows],
-            take(cached.targets),
-            take(cached.sample_weight),
-            cached.batch_size,
-            cached.store,
-        )
-
-    return piece(slice(0, split_at)), piece(slice(split_at, None))
-
-
-def _as_fit_data(cached: _Cached, batch_size, shuffle, as_arrays: bool):
-    """What `keras.Model.fit` takes for cached features: arrays when they are in memory and
-    came from arrays (Keras then batches and shuffles exactly as it would have), else a
-    `tf.data.Dataset` reading them."""
-    if as_arrays:
-        return cached.features, cached.targets, cached.sample_weight
-    return _feature_dataset(cached, batch_size, shuffle), None, None
 
 
 def _compiled_head_model(loop, steps: int) -> keras.Model:
@@ -423,15 +246,25 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache):
     say("feature cache: running the frozen backbone once over the training data", verbose)
     cached_validation = None
     try:
-        cached = _compute(loop, x, y, sample_weight, max(batch_size, _FEATURE_BATCH), setting)
+        cached = compute_features(
+            loop.assembly.feature_model,
+            loop.strategy,
+            x,
+            y,
+            sample_weight,
+            max(batch_size, _FEATURE_BATCH),
+            setting,
+        )
         if validation is not None:
             vx, vy, vw = (
                 keras.utils.unpack_x_y_sample_weight(validation)
                 if isinstance(validation, tuple)
                 else (validation, None, None)
             )
-            cached_validation = _compute(loop, vx, vy, vw, _FEATURE_BATCH, setting)
-    except _NotCacheable as reason:
+            cached_validation = compute_features(
+                loop.assembly.feature_model, loop.strategy, vx, vy, vw, _FEATURE_BATCH, setting
+            )
+    except NotCacheable as reason:
         say(f"feature cache off: {reason}", verbose)
         return None
     try:
@@ -439,13 +272,13 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache):
         where = "on disk" if cached.store.spilled else "in memory"
         say(f"feature cache: {nbytes / 1024**2:.1f} MiB of features {where}", verbose)
         if validation_split:
-            cached, cached_validation = _split(cached, validation_split)
+            cached, cached_validation = split_cached(cached, validation_split)
         as_arrays = not from_dataset and not cached.store.spilled
         if from_dataset:
             batch_size = cached.batch_size
-        fx, fy, fw = _as_fit_data(cached, batch_size, shuffle, as_arrays)
+        fx, fy, fw = as_fit_data(cached, batch_size, shuffle, as_arrays)
         if cached_validation is not None:
-            validation = _as_fit_data(
+            validation = as_fit_data(
                 cached_validation, cached_validation.batch_size, False, as_arrays
             )
             args = args.replace(validation_data=validation if as_arrays else validation[0])

@@ -19,11 +19,12 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from finetune_tf.runtime.chief import chief_writes
 from finetune_tf.runtime.devices import describe
 from finetune_tf.runtime.progress import say
 from finetune_tf.training.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
 from finetune_tf.training.fit_args import FitArgs
-from finetune_tf.training.run_state import TrainingRun, chief_writes
+from finetune_tf.training.run_state import TrainingRun
 from finetune_tf.training.seeding import epoch_keyed, steps_per_execution_for
 from finetune_tf.training.stages import run_schedule, schedule_signature
 

@@ -1,4 +1,4 @@
-"""Checkpoints: resuming an interrupted `fit`, and who writes under multi-worker.
+"""Checkpoints: resuming an interrupted `fit`, and the last good weights.
 
 `fit(..., checkpoint_dir=d)` (also `fine_tune` and staged schedules) keeps a
 `TrainingRun`: at the end of every epoch it snapshots the model's variables
@@ -12,136 +12,27 @@ directory the snapshot stays in memory, where it serves the non-finite-loss
 guard: a NaN or inf loss stops training, the model gets its last good
 weights back, and `fit` raises `FloatingPointError`.
 
-Under `MultiWorkerMirroredStrategy` every worker runs the same `fit`, with
-the same callbacks. If they all wrote the same checkpoint path they would
-race and could leave a torn file on shared storage; tf.distribute's rule is
-that the chief writes the real file and the other workers write throwaway
-copies. Keras 3's `ModelCheckpoint` and `BackupAndRestore` do not follow
-that rule, so `chief_writes` gives non-chief workers copies of those
-callbacks that write into a temporary directory (removed afterwards),
-while `BackupAndRestore` still restores from the real backup, as the chief
-does, so that every worker resumes from the same epoch.
+Under several workers only the chief writes the state (`runtime.chief`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 
 import keras
 import numpy as np
 
 from finetune_tf._utils import atomic_file, directory_path, require_parent_directory
-from finetune_tf.training.fit_args import FitArgs
 
 __all__ = [
     "FROZEN_PREFIX",
     "STATE_FILE",
     "TrainingRun",
-    "WORKER_TEMP_PREFIX",
     "check_checkpoint_dir",
-    "chief_path",
-    "chief_writes",
     "read_state",
 ]
-
-WORKER_TEMP_PREFIX = "finetune_tf_worker_"
-
-
-def _redirected_model_checkpoint(callback, directory: str):
-    clone = copy.copy(callback)
-    clone.filepath = os.path.join(directory, os.path.basename(os.fspath(callback.filepath)))
-    return clone
-
-
-def _redirected_backup(callback, directory: str):
-    """A copy that restores from the real backup but writes under `directory`."""
-    clone = copy.copy(callback)
-    # Paths Keras derives from `backup_dir` in __init__; take them from a fresh instance.
-    fresh = keras.callbacks.BackupAndRestore(directory)
-    written_paths = {
-        name: value
-        for name, value in vars(fresh).items()
-        if isinstance(value, str) and value.startswith(directory)
-    }
-    restore = clone.on_train_begin
-
-    def on_train_begin(logs=None):
-        restore(logs)
-        for name, value in written_paths.items():
-            setattr(clone, name, value)
-
-    clone.on_train_begin = on_train_begin
-    return clone
-
-
-def _redirected(callbacks, directory: str) -> list:
-    redirected = []
-    for callback in callbacks:
-        if isinstance(callback, keras.callbacks.ModelCheckpoint):
-            callback = _redirected_model_checkpoint(callback, directory)
-        elif isinstance(callback, keras.callbacks.BackupAndRestore):
-            callback = _redirected_backup(callback, directory)
-        redirected.append(callback)
-    return redirected
-
-
-@contextlib.contextmanager
-def chief_path(chief: bool, path):
-    """Yields where this worker writes a file the user asked for at `path`.
-
-    The chief writes to `path`; every other multi-worker writes a throwaway
-    copy (tf.distribute expects every worker to take part in a save) into a
-    temporary directory removed on exit, under the same file name so the same
-    checks apply.
-
-    Examples:
-        >>> import tensorflow as tf
-        >>> from finetune_tf.training.run_state import chief_path
-        >>> with chief_path(True, "tuned.keras") as target:
-        ...     target  # one process: it is the chief
-        'tuned.keras'
-    """
-    if chief:
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix=WORKER_TEMP_PREFIX) as directory:
-        yield os.path.join(directory, os.path.basename(os.fspath(path)))
-
-
-@contextlib.contextmanager
-def chief_writes(chief: bool, args: FitArgs):
-    """Yields `args` whose callbacks write checkpoints on the chief only.
-
-    On a non-chief multi-worker, `ModelCheckpoint` and `BackupAndRestore`
-    callbacks are replaced by copies writing into a temporary directory that
-    is removed on exit; the user's callback objects are left untouched.
-    Elsewhere it yields `args` as they are.
-
-    Examples:
-        >>> import keras, tensorflow as tf
-        >>> from finetune_tf.training.fit_args import FitArgs
-        >>> from finetune_tf.training.run_state import chief_writes
-        >>> args = FitArgs({"callbacks": [keras.callbacks.ModelCheckpoint("best.keras")]})
-        >>> with chief_writes(True, args) as written:
-        ...     written.callbacks[0].filepath  # one process: it is the chief
-        'best.keras'
-    """
-    callbacks = args.callbacks
-    if not callbacks or chief:
-        yield args
-        return
-    directory = tempfile.mkdtemp(prefix=WORKER_TEMP_PREFIX)
-    try:
-        yield args.replace(callbacks=_redirected(callbacks, directory))
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
 
 # --- Resuming an interrupted fit ---------------------------------------------------------
 

@@ -1,0 +1,211 @@
+"""Where the feature cache keeps the backbone's outputs, and how it reads them back.
+
+`compute_features` runs a feature model once over arrays, a `tf.data.Dataset`
+or a `keras.utils.PyDataset` into a `FeatureStore` (in memory up to a limit,
+then in a file on disk); `as_fit_data` gives them back to `keras.Model.fit`
+as arrays or as a dataset that reshuffles each epoch, `split_cached` takes
+Keras' `validation_split` from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from finetune_tf.training.fit_args import split_index
+
+__all__ = [
+    "Cached",
+    "FeatureStore",
+    "NotCacheable",
+    "as_fit_data",
+    "compute_features",
+    "feature_dataset",
+    "split_cached",
+]
+
+
+class FeatureStore:
+    """Feature batches appended in order: in memory up to a limit, then in a file."""
+
+    def __init__(self, memory_limit: int, directory: str | None):
+        self.memory_limit = memory_limit
+        self.directory = directory
+        self.chunks, self.nbytes, self.count = [], 0, 0
+        self.path = self._tempdir = None
+        self._file = None
+
+    def append(self, batch: np.ndarray):
+        self.nbytes += batch.nbytes
+        self.count += len(batch)
+        self.shape, self.dtype = batch.shape[1:], batch.dtype
+        if self._file is None and self.nbytes > self.memory_limit:
+            if self.directory is None:
+                self._tempdir = tempfile.mkdtemp(prefix="finetune_tf_features_")
+            else:
+                os.makedirs(self.directory, exist_ok=True)
+            directory = self.directory or self._tempdir
+            fd, self.path = tempfile.mkstemp(suffix=".features", dir=directory)
+            self._file = os.fdopen(fd, "wb")
+            for chunk in self.chunks:
+                self._file.write(np.ascontiguousarray(chunk).tobytes())
+            self.chunks = []
+        if self._file is not None:
+            self._file.write(np.ascontiguousarray(batch).tobytes())
+        else:
+            self.chunks.append(batch)
+
+    @property
+    def spilled(self) -> bool:
+        return self.path is not None
+
+    def array(self) -> np.ndarray:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.path is not None:
+            return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.count, *self.shape))
+        return np.concatenate(self.chunks) if self.chunks else np.zeros((0,))
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+        if self.path is not None and os.path.exists(self.path):
+            os.remove(self.path)
+        if self._tempdir is not None:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+
+
+def batches(x, y, sample_weight, batch_size):
+    """(inputs, targets, sample_weight) batches of any supported input, in order."""
+    if isinstance(x, tf.data.Dataset):
+        for element in x.as_numpy_iterator():
+            yield keras.utils.unpack_x_y_sample_weight(element)
+    elif isinstance(x, keras.utils.PyDataset):
+        for index in range(len(x)):
+            yield keras.utils.unpack_x_y_sample_weight(x[index])
+    else:
+        for start in range(0, len(x), batch_size):
+            part = slice(start, start + batch_size)
+            yield (
+                x[part],
+                None if y is None else y[part],
+                None if sample_weight is None else sample_weight[part],
+            )
+
+
+@dataclasses.dataclass
+class Cached:
+    features: np.ndarray
+    targets: np.ndarray | None
+    sample_weight: np.ndarray | None
+    batch_size: int
+    store: FeatureStore
+
+    def close(self):
+        self.store.close()
+
+
+def compute_features(
+    feature_model: keras.Model, strategy, x, y, sample_weight, batch_size, setting
+) -> Cached:
+    """`feature_model`'s outputs over `x` (with `y` and `sample_weight` beside them), kept
+    as `setting` (a `FeatureCache`) says; `NotCacheable` when the batches vary in size."""
+    store = FeatureStore(setting.memory_limit, setting.directory)
+    targets, weights, sizes = [], [], []
+    extract = feature_model.predict_on_batch
+    if strategy.num_replicas_in_sync > 1:
+        # predict_on_batch would run the whole batch on every replica and concatenate
+        # the copies; one call in cross-replica context reads the mirrored weights once.
+        extract = tf.function(lambda inputs: feature_model(inputs, training=False))
+    try:
+        for inputs, batch_y, batch_w in batches(x, y, sample_weight, batch_size):
+            features = extract(inputs)
+            store.append(np.asarray(features))
+            sizes.append(len(features))
+            if batch_y is not None:
+                targets.append(np.asarray(batch_y))
+            if batch_w is not None:
+                weights.append(np.asarray(batch_w))
+    except BaseException:
+        store.close()
+        raise
+    uniform = all(size == sizes[0] for size in sizes[:-1]) if sizes else True
+    if not uniform:
+        store.close()
+        raise NotCacheable("the dataset's batches have varying sizes")
+    return Cached(
+        features=store.array(),
+        targets=np.concatenate(targets) if targets else None,
+        sample_weight=np.concatenate(weights) if weights else None,
+        batch_size=sizes[0] if sizes else batch_size,
+        store=store,
+    )
+
+
+class NotCacheable(Exception):
+    pass
+
+
+def feature_dataset(cached: Cached, batch_size: int, shuffle) -> tf.data.Dataset:
+    """Batches read from the (possibly on-disk) features, reshuffled each epoch if asked."""
+    count = len(cached.features)
+    features = cached.features
+    spec = tf.TensorSpec((None, *features.shape[1:]), tf.as_dtype(features.dtype))
+
+    def read(indices):
+        return features[indices]
+
+    def take(indices):
+        if cached.store.spilled:
+            indices = tf.sort(indices)  # sequential reads from the file
+        batch = tf.numpy_function(read, [indices], spec.dtype)
+        element = [tf.ensure_shape(batch, spec.shape)]
+        for extra in (cached.targets, cached.sample_weight):
+            if extra is not None:
+                element.append(tf.gather(extra, indices))
+        return tuple(element) if len(element) > 1 else element[0]
+
+    dataset = tf.data.Dataset.range(count)
+    if shuffle == "batch":  # whole batches in a new order, as Keras shuffles a PyDataset
+        dataset = dataset.batch(batch_size)
+        dataset = dataset.shuffle(-(-count // batch_size), reshuffle_each_iteration=True)
+    elif shuffle:
+        dataset = dataset.shuffle(count, reshuffle_each_iteration=True).batch(batch_size)
+    else:
+        dataset = dataset.batch(batch_size)
+    return dataset.map(take).prefetch(2)
+
+
+def split_cached(cached: Cached, validation_split: float):
+    """Keras' `validation_split`: the last fraction of the examples, before shuffling."""
+    split_at = split_index(len(cached.features), validation_split)
+
+    def piece(rows: slice) -> Cached:
+        def take(array):
+            return None if array is None else array[rows]
+
+        return Cached(
+            cached.features[rows],
+            take(cached.targets),
+            take(cached.sample_weight),
+            cached.batch_size,
+            cached.store,
+        )
+
+    return piece(slice(0, split_at)), piece(slice(split_at, None))
+
+
+def as_fit_data(cached: Cached, batch_size, shuffle, as_arrays: bool):
+    """What `keras.Model.fit` takes for cached features: arrays when they are in memory and
+    came from arrays (Keras then batches and shuffles exactly as it would have), else a
+    `tf.data.Dataset` reading them."""
+    if as_arrays:
+        return cached.features, cached.targets, cached.sample_weight
+    return feature_dataset(cached, batch_size, shuffle), None, None
