@@ -51,7 +51,7 @@ def test_policies_fit_their_numbers_to_the_backbone(backbone):
         FreezePolicy.bottom(200).apply(backbone)
     with pytest.raises(ValueError, match=r"top\(k\)` got k=8"):
         FreezePolicy.top(8).apply(backbone)
-    with pytest.raises(ValueError, match=r"n >= 0"):
+    with pytest.raises(ValueError, match=r"bottom\(n\)` must be a whole number >= 0.*n=-1"):
         FreezePolicy.bottom(-1)
     with pytest.raises(TypeError, match="whole number"):
         FreezePolicy.bottom(2.5)

@@ -14,11 +14,14 @@ import re
 import keras
 import numpy as np
 
+from finetune_tf._checks import check_choice, check_int
 from finetune_tf._utils import did_you_mean
 
 __all__ = ["BATCHNORM_MODES", "FreezePolicy", "FreezeReport"]
 
 BATCHNORM_MODES = ("inference", "train", "freeze")
+_KINDS = ("all", "none", "bottom", "top", "until", "matching")
+_COUNT_HINT = "Use FreezePolicy.all() to freeze every layer, FreezePolicy.none() to train them all."
 
 
 def _is_batchnorm(layer) -> bool:
@@ -99,15 +102,21 @@ class FreezePolicy:
     """
 
     def __init__(self, kind: str, value=None, *, batchnorm: str = "inference", **options):
-        if kind not in ("all", "none", "bottom", "top", "until", "matching"):
-            raise ValueError(
-                f"Unknown FreezePolicy kind={kind!r}. Use FreezePolicy.all(), none(), "
-                "bottom(n), top(k), until(name) or matching(pattern)."
-            )
-        if batchnorm not in BATCHNORM_MODES:
-            raise ValueError(
-                f"`batchnorm` must be one of {BATCHNORM_MODES}. Received: batchnorm={batchnorm!r}."
-            )
+        check_choice(
+            kind,
+            "kind",
+            _KINDS,
+            where="FreezePolicy",
+            hint="Use FreezePolicy.all(), none(), bottom(n), top(k), until(name) or "
+            "matching(pattern).",
+        )
+        check_choice(
+            batchnorm,
+            "batchnorm",
+            BATCHNORM_MODES,
+            hint="'inference' (the default) keeps the pretrained statistics, 'train' updates "
+            "them in unfrozen layers, 'freeze' freezes every BatchNorm layer.",
+        )
         self.kind = kind
         self.value = value
         self.batchnorm = batchnorm
@@ -150,8 +159,8 @@ class FreezePolicy:
             >>> FreezePolicy.bottom(100).value
             100
         """
-        cls._check_count(n, "n", "bottom")
-        return cls("bottom", int(n), batchnorm=batchnorm)
+        n = check_int(n, "n", minimum=0, where="FreezePolicy.bottom", hint=_COUNT_HINT)
+        return cls("bottom", n, batchnorm=batchnorm)
 
     @classmethod
     def top(cls, k: int, *, batchnorm: str = "inference") -> FreezePolicy:
@@ -162,8 +171,8 @@ class FreezePolicy:
             >>> FreezePolicy.top(30).value
             30
         """
-        cls._check_count(k, "k", "top")
-        return cls("top", int(k), batchnorm=batchnorm)
+        k = check_int(k, "k", minimum=0, where="FreezePolicy.top", hint=_COUNT_HINT)
+        return cls("top", k, batchnorm=batchnorm)
 
     @classmethod
     def until(cls, layer_name: str, *, inclusive: bool = True, batchnorm: str = "inference"):
@@ -212,19 +221,6 @@ class FreezePolicy:
                 f"`pattern`={pattern!r} is not a valid regular expression: {error}."
             ) from error
         return cls("matching", pattern, train=bool(train), batchnorm=batchnorm)
-
-    @staticmethod
-    def _check_count(value, argname, method):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(
-                f"`FreezePolicy.{method}({argname})` expects a whole number. "
-                f"Received: {argname}={value!r}."
-            )
-        if value < 0:
-            raise ValueError(
-                f"`FreezePolicy.{method}({argname})` got {argname}={value}, expected "
-                f"{argname} >= 0. Use FreezePolicy.none() to train everything."
-            )
 
     # --- Behaviour --------------------------------------------------------
 
@@ -321,7 +317,7 @@ class FreezePolicy:
         """The policy `get_config` describes, checked as its constructor checks it."""
         config = dict(config)
         kind, value = config.pop("kind", None), config.pop("value", None)
-        if kind not in ("all", "none", "bottom", "top", "until", "matching"):
+        if kind not in _KINDS:
             return cls(kind, value, **config)  # the constructor's error names the kinds
         constructor = getattr(cls, kind)  # checks the value as FreezePolicy.<kind> does
         return constructor(**config) if value is None else constructor(value, **config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from finetune_tf._checks import check_choice
 from finetune_tf._utils import did_you_mean, shape_tuple
 
 __all__ = ["ApplicationPreprocessing", "InputAdapter"]
@@ -123,10 +124,14 @@ class InputAdapter(keras.layers.Layer):
                 "`InputAdapter` adapts images: `target_shape` must be (height, width, channels). "
                 f"Received: target_shape={target_shape}"
             )
-        if channels not in ("auto", "repeat", "project"):
-            raise ValueError(
-                f"`channels` must be 'auto', 'repeat' or 'project'. Received: channels={channels!r}"
-            )
+        check_choice(
+            channels,
+            "channels",
+            ("auto", "repeat", "project"),
+            where="InputAdapter",
+            hint="'repeat' copies a single channel, 'project' learns a 1x1 projection, "
+            "'auto' repeats one channel and projects any other count.",
+        )
         self.target_shape = target_shape
         self.channels = channels
         self.interpolation = interpolation

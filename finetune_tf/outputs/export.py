@@ -27,6 +27,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from finetune_tf._checks import check_choice
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
 from finetune_tf.runtime.progress import say
 
@@ -62,15 +63,13 @@ def export_model(
         >>> sorted(outputs), outputs["label"].shape
         (['class_id', 'label', 'predictions'], TensorShape([2]))
     """
-    if format not in FORMATS:
-        raise ValueError(
-            f"`format` must be one of {FORMATS}: 'saved_model' for TF Serving, 'tflite' for "
-            f"mobile and edge devices. Received: format={format!r}."
-        )
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(
-            f"`quantize` must be None or 'dynamic' (int8 weights). Received: quantize={quantize!r}."
-        )
+    check_choice(
+        format,
+        "format",
+        FORMATS,
+        meaning="'saved_model' for TF Serving, 'tflite' for mobile and edge devices",
+    )
+    check_choice(quantize, "quantize", QUANTIZATIONS, meaning="'dynamic' stores int8 weights")
     if quantize is not None and format != "tflite":
         raise ValueError(
             f"`quantize`={quantize!r} applies to format='tflite' only; a SavedModel keeps "

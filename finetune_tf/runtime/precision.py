@@ -14,6 +14,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from finetune_tf._checks import check_choice
+
 __all__ = ["POLICIES", "dtype_policy_scope", "gpu_benefits_from_float16", "resolve_precision"]
 
 POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -50,19 +52,19 @@ def resolve_precision(mixed_precision, device_names: list[str]) -> str | None:
         >>> resolve_precision("mixed_bfloat16", [])
         'mixed_bfloat16'
     """
+    check_choice(
+        mixed_precision,
+        "mixed_precision",
+        ("auto", None, *POLICIES, "float32", False),
+        hint="Use mixed_float16 on NVIDIA GPUs, mixed_bfloat16 on TPUs and recent CPUs.",
+    )
     if mixed_precision is None or mixed_precision in ("float32", False):
         return None
-    if isinstance(mixed_precision, str) and mixed_precision == "auto":
+    if mixed_precision == "auto":
         if any("TPU" in d.upper() for d in device_names):
             return "mixed_bfloat16"
         return "mixed_float16" if gpu_benefits_from_float16(device_names) else None
-    if isinstance(mixed_precision, str) and mixed_precision in POLICIES:
-        return mixed_precision
-    raise ValueError(
-        '`mixed_precision` must be "auto", None, "mixed_float16" or "mixed_bfloat16". '
-        f"Received: mixed_precision={mixed_precision!r}. Use mixed_float16 on NVIDIA GPUs, "
-        "mixed_bfloat16 on TPUs and recent CPUs."
-    )
+    return mixed_precision
 
 
 @contextlib.contextmanager

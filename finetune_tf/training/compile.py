@@ -17,8 +17,8 @@ import json
 import warnings
 
 import keras
-import numpy as np
 
+from finetune_tf._checks import check_choice, check_number
 from finetune_tf._utils import did_you_mean
 from finetune_tf.runtime.devices import is_default
 from finetune_tf.training.layerwise import (
@@ -202,10 +202,12 @@ class Compiler:
 
 def check_jit_compile(jit_compile) -> None:
     """A ValueError unless `jit_compile` is "auto", True or False."""
-    if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
-        raise ValueError(
-            f'`jit_compile` must be "auto", True or False. Received: jit_compile={jit_compile!r}.'
-        )
+    check_choice(
+        jit_compile,
+        "jit_compile",
+        ("auto", True, False),
+        hint='"auto" compiles with XLA where it is known to help.',
+    )
 
 
 def _serialize(value):
@@ -248,17 +250,15 @@ def check_learning_rate(learning_rate) -> None:
         learning_rate, keras.optimizers.schedules.LearningRateSchedule
     ):
         return
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, (int, float))
-        or not np.isfinite(learning_rate)
-        or learning_rate <= 0
-    ):
-        raise ValueError(
-            "`learning_rate` must be a positive number or a LearningRateSchedule. "
-            f"Received: learning_rate={learning_rate!r}. Typical values: 1e-3 for the "
-            "head, 1e-5 to 1e-4 when the backbone trains."
-        )
+    check_number(
+        learning_rate,
+        "learning_rate",
+        low=0,
+        low_inclusive=False,
+        also="a LearningRateSchedule",
+        hint="Typical values: 1e-3 for the head, 1e-5 to 1e-4 when the backbone trains.",
+        type_error=ValueError,
+    )
 
 
 def resolve_optimizer(optimizer, learning_rate) -> keras.optimizers.Optimizer:

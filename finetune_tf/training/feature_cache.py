@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetune_tf._checks import check_choice, check_int
 from finetune_tf._utils import directory_path
 from finetune_tf.runtime.multi_worker import in_multi_worker_mode
 from finetune_tf.runtime.progress import say
@@ -35,6 +36,7 @@ from finetune_tf.training.fit_args import FitArgs
 __all__ = ["FeatureCache", "cache_decision", "fit_on_cached_features"]
 
 _DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+_MODES = ("auto", True, False)
 # Arrays go through the backbone this many at a time (fewer, larger calls are faster).
 _FEATURE_BATCH = 256
 # The head alone takes little time a step, so Keras' per-step Python overhead would
@@ -77,19 +79,15 @@ class FeatureCache:
     directory: str | None = None
 
     def __post_init__(self):
-        if self.mode not in ("auto", True, False):
-            raise ValueError(
-                f"`FeatureCache(mode)` must be 'auto', True or False. Received: mode={self.mode!r}."
-            )
-        if (
-            isinstance(self.memory_limit, bool)
-            or not isinstance(self.memory_limit, (int, np.integer))
-            or self.memory_limit < 0
-        ):
-            raise ValueError(
-                "`FeatureCache(memory_limit)` is a number of bytes >= 0 (0 always spills to "
-                f"disk). Received: memory_limit={self.memory_limit!r}."
-            )
+        check_choice(self.mode, "mode", _MODES, where="FeatureCache")
+        check_int(
+            self.memory_limit,
+            "memory_limit",
+            minimum=0,
+            where="FeatureCache",
+            meaning="a number of bytes (0 always spills to disk)",
+            type_error=ValueError,
+        )
         if self.directory is not None:
             object.__setattr__(
                 self, "directory", directory_path(self.directory, "FeatureCache(directory)")
@@ -100,11 +98,8 @@ class FeatureCache:
         """`value` as a `FeatureCache` (`"auto"`, `True` and `False` are modes)."""
         if isinstance(value, FeatureCache):
             return value
-        if value is True or value is False or (isinstance(value, str) and value == "auto"):
-            return cls(mode=value)
-        raise ValueError(
-            "`feature_cache` must be 'auto', True, False or a finetune_tf.FeatureCache. "
-            f"Received: feature_cache={value!r}."
+        return cls(
+            mode=check_choice(value, "feature_cache", _MODES, also="a finetune_tf.FeatureCache")
         )
 
 

@@ -20,6 +20,8 @@ import copy
 import keras
 import tensorflow as tf
 
+from finetune_tf._checks import check_number
+
 __all__ = [
     "LayerwiseOptimizer",
     "ScaledSchedule",
@@ -227,15 +229,17 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
 
 def check_layerwise_lr_decay(decay) -> None:
     """Raises a clear error unless `decay` is None or a number in (0, 1]."""
-    if decay is None:
-        return
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
-        raise ValueError(
-            "`layerwise_lr_decay` must be a number in (0, 1]: the factor between the "
-            f"learning rates of adjacent backbone layers. Received: layerwise_lr_decay="
-            f"{decay!r}. Typical values: 0.6 to 0.9 for a few blocks, 0.95 to 0.99 "
-            "for a hundred layers."
-        )
+    check_number(
+        decay,
+        "layerwise_lr_decay",
+        low=0,
+        high=1,
+        low_inclusive=False,
+        allow_none=True,
+        meaning="the factor between the learning rates of adjacent backbone layers",
+        hint="Typical values: 0.6 to 0.9 for a few blocks, 0.95 to 0.99 for a hundred layers.",
+        type_error=ValueError,
+    )
 
 
 def _same_variable(expected: str, actual: str) -> bool:

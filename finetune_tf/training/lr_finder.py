@@ -15,6 +15,7 @@ import warnings
 import keras
 import numpy as np
 
+from finetune_tf._checks import check_int
 from finetune_tf.outputs.plots import plot_lr_finder
 from finetune_tf.training.compile import fresh_optimizer
 
@@ -142,8 +143,14 @@ def find_learning_rate(
             "`find_learning_rate` needs 0 < min_lr < max_lr. "
             f"Received: min_lr={min_lr!r}, max_lr={max_lr!r}."
         )
-    if not isinstance(steps, int) or steps < 3:
-        raise ValueError(f"`steps` must be an integer >= 3. Received: steps={steps!r}.")
+    check_int(
+        steps,
+        "steps",
+        minimum=3,
+        meaning="the number of learning rates tried",
+        hint="Pass e.g. steps=100.",
+        type_error=ValueError,
+    )
     model = compiler.model
     weights = [w.numpy().copy() for w in model.weights]
     compile_args = compiler.keras_args()

@@ -9,8 +9,7 @@ the same way.
 
 from __future__ import annotations
 
-import numpy as np
-
+from finetune_tf._checks import check_int
 from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.stages import Stage
@@ -42,12 +41,14 @@ def _auto_epochs(value, argname: str, steps: int | None, least_steps, least, mos
         if not steps:
             return least
         return min(most, max(least, -(-least_steps // steps)))
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(
-            f'`{argname}` is a number of epochs (a whole number >= 1) or "auto". '
-            f"Received: {argname}={value!r}."
-        )
-    return int(value)
+    return check_int(
+        value,
+        argname,
+        also='"auto"',
+        meaning="a number of epochs",
+        hint='"auto" sizes the stage from the data.',
+        type_error=ValueError,
+    )
 
 
 def head_stage_epochs(head_epochs, x, args: FitArgs) -> int:

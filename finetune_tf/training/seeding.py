@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from finetune_tf._checks import check_int
 from finetune_tf.training.fit_args import FitArgs, split_index
 
 __all__ = ["check_seed", "epoch_keyed", "steps_per_execution_for"]
@@ -22,16 +23,7 @@ __all__ = ["check_seed", "epoch_keyed", "steps_per_execution_for"]
 
 def check_seed(seed) -> int | None:
     """`seed` as an int, or a TypeError/ValueError naming it."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(
-            f"`seed` must be an int or None. Received: seed={seed!r} of type "
-            f"{type(seed).__name__}. Pass e.g. seed=42."
-        )
-    if seed < 0:
-        raise ValueError(f"`seed` must be >= 0. Received: seed={seed}. Pass e.g. seed=42.")
-    return int(seed)
+    return check_int(seed, "seed", minimum=0, allow_none=True, hint="Pass e.g. seed=42.")
 
 
 def _is_array(value) -> bool:

@@ -14,8 +14,8 @@ import copy
 import dataclasses
 
 import keras
-import numpy as np
 
+from finetune_tf._checks import check_choice, check_int, check_number
 from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.runtime.progress import say
 from finetune_tf.training.fit_args import FitArgs
@@ -82,35 +82,34 @@ class Stage:
     name: str | None = None
 
     def __post_init__(self):
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer)):
-            raise TypeError(
-                f"`Stage(epochs)` must be a whole number. Received: epochs={self.epochs!r}."
-            )
-        if self.epochs < 1:
-            raise ValueError(
-                f"`Stage(epochs)` must be at least 1. Received: epochs={self.epochs}. "
-                "Remove the stage instead of giving it no epochs."
-            )
+        check_int(
+            self.epochs,
+            "epochs",
+            where="Stage",
+            hint="To skip a stage, leave it out of the schedule instead.",
+        )
         if self.freeze is not None and not isinstance(self.freeze, FreezePolicy):
             raise TypeError(
                 f"`Stage(freeze)` must be a FreezePolicy or None. Received: freeze={self.freeze!r}."
             )
         check_layerwise_lr_decay(self.layerwise_lr_decay)
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(
-                "`Stage(lr_schedule)` must be 'constant' or 'cosine' (pass a Keras "
-                "LearningRateSchedule as `learning_rate` for anything else). "
-                f"Received: lr_schedule={self.lr_schedule!r}."
-            )
-        if (
-            isinstance(self.warmup_epochs, bool)
-            or not isinstance(self.warmup_epochs, (int, float))
-            or not 0 <= self.warmup_epochs < self.epochs
-        ):
-            raise ValueError(
-                f"`Stage(warmup_epochs)` must be a number in [0, epochs={self.epochs}). "
-                f"Received: warmup_epochs={self.warmup_epochs!r}."
-            )
+        check_choice(
+            self.lr_schedule,
+            "lr_schedule",
+            ("constant", "cosine"),
+            where="Stage",
+            hint="For any other shape pass a Keras LearningRateSchedule as `learning_rate`.",
+        )
+        check_number(
+            self.warmup_epochs,
+            "warmup_epochs",
+            low=0,
+            high=self.epochs,
+            high_inclusive=False,
+            where="Stage",
+            meaning=f"part of the stage's epochs={self.epochs}, which may be fractional",
+            type_error=ValueError,
+        )
         if self.warmup_epochs or self.lr_schedule != "constant":
             if isinstance(self.learning_rate, keras.optimizers.schedules.LearningRateSchedule):
                 raise ValueError(
@@ -118,15 +117,15 @@ class Stage:
                     "stage's learning_rate is already a LearningRateSchedule. Use one or the "
                     "other."
                 )
-        if self.early_stopping is not None and (
-            isinstance(self.early_stopping, bool)
-            or not isinstance(self.early_stopping, (int, np.integer))
-            or self.early_stopping < 1
-        ):
-            raise ValueError(
-                "`Stage(early_stopping)` is a patience in epochs (a whole number >= 1) or None. "
-                f"Received: early_stopping={self.early_stopping!r}."
-            )
+        check_int(
+            self.early_stopping,
+            "early_stopping",
+            allow_none=True,
+            where="Stage",
+            meaning="a patience in epochs",
+            hint="None never stops the stage early.",
+            type_error=ValueError,
+        )
 
     def get_config(self) -> dict:
         """The stage as plain data (optimizer and learning-rate schedule serialized the
@@ -201,15 +200,22 @@ def gradual_unfreezing(
         >>> [stage.freeze for stage in gradual_unfreezing(90, steps=3)]
         [FreezePolicy.all(), FreezePolicy.top(30), FreezePolicy.top(60), FreezePolicy.top(90)]
     """
-    if not isinstance(layer_count, (int, np.integer)) or layer_count < 1:
-        raise ValueError(
-            "`gradual_unfreezing(layer_count)` needs the number of backbone layers "
-            f"(len(backbone.layers)). Received: layer_count={layer_count!r}."
-        )
-    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= layer_count:
-        raise ValueError(
-            f"`steps` must be between 1 and layer_count={layer_count}. Received: steps={steps!r}."
-        )
+    check_int(
+        layer_count,
+        "layer_count",
+        where="gradual_unfreezing",
+        meaning="the number of backbone layers",
+        hint="Pass len(backbone.layers).",
+        type_error=ValueError,
+    )
+    check_int(
+        steps,
+        "steps",
+        maximum=layer_count,
+        where="gradual_unfreezing",
+        meaning=f"the unfreezing steps after the head stage, at most layer_count={layer_count}",
+        type_error=ValueError,
+    )
     stages = [Stage(epochs_per_stage, FreezePolicy.all(), learning_rate, name="head")]
     for step in range(1, steps + 1):
         top = layer_count if step == steps else step * (layer_count // steps)

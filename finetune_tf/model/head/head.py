@@ -12,21 +12,13 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from finetune_tf._checks import check_choice, check_int, check_number
 from finetune_tf.model.head.task import Task, get_task
 from finetune_tf.outputs.report import Report
 
 __all__ = ["Head"]
 
 _POOLINGS = ("avg", "max", "flatten", "none")
-
-
-def _check_positive_int(value, argname, method, received=None):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        where = f"`Head.{method}({argname})`" if method else f"Each of `{argname}`"
-        received = value if received is None else received
-        raise ValueError(
-            f"{where} expects a positive whole number. Received: {argname}={received!r}."
-        )
 
 
 class Head:
@@ -70,19 +62,26 @@ class Head:
         logits: bool = False,
     ):
         task_class = get_task(task)
-        if pooling not in _POOLINGS:
-            raise ValueError(
-                f"`pooling` must be one of {_POOLINGS}. Received: pooling={pooling!r}."
-            )
+        check_choice(pooling, "pooling", _POOLINGS)
         hidden_units = (hidden_units,) if isinstance(hidden_units, int) else tuple(hidden_units)
         for width in hidden_units:
-            _check_positive_int(width, "hidden_units", None, hidden_units)
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be a rate in [0, 1). Received: dropout={dropout!r}.")
-        if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-            raise ValueError(
-                f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}."
-            )
+            check_int(width, "hidden_units", each=hidden_units, type_error=ValueError)
+        check_number(
+            dropout,
+            "dropout",
+            low=0,
+            high=1,
+            high_inclusive=False,
+            meaning="the fraction of inputs zeroed before each Dense layer",
+            type_error=ValueError,
+        )
+        check_number(
+            weight_decay,
+            "weight_decay",
+            low=0,
+            meaning="the L2 penalty on the head's kernels (0 for none)",
+            type_error=ValueError,
+        )
         self.task = task
         self.units = int(units)
         self.pooling = pooling
@@ -107,7 +106,7 @@ class Head:
             >>> Head.classifier(10).units
             10
         """
-        _check_positive_int(num_classes, "num_classes", "classifier")
+        check_int(num_classes, "num_classes", where="Head.classifier", type_error=ValueError)
         if num_classes < 2:
             raise ValueError(
                 "`Head.classifier(num_classes)` needs at least 2 classes. Received: "
@@ -137,7 +136,7 @@ class Head:
             >>> Head.multilabel(4).task
             'multilabel'
         """
-        _check_positive_int(num_labels, "num_labels", "multilabel")
+        check_int(num_labels, "num_labels", where="Head.multilabel", type_error=ValueError)
         return cls("multilabel", num_labels, **kwargs)
 
     @classmethod
@@ -149,7 +148,7 @@ class Head:
             >>> Head.regressor(2).units
             2
         """
-        _check_positive_int(num_outputs, "num_outputs", "regressor")
+        check_int(num_outputs, "num_outputs", where="Head.regressor", type_error=ValueError)
         kwargs.setdefault("logits", True)
         return cls("regression", num_outputs, **kwargs)
 

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from finetune_tf._checks import check_choice
 from finetune_tf.outputs.report import Report
 from finetune_tf.training.data_checks import batch_of, check_finite, shapes_compatible
 
@@ -36,9 +37,7 @@ def task_names() -> tuple[str, ...]:
 
 def get_task(name) -> type[Task]:
     """The task class registered as `name`, or a ValueError listing the names."""
-    if name not in _REGISTRY:
-        raise ValueError(f"`task` must be one of {task_names()}. Received: task={name!r}.")
-    return _REGISTRY[name]
+    return _REGISTRY[check_choice(name, "task", task_names())]
 
 
 class Task:
