@@ -13,12 +13,12 @@ PAIRS=(
     "2.20.0 3.12.1 2.20.1"
 )
 SUBSET=(
-    tests/test_backbone.py
-    tests/test_freeze.py
+    tests/model/test_backbone.py
+    tests/model/test_freeze.py
     tests/test_finetuner.py
-    tests/test_saving.py
-    tests/test_hub.py
-    tests/test_model_kinds.py
+    tests/outputs/test_saving.py
+    tests/sources/test_hub.py
+    tests/model/test_model_kinds.py
 )
 
 root=$(mktemp -d)

@@ -19,7 +19,7 @@ tensorflow/tensorflow#72388). Two places break:
 
 `multi_worker_compat(strategy)` swaps in the mended versions for the duration
 of one call and puts the originals back afterwards, also on error; it does
-nothing for any other strategy. `tests/test_distribute.py` also runs plain
+nothing for any other strategy. `tests/system/test_distribute.py` also runs plain
 Keras without it and expects the known failure, so the suite tells us when
 upstream is fixed and this module can go.
 """

@@ -1,4 +1,4 @@
-"""Trains one small FineTuner and writes its final weights; run by tests/test_distribute.py.
+"""Trains one small FineTuner and writes its final weights; run by tests/system/test_distribute.py.
 
     python distributed_training.py OUT.npz MODE
 

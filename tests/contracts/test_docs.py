@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir)
 
 
 def test_docs_site_builds_strict(tmp_path):

@@ -201,7 +201,7 @@ def test_the_package_ships_its_type_marker_and_extras():
 
 
 def test_the_license_file_is_the_one_the_metadata_names():
-    root = os.path.join(os.path.dirname(__file__), os.pardir)
+    root = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir)
     with open(os.path.join(root, "pyproject.toml")) as f:
         assert 'license = { text = "Apache-2.0" }' in f.read()
     with open(os.path.join(root, "LICENSE")) as f:

@@ -2,7 +2,7 @@
 processes on localhost (MultiWorkerMirroredStrategy), each against one-device training.
 
 Device configuration and the multi-worker strategy must precede TensorFlow's runtime
-start, so each run is a fresh process of tests/workers/distributed_training.py.
+start, so each run is a fresh process of tests/system/workers/distributed_training.py.
 """
 
 import json

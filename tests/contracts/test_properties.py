@@ -9,7 +9,7 @@ backticks, and must leave the model's weights untouched. Any other exception (a
 TensorFlow error from deep inside `fit`, an IndexError, ...) is a failure.
 
 Hypothesis runs derandomized with no example database by default, so CI sees the same
-cases every run; `HYPOTHESIS_PROFILE=explore pytest tests/test_properties.py` searches
+cases every run; `HYPOTHESIS_PROFILE=explore pytest tests/contracts/test_properties.py` searches
 further with fresh random cases.
 """
 

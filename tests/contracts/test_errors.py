@@ -14,7 +14,7 @@ import pytest
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Stage
 
-DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "robustness.md")
+DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "robustness.md")
 
 
 def backbone():

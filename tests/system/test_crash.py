@@ -1,6 +1,6 @@
 """Killed with SIGKILL: while training, while writing the training state, while saving.
 
-Each run is a fresh process of tests/workers/crash_training.py: fine-tuning in two stages
+Each run is a fresh process of tests/system/workers/crash_training.py: fine-tuning in two stages
 (3 + 5 epochs, validation, early stopping) with checkpoint_dir and seed=, deterministic
 ops on. A resumed run must end exactly where the uninterrupted one does.
 """

@@ -6,7 +6,9 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-NOTEBOOK = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "quickstart.ipynb")
+NOTEBOOK = os.path.join(
+    os.path.dirname(__file__), os.pardir, os.pardir, "examples", "quickstart.ipynb"
+)
 
 
 def test_quickstart_notebook_executes(tmp_path):
