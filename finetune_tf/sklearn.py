@@ -6,6 +6,9 @@ They follow the scikit-learn contract (parameters stored verbatim by
 `fit` starts from the backbone's pretrained weights: the backbone is copied,
 never trained in place, so folds and grid points do not leak into each other
 (Keras' own scikit-learn wrapper rebuilds its model from scratch instead).
+Arguments are checked when `fit` starts, against each class's
+`_parameter_constraints`, and data by scikit-learn's `validate_data`
+(`finetune_tf._sklearn_data`), so errors are scikit-learn's own.
 
 With `finetune_tf` itself, this module is the public contract (0.2 had it at
 `finetune_tf.estimators`, which still imports).
@@ -22,21 +25,28 @@ Examples:
 
 from __future__ import annotations
 
-import numbers
-import warnings
+import os
+from numbers import Integral, Real
 
 import keras
 import numpy as np
-import scipy.sparse
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
-from sklearn.exceptions import DataConversionWarning
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    RegressorMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
+from finetune_tf._sklearn_data import input_scaler, validate
 from finetune_tf.finetuner import FineTuner
 from finetune_tf.model.backbone import Backbone
 from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.model.head import Head
+from finetune_tf.model.head.head import _POOLINGS
 from finetune_tf.model.tuned_model import as_tensor_if_text
 from finetune_tf.outputs.export import export_model
 from finetune_tf.training.fit_args import FitArgs
@@ -53,151 +63,47 @@ def _pristine_backbone(backbone) -> Backbone:
     return loaded  # loaded afresh from a name, a file or a handle
 
 
-_NORMALISING_LAYERS = (
-    keras.layers.Normalization,
-    keras.layers.Rescaling,
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-)
+class _Range(Interval):
+    """scikit-learn's `Interval` without bools: True is an int to Python, but never an
+    epoch count, a size, a seed or a rate here (FineTuner refuses it too)."""
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, bool) and super().is_satisfied_by(val)
 
 
-LARGE_SCALE = 10.0  # columns whose mean or spread exceeds this are "raw units"
-
-
-def _input_scaler(scale, backbone: Backbone, X: np.ndarray):
-    """The `Normalization` layer `scale` asks for on this `X`, or None.
-
-    `"auto"` standardises numeric tabular inputs (2-D `X`) whose columns are
-    in large raw units (some column's mean or standard deviation above 10:
-    prices, counts, wine's proline in the hundreds) when the backbone has no
-    normalisation of its own (no preprocessing, and no Normalization,
-    Rescaling or BatchNormalization/LayerNormalization layer before its first
-    layer with weights). Columns already on a small scale (centimetres,
-    pixels in [0, 1], standardised data) are left as they are: a backbone
-    pretrained on them expects them so.
-    """
-    if isinstance(scale, np.bool_):
-        scale = bool(scale)
-    if scale is not True and scale is not False and scale != "auto":
-        raise ValueError(f'`scale` must be "auto", True or False. Received: scale={scale!r}.')
-    tabular = X.ndim == 2 and X.dtype.kind in "biuf"
-    if scale is True and not tabular:
-        raise ValueError(
-            "`scale=True` standardises the columns of tabular data, but `X` has shape "
-            f'{X.shape} and dtype {X.dtype}. Pass scale=False (or "auto") for images or '
-            "text, and put their preprocessing in the backbone."
-        )
-    if scale == "auto":
-        if not tabular or _normalises(backbone):
-            return None
-        columns = X.astype("float64")
-        if max(np.abs(columns.mean(axis=0)).max(), columns.std(axis=0).max()) <= LARGE_SCALE:
-            return None
-    elif scale is False:
-        return None
-    scaler = keras.layers.Normalization(name="input_scaler")
-    scaler.adapt(X.astype("float32"))
-    return scaler
-
-
-def _normalises(backbone: Backbone) -> bool:
-    """Whether the backbone scales its own inputs (see `_input_scaler`)."""
-    if backbone.preprocessing is not None:
-        return True
-    for layer in backbone.model._flatten_layers(include_self=False):
-        if isinstance(layer, _NORMALISING_LAYERS):
-            return True
-        if layer.weights and not isinstance(layer, keras.Model):
-            return False
-    return False
-
-
-def _check_x(estimator, X, *, reset: bool):
-    """`X` as an array (numbers, or strings for text backbones), checked as scikit-learn
-    checks it; records `n_features_in_` (2-D inputs) on `fit`, compares it afterwards."""
-    name = type(estimator).__name__
-    if X is None:
-        raise ValueError(f"`X` is None; {name} needs an array of shape (n_samples, ...).")
-    if scipy.sparse.issparse(X):
-        raise TypeError(
-            f"{name} got sparse `X`, but sparse input is not supported: the backbone takes "
-            "dense arrays. Convert it with X.toarray()."
-        )
-    if hasattr(X, "iloc"):  # pandas
-        X = X.to_numpy()
-    X = np.asarray(X)
-    if X.dtype.kind == "O":
-        X = _from_objects(X)
-    if X.dtype.kind == "c":
-        raise ValueError(
-            "Complex data not supported: `X` holds complex numbers and the backbone takes real "
-            "values. Pass X.real or np.abs(X)."
-        )
-    if X.ndim == 0 or len(X) == 0:
-        raise ValueError(
-            f"`X` must hold at least one example; received an array of shape {X.shape}. "
-            f"Pass {name} an array of shape (n_samples, ...)."
-        )
-    if X.ndim == 1 and X.dtype.kind in "biuf":
-        raise ValueError(
-            f"`X` is 1-D (shape {X.shape}), expected a 2-D array of shape (n_samples, "
-            "n_features) or an array of images or strings. Reshape your data either using "
-            "X.reshape(-1, 1) if it has a single feature or X.reshape(1, -1) if it contains "
-            "a single sample."
-        )
-    if X.ndim == 2 and X.shape[1] == 0:
-        raise ValueError(
-            f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is "
-            f"required by {name}."
-        )
-    if X.dtype.kind in "biu":
-        X = X.astype("float32")
-    if X.dtype.kind == "f" and not np.isfinite(X).all():
-        raise ValueError(
-            f"Input `X` contains NaN or infinity ({int((~np.isfinite(X)).sum())} values); "
-            f"{name} needs finite inputs. Impute or drop them first, e.g. with "
-            "sklearn.impute.SimpleImputer."
-        )
-    if X.ndim == 2:
-        if reset:
-            estimator.n_features_in_ = X.shape[1]
-        elif hasattr(estimator, "n_features_in_") and X.shape[1] != estimator.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but {name} is expecting "
-                f"{estimator.n_features_in_} features as input."
-            )
-    return X
-
-
-def _from_objects(X: np.ndarray) -> np.ndarray:
-    """An object array as numbers, or as strings when every item is one; else a TypeError."""
-    try:
-        return X.astype("float32")
-    except (TypeError, ValueError) as error:
-        if all(isinstance(item, (str, bytes)) for item in X.ravel()):
-            return X.astype(str)
-        raise TypeError(
-            f"`X` holds objects that are neither numbers nor strings ({error}): float() "
-            "argument must be a string or a real number. Pass numbers, images or strings."
-        ) from None
-
-
-def _check_y(estimator, X, y) -> np.ndarray:
-    if y is None:
-        raise ValueError(
-            f"{type(estimator).__name__} requires y to be passed, but the target y is None. "
-            "Pass the targets: fit(X, y)."
-        )
-    y = np.asarray(y)
-    if len(y) != len(X):
-        raise ValueError(
-            f"`X` has {len(X)} examples but `y` has {len(y)} targets. Pass one target per example."
-        )
-    return y
+_POSITIVE = _Range(Integral, 1, None, closed="left")
+_SHARED_CONSTRAINTS = {  # checked by `fit` (`_fit_context`) with scikit-learn's messages
+    # What `Backbone.load` takes: a Backbone, a Keras (or tf_keras) model, a
+    # keras.applications name, a file or a Hub handle. Not None: it is required.
+    "backbone": [Backbone, HasMethods(["get_weights", "predict"]), str, os.PathLike],
+    "input_shape": [tuple, list, _POSITIVE, None],
+    "batch_size": [_POSITIVE, None],
+}
+_EPOCHS = [_POSITIVE, StrOptions({"auto"})]
+_RATE = [
+    _Range(Real, 0, None, closed="neither"),
+    keras.optimizers.schedules.LearningRateSchedule,
+]
 
 
 class _FineTunerEstimator(BaseEstimator):
     """What the classifier and the regressor share: building and training a FineTuner."""
+
+    _parameter_constraints: dict = {
+        **_SHARED_CONSTRAINTS,
+        "freeze": [FreezePolicy, None],
+        "pooling": [StrOptions(set(_POOLINGS))],
+        "hidden_units": ["array-like", _POSITIVE],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "head_epochs": _EPOCHS,
+        "epochs": _EPOCHS,
+        "learning_rate": _RATE,
+        "fine_tune_learning_rate": _RATE,
+        "scale": [StrOptions({"auto"}), "boolean"],
+        # Not scikit-learn's "random_state": a RandomState cannot seed TensorFlow.
+        "random_state": [_Range(Integral, 0, None, closed="left"), None],
+        "verbose": ["verbose", StrOptions({"auto"})],  # Keras' verbosity
+    }
 
     def __init__(
         self,
@@ -240,19 +146,8 @@ class _FineTunerEstimator(BaseEstimator):
         }
 
     def _train(self, X, y, head: Head, fit_params: dict, fitted: dict):
-        if self.backbone is None:
-            raise ValueError(
-                f"`{type(self).__name__}(backbone)` is required: a keras.Model, a Backbone, "
-                "a keras.applications name, a model file or a Hub handle. Received: "
-                "backbone=None."
-            )
-        if self.random_state is not None and not isinstance(self.random_state, numbers.Integral):
-            raise TypeError(
-                f"`random_state` must be an int or None (NumPy generators cannot seed "
-                f"TensorFlow). Received: random_state={self.random_state!r}."
-            )
         backbone = _pristine_backbone(self.backbone)
-        scaler = _input_scaler(self.scale, backbone, X)
+        scaler = input_scaler(self.scale, backbone, X)
         if scaler is not None:
             if backbone.preprocessing is not None:  # scale=True: standardise, then theirs
                 scaler = keras.Sequential([scaler, backbone.preprocessing], name="preprocessing")
@@ -298,8 +193,8 @@ class _FineTunerEstimator(BaseEstimator):
 
     def _predict_raw(self, X):
         check_is_fitted(self, "model_")
-        X = as_tensor_if_text(_check_x(self, X, reset=False))
-        return self.model_.predict(X, batch_size=self.batch_size, verbose=0)
+        X, _ = validate(self, X, reset=False)
+        return self.model_.predict(as_tensor_if_text(X), batch_size=self.batch_size, verbose=0)
 
     def __getstate__(self):
         # A FineTuner holds TensorFlow objects that do not pickle; the model does
@@ -310,6 +205,7 @@ class _FineTunerEstimator(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True  # images and sequences: N-D X
         tags.non_deterministic = self.random_state is None
         return tags
 
@@ -361,6 +257,7 @@ class FineTunerClassifier(ClassifierMixin, _FineTunerEstimator):
         tuner_: the fitted `FineTuner`.
         history_: dict. The Keras training history.
         n_features_in_: the number of features, for 2-D inputs.
+        feature_names_in_: the column names, when `X` is a pandas DataFrame.
 
     `fit` also takes Keras `fit` arguments (`validation_data`, `callbacks`,
     `sample_weight`, ...).
@@ -379,18 +276,11 @@ class FineTunerClassifier(ClassifierMixin, _FineTunerEstimator):
         (2, 2)
     """
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, **fit_params) -> FineTunerClassifier:
         """Fine-tunes on `X`, `y` from the pretrained weights; returns `self`."""
-        X = _check_x(self, X, reset=True)
-        y = _check_y(self, X, y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            warnings.warn(
-                "A column-vector y was passed when a 1d array was expected. Please change "
-                "the shape of y to (n_samples,), for example using ravel().",
-                DataConversionWarning,
-                stacklevel=2,
-            )
-            y = y.ravel()
+        # multi_output: a 2-D y gets to the type_of_target message below.
+        X, y = validate(self, X, y, reset=True, multi_output=True)
         check_classification_targets(y)
         if type_of_target(y) not in ("binary", "multiclass"):
             raise ValueError(
@@ -398,6 +288,7 @@ class FineTunerClassifier(ClassifierMixin, _FineTunerEstimator):
                 "targets. For several labels per example use FineTuner with "
                 "Head.multilabel."
             )
+        y = column_or_1d(y, warn=True)  # a column vector: a DataConversionWarning
         from sklearn.preprocessing import LabelEncoder  # here, not at finetune_tf's import
 
         encoder = LabelEncoder().fit(y)
@@ -428,7 +319,8 @@ class FineTunerRegressor(RegressorMixin, _FineTunerEstimator):
 
     Takes the arguments of `FineTunerClassifier`; `y` may be 1-D (one target)
     or 2-D (several). `score` is R². Fitted attributes: `n_outputs_`,
-    `model_`, `tuner_`, `history_`, `n_features_in_` (2-D inputs).
+    `model_`, `tuner_`, `history_`, `n_features_in_` (2-D inputs),
+    `feature_names_in_` (DataFrames).
 
     Examples:
         >>> import keras, numpy as np
@@ -441,25 +333,16 @@ class FineTunerRegressor(RegressorMixin, _FineTunerEstimator):
         (4,)
     """
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, **fit_params) -> FineTunerRegressor:
         """Fine-tunes on `X`, `y` from the pretrained weights; returns `self`."""
-        X = _check_x(self, X, reset=True)
-        y = _check_y(self, X, y)
-        try:
-            y = y.astype("float32") if y.dtype.kind in "biufO" else None
-        except (TypeError, ValueError):
-            y = None
-        if y is None:
+        X, y = validate(self, X, y, reset=True, multi_output=True, y_numeric=True)
+        if y.dtype.kind not in "biuf":  # y_numeric reads object arrays, not strings
             raise ValueError(
                 "Unknown label type: `y` holds values that are not numbers; a regressor needs "
                 "numbers. Convert them first, e.g. y.astype('float32')."
             )
-        if y.ndim not in (1, 2):
-            raise ValueError(
-                f"`y` must be 1-D (one target) or 2-D (several); received shape {y.shape}."
-            )
-        if not np.isfinite(y).all():
-            raise ValueError("`y` contains NaN or infinity; impute or drop those examples.")
+        y = y.astype("float32")
         outputs = 1 if y.ndim == 1 else y.shape[1]
         head = Head.regressor(outputs, **self._head_options())
         return self._train(X, y, head, fit_params, {"n_outputs_": outputs})
@@ -503,6 +386,11 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
         (3, 5)
     """
 
+    _parameter_constraints: dict = {
+        **_SHARED_CONSTRAINTS,
+        "pooling": [StrOptions({"avg", "max", "flatten"})],  # one vector per example
+    }
+
     def __init__(
         self,
         backbone=None,
@@ -516,19 +404,10 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
         self.pooling = pooling
         self.batch_size = batch_size
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None) -> BackboneFeatures:
         """Loads the backbone and builds the embedding model; returns `self`."""
-        if self.pooling not in ("avg", "max", "flatten"):
-            raise ValueError(
-                "`pooling` must be 'avg', 'max' or 'flatten' (one vector per example). "
-                f"Received: pooling={self.pooling!r}."
-            )
-        X = _check_x(self, X, reset=True)
-        if self.backbone is None:
-            raise ValueError(
-                "`BackboneFeatures(backbone)` is required: a keras.Model, a Backbone, a "
-                "keras.applications name, a model file or a Hub handle. Received: backbone=None."
-            )
+        X, _ = validate(self, X, reset=True)
         tuner = FineTuner(
             _pristine_backbone(self.backbone),  # the freeze policy must not touch the caller's
             Head.regressor(pooling=self.pooling),
@@ -547,12 +426,13 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         """Embeddings of shape `(n_samples, n_features_out_)`."""
         check_is_fitted(self, "model_")
-        X = _check_x(self, X, reset=False)
+        X, _ = validate(self, X, reset=False)
         features = self.model_.predict(as_tensor_if_text(X), batch_size=self.batch_size, verbose=0)
         return features.reshape(len(features), -1)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True  # images and sequences: N-D X
         tags.transformer_tags.preserves_dtype = ["float32"]  # TensorFlow computes in float32
         return tags
 

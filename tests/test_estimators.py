@@ -220,16 +220,123 @@ def test_fitted_estimators_pickle_and_predict_the_same(digits, pretrained):
 
 def test_estimator_errors_name_the_argument():
     x = np.random.default_rng(0).random((10, 4)).astype("float32")
-    with pytest.raises(ValueError, match=r"`FineTunerClassifier\(backbone\)` is required"):
+    with pytest.raises(ValueError, match=r"'backbone' parameter of FineTunerClassifier.*Got None"):
         FineTunerClassifier().fit(x, np.arange(10) % 2)
-    with pytest.raises(TypeError, match=r"`random_state`.*int or None"):
+    # A NumPy generator cannot seed TensorFlow: an int or None (InvalidParameterError is
+    # both a ValueError and a TypeError).
+    with pytest.raises(TypeError, match=r"'random_state' parameter.*an int .* or None"):
         FineTunerClassifier(set_encoder(), random_state=np.random.default_rng(0)).fit(
             x, np.arange(10) % 2
         )
-    with pytest.raises(ValueError, match=r"`pooling`.*'avg', 'max' or 'flatten'"):
+    with pytest.raises(ValueError, match=r"'pooling' parameter.* among \{.*'flatten'.*\}"):
         BackboneFeatures(set_encoder(), pooling="none").fit(x)
     with pytest.raises(ValueError, match=r"`y`.*multilabel-indicator.*Head.multilabel"):
         FineTunerClassifier(set_encoder()).fit(x, np.eye(10)[:, :3].astype(int))
+
+
+# --- Checked by scikit-learn: `_parameter_constraints` and `validate_data` ---------------
+
+
+@pytest.mark.parametrize(
+    "estimator, name, value",
+    [
+        (FineTunerClassifier, "epochs", -1),
+        (FineTunerClassifier, "epochs", True),  # a bool is not a number of epochs
+        (FineTunerClassifier, "head_epochs", "fast"),
+        (FineTunerClassifier, "learning_rate", 0.0),
+        (FineTunerClassifier, "dropout", 1.0),
+        (FineTunerClassifier, "freeze", "all"),
+        (FineTunerClassifier, "pooling", "mean"),
+        (FineTunerRegressor, "batch_size", 0),
+        (FineTunerRegressor, "random_state", -1),
+        (FineTunerRegressor, "scale", None),
+        (BackboneFeatures, "batch_size", 2.5),
+        (BackboneFeatures, "backbone", 3),
+    ],
+)
+def test_invalid_parameters_raise_scikit_learns_error_at_fit(estimator, name, value):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    unfit = estimator(set_encoder())
+    unfit.set_params(**{name: value})  # stored verbatim: nothing is checked before fit
+    x = np.random.default_rng(0).random((6, 3))
+    with pytest.raises(
+        InvalidParameterError,
+        match=rf"The '{name}' parameter of {estimator.__name__} must be .* Got .* instead",
+    ):
+        unfit.fit(x, np.arange(6) % 2)
+    assert not hasattr(unfit, "n_features_in_")  # refused before the data was looked at
+
+
+@pytest.mark.parametrize("estimator", [FineTunerClassifier, FineTunerRegressor, BackboneFeatures])
+def test_every_parameter_has_a_constraint_checked_at_fit(estimator):
+    # scikit-learn's own check (its common tests run it; parametrize_with_checks does not):
+    # one constraint per parameter, and a value of a wrong type or out of range refused.
+    from sklearn.utils.estimator_checks import check_param_validation
+
+    check_param_validation(estimator.__name__, estimator(set_encoder()))
+
+
+def test_features_are_counted_and_named_as_scikit_learn_does():
+    x = np.random.default_rng(0).random((12, 4)).astype("float32")
+    clf = FineTunerClassifier(set_encoder(), head_epochs=1, epochs=1, random_state=0)
+    clf.fit(x, np.arange(12) % 2)
+    assert clf.n_features_in_ == 4 and not hasattr(clf, "feature_names_in_")
+    # The set encoder takes any width: only the recorded n_features_in_ refuses 3 columns.
+    with pytest.raises(ValueError, match=r"X has 3 features, but \w+ is expecting 4 features"):
+        clf.predict(x[:, :3])
+    features = BackboneFeatures(set_encoder()).fit(x)
+    with pytest.raises(ValueError, match=r"X has 5 features, but BackboneFeatures is expecting 4"):
+        features.transform(np.zeros((2, 5)))
+    # Images: N-D arrays pass, and n_features_in_ is for 2-D X only.
+    inputs = keras.Input((4, 4, 1))
+    conv = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+    images = BackboneFeatures(conv).fit(np.zeros((3, 4, 4, 1)))
+    assert not hasattr(images, "n_features_in_")
+    assert images.transform(np.ones((2, 4, 4, 1))).shape == (2, 2)
+
+
+def test_feature_names_of_a_dataframe_are_kept():
+    pd = pytest.importorskip("pandas")
+    x = pd.DataFrame(np.random.default_rng(0).random((12, 3)), columns=["a", "b", "c"])
+    reg = FineTunerRegressor(set_encoder(), head_epochs=1, epochs=1, random_state=0)
+    reg.fit(x, x["a"] * 2)
+    assert list(reg.feature_names_in_) == ["a", "b", "c"] and reg.n_features_in_ == 3
+    assert reg.predict(x).shape == (12,)
+    with pytest.raises(ValueError, match=r"feature names should match"):
+        reg.predict(x[["c", "b", "a"]])
+    with pytest.warns(UserWarning, match=r"X does not have valid feature names"):
+        reg.predict(x.to_numpy())
+
+
+def test_data_rules_scikit_learns_and_the_backbones():
+    """What `validate` lets through beyond scikit-learn's defaults (images, text, object
+    arrays), and that scikit-learn's own rules refuse the rest with its messages."""
+    import scipy.sparse
+    from sklearn.base import BaseEstimator
+
+    from finetune_tf._sklearn_data import validate
+
+    def check(X, reset=True):
+        return validate(BaseEstimator(), X, reset=reset)[0]
+
+    assert check(np.zeros((2, 5, 5, 3), dtype="uint8")).dtype == np.float32  # images
+    assert check(["a film", "a book"]).dtype.kind == "U"  # text, 1-D
+    assert check(np.array(["a", b"b"], dtype=object)).dtype.kind == "U"
+    assert check(np.array([[1, 2.5], [True, 0]], dtype=object)).dtype == np.float32
+    assert check(np.array([["x", "y"]], dtype=object)).dtype.kind == "U"
+    with pytest.raises(TypeError, match=r"argument must be a string.* number"):
+        check(np.array([[1.0, {"a": 1}]], dtype=object))
+    with pytest.raises(ValueError, match=r"Input X contains infinity"):
+        check(np.array([[1.0, np.inf]], dtype=object))
+    with pytest.raises(ValueError, match=r"Expected 2D array, got 1D array"):
+        check(np.arange(3.0))
+    with pytest.raises(ValueError, match=r"Input X contains NaN"):
+        check(np.array([[np.nan, 1.0]]))
+    with pytest.raises(TypeError, match=r"Sparse data was passed for X"):
+        check(scipy.sparse.csr_matrix(np.eye(3)))
+    with pytest.raises(ValueError, match=r"0 feature\(s\)"):
+        check(np.zeros((3, 0)))
 
 
 def test_exported_names():
@@ -323,7 +430,7 @@ def test_scale_is_auto_true_or_false_and_travels_with_the_model():
     assert "input_scaler" not in names(
         FineTunerClassifier(small_mlp(3), scale=False, **quick).fit(X, y)
     )
-    with pytest.raises(ValueError, match=r"`scale` must be \"auto\", True or False.*'yes'"):
+    with pytest.raises(ValueError, match=r"'scale' parameter .* among \{'auto'\} or .*'bool'"):
         FineTunerClassifier(small_mlp(3), scale="yes", **quick).fit(X, y)
     # scale=True in front of the backbone's own preprocessing, which stays.
     backbone = Backbone(small_mlp(3), preprocessing=keras.layers.Rescaling(2.0, name="twice"))
