@@ -46,7 +46,7 @@ from finetune_tf.finetuner import FineTuner
 from finetune_tf.model.backbone import Backbone
 from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.model.head import Head
-from finetune_tf.model.head.head import _POOLINGS
+from finetune_tf.model.head.head import POOLINGS
 from finetune_tf.model.tuned_model import as_tensor_if_text
 from finetune_tf.outputs.export import export_model
 from finetune_tf.training.fit_args import FitArgs
@@ -92,7 +92,7 @@ class _FineTunerEstimator(BaseEstimator):
     _parameter_constraints: dict = {
         **_SHARED_CONSTRAINTS,
         "freeze": [FreezePolicy, None],
-        "pooling": [StrOptions(set(_POOLINGS))],
+        "pooling": [StrOptions(set(POOLINGS))],
         "hidden_units": ["array-like", _POSITIVE],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "head_epochs": _EPOCHS,

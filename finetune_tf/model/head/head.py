@@ -16,9 +16,9 @@ from finetune_tf._checks import check_choice, check_int, check_number
 from finetune_tf.model.head.task import Task, get_task
 from finetune_tf.outputs.report import Report
 
-__all__ = ["Head"]
+__all__ = ["POOLINGS", "Head"]
 
-_POOLINGS = ("avg", "max", "flatten", "none")
+POOLINGS = ("avg", "max", "flatten", "none")  # how a head reduces feature maps
 
 
 class Head:
@@ -62,7 +62,7 @@ class Head:
         logits: bool = False,
     ):
         task_class = get_task(task)
-        check_choice(pooling, "pooling", _POOLINGS)
+        check_choice(pooling, "pooling", POOLINGS)
         hidden_units = (hidden_units,) if isinstance(hidden_units, int) else tuple(hidden_units)
         for width in hidden_units:
             check_int(width, "hidden_units", each=hidden_units, type_error=ValueError)

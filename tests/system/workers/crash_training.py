@@ -1,4 +1,4 @@
-"""Fine-tunes with checkpoint_dir and, on request, dies by SIGKILL; run by tests/system/test_crash.py.
+"""Fine-tunes with checkpoint_dir and, on request, dies by SIGKILL (tests/system/test_crash.py).
 
     python crash_training.py DIR MODE
 
