@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import os
 import tempfile
@@ -84,3 +85,16 @@ def require_parent_directory(path: str, argname: str) -> str:
             f"The directory of `{argname}`={path!r} does not exist. Create {parent!r} first."
         )
     return parent
+
+
+def revived(config: dict, *keys: str) -> dict:
+    """A copy of `config` with the Keras objects serialized under `keys` deserialized
+    (Keras' deserialization consumes what it reads, so the caller's config is untouched;
+    keys that are missing or hold no serialized object are left as they are)."""
+    import keras
+
+    config = copy.deepcopy(config)
+    for key in keys:
+        if isinstance(config.get(key), dict):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+    return config

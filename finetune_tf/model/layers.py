@@ -9,10 +9,9 @@ hold.) `clone_layer` copies a backbone's layers into another dtype policy.
 
 from __future__ import annotations
 
-import copy
-
 import keras
 
+from finetune_tf._utils import revived
 from finetune_tf.sources.hub import HubLayer
 
 __all__ = ["BackboneLayer", "clone_layer", "clone_model"]
@@ -122,6 +121,4 @@ class BackboneLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**revived(config, "backbone"))

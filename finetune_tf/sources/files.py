@@ -95,24 +95,9 @@ def saved_model_network(
     output_key: str | None,
     trainable: bool = True,
 ) -> keras.Model:
-    """A one-input Keras model around the SavedModel at `handle` (a `HubLayer`).
-
-    Examples:
-        >>> import tempfile, tensorflow as tf
-        >>> from finetune_tf.sources.files import saved_model_network
-        >>> class Features(tf.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.w = tf.Variable(tf.ones((3, 5)))
-        ...     @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-        ...     def __call__(self, x):
-        ...         return tf.matmul(x, self.w)
-        >>> path = tempfile.mkdtemp()
-        >>> tf.saved_model.save(Features(), path)
-        >>> saved_model_network(path, input_shape=None, signature=None,
-        ...                     output_key=None).output_shape
-        (None, 5)
-    """
+    """A one-input Keras model around the SavedModel at `handle` (a `HubLayer`); the
+    input shape is the one given, else the one the SavedModel declares. (Example:
+    `Backbone.from_hub`.)"""
     layer = HubLayer(
         handle,
         signature=signature,

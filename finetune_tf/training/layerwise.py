@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from finetune_tf._checks import check_number
+from finetune_tf._utils import revived
 
 __all__ = [
     "LayerwiseOptimizer",
@@ -63,9 +64,7 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     @classmethod
     def from_config(cls, config):
-        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
-        return cls(**config)
+        return cls(**revived(config, "schedule"))
 
 
 def _scaled(learning_rate, factor: float):

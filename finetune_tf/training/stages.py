@@ -10,12 +10,12 @@ optimizer, and Keras callbacks see one continuous run (epochs keep counting).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import keras
 
 from finetune_tf._checks import check_choice, check_int, check_number
+from finetune_tf._utils import revived
 from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.runtime.progress import say
 from finetune_tf.training.fit_args import FitArgs
@@ -153,12 +153,9 @@ class Stage:
     @classmethod
     def from_config(cls, config: dict) -> Stage:
         """The stage `get_config` describes."""
-        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
+        config = revived(config, "learning_rate", "optimizer")
         if config.get("freeze") is not None:
             config["freeze"] = FreezePolicy.from_config(config["freeze"])
-        for key in ("learning_rate", "optimizer"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
 
