@@ -44,9 +44,11 @@ def load_model(
         filepath: str or path. The `.keras` or `.h5` file.
         compile: bool. Whether to restore the compiled loss, metrics and
             optimizer. Defaults to `True`.
-        safe_mode: bool. Refuse files that would run Python code on load
-            (Lambda layers). Pass `False` only for files you trust. Defaults
-            to `True`.
+        safe_mode: bool. Refuse files that could run code (Lambda layers,
+            non-modelling functions or classes, a Hub backbone whose graph does
+            more than compute or whose URL is not cached; see
+            docs/robustness.md). Pass `False` only for files you trust.
+            Defaults to `True`.
         strategy: None, `"auto"` or a `tf.distribute.Strategy`. Restore the
             model and its optimizer in this strategy's scope, to go on
             training on several devices (`"auto"` picks as

@@ -44,12 +44,17 @@ def hub_cache_dir() -> str:
     return resolver.tfhub_cache_dir(use_temp=True)
 
 
-def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
+def resolve_handle(
+    handle: str | os.PathLike, argname: str = "handle", *, download: bool = True
+) -> str:
     """Returns a local SavedModel directory for a Hub handle or a local path.
 
     Local directories are used as they are. URLs go through tensorflow_hub's
     own resolver and cache, so `TFHUB_CACHE_DIR`, proxies and a pre-filled
-    cache work exactly as with `hub.load`.
+    cache work exactly as with `hub.load`; a URL already in the cache is
+    served from it without a network call. With `download=False` (a model
+    file being loaded in safe mode) a URL that is not in the cache is refused
+    with a ValueError instead of fetched.
     """
     handle = as_str_path(handle, argname, "a URL or a path to a SavedModel directory")
     if not is_url(handle):
@@ -71,6 +76,17 @@ def resolve_handle(handle: str | os.PathLike, argname: str = "handle") -> str:
     import tensorflow_hub as hub
 
     expected = os.path.join(hub_cache_dir(), hashlib.sha1(handle.encode("utf8")).hexdigest())
+    if os.path.isfile(os.path.join(expected, "saved_model.pb")):
+        return expected  # what tensorflow_hub's resolver returns for a cached handle
+    if not download:
+        raise ValueError(
+            f"Refusing to download `{argname}`={handle!r} while loading a model file in "
+            f"safe mode: it is not in tensorflow_hub's cache ({expected!r} does not hold "
+            "a SavedModel), and a safe load never touches the network. Fetch it yourself "
+            "if you trust it (finetune_tf.Backbone.from_hub(handle) or "
+            "tensorflow_hub.resolve(handle), with the same TFHUB_CACHE_DIR) and load "
+            "again, or load with safe_mode=False if you trust the file's author."
+        )
     cached = os.path.isdir(expected)
     if not cached:
         say(f"downloading Hub handle {handle} into {hub_cache_dir()} (once)")
@@ -227,7 +243,9 @@ class HubLayer(keras.layers.Layer):
     while the layer trains.
 
     A saved `.keras` model stores the handle and the fine-tuned weights; the
-    handle must still resolve when the model is loaded.
+    handle must still resolve when the model is loaded. In safe mode that load
+    fetches nothing (a URL must be in tensorflow_hub's cache) and refuses a
+    SavedModel whose graph holds ops outside `sources.trust.ALLOWED_OPS`.
 
     Args:
         handle: str. A TF Hub URL or a local SavedModel directory.
@@ -370,18 +388,21 @@ class HubLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        # Loading a model file: the file, not the user, chose this SavedModel. In safe
-        # mode, refuse one whose graph can write files or call Python when it runs.
+        # Loading a model file: the file, not the user, chose this SavedModel. In safe mode,
+        # fetch nothing and refuse a graph holding ops that do more than compute; checked
+        # before tf.saved_model.load, which runs the SavedModel's initializers.
         if serialization_lib.in_safe_mode() is not False:
-            handle = config.get("handle")
-            path = resolve_handle(as_str_path(handle, "handle", "a URL or a SavedModel path"))
+            handle = as_str_path(config.get("handle"), "handle", "a URL or a SavedModel path")
+            path = resolve_handle(handle, download=False)
             found = unsafe_ops(path)
             if found:
                 raise ValueError(
-                    f"The model file loads the SavedModel at {handle!r}, whose graph holds "
-                    f"ops that write files or run Python when it is called ({', '.join(found)}). "
-                    "Refused in safe mode. If you trust that SavedModel, load with "
-                    "safe_mode=False."
+                    f"Refusing to load the SavedModel `handle`={handle!r} named by the model "
+                    "file: its graph holds ops that could write files or run Python (or "
+                    f"otherwise do more than compute), on load or when it runs: "
+                    f"{', '.join(found)}. Safe mode allows only ops that compute "
+                    "(finetune_tf.sources.trust.ALLOWED_OPS). If you trust the SavedModel's "
+                    "author, load with safe_mode=False."
                 )
         return cls(**config)
 

@@ -1,29 +1,50 @@
 """Could this file run code? Every check finetune_tf makes before loading one.
 
-A model config (in a `.keras` archive or an `.h5` file) is refused in safe
-mode when it names a Lambda layer (marshalled Python bytecode), a Python
-lambda, a function outside Keras' modelling modules, or an object from a
-package other than Keras' or finetune_tf's (unless this process registered
-it itself). Keras' legacy `.h5` loader ignores `safe_mode` (CVE-2025-9905),
-so `.h5` files are only safe through these checks. A SavedModel runs no
-Python, but its graph runs whatever ops it holds: `unsafe_ops` lists those
-that write files or call back into Python.
+A model config (in a `.keras` archive or an `.h5` file) is allowed in safe mode only
+when every object it names is, by what it is, part of a model: a class that is a Keras
+layer, model, operation, initializer, regularizer, constraint, loss, metric, optimizer,
+learning-rate schedule or dtype policy, and a function that is one of Keras'
+activations, losses or metrics. Lambda layers (marshalled Python bytecode), Python
+lambdas and anything else (`keras.config.set_epsilon`, `eval`, `os.system`) are refused.
+The config is read with a size and a depth limit. Keras' legacy `.h5` loader ignores
+`safe_mode` (CVE-2025-9905), so `.h5` files are only safe through these checks.
+
+A SavedModel runs no Python, but its graph runs whatever ops it holds, some of them
+while it loads (resource initializers). `unsafe_ops` lists the ops of a SavedModel
+outside `ALLOWED_OPS` (ops that compute), scanning every function and meta graph; it
+runs before `tf.saved_model.load`.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
+import sys
 import zipfile
 
 import keras
 
-__all__ = ["UNSAFE_OPS", "check_h5_file", "check_keras_archive", "unsafe_ops"]
+from finetune_tf.sources.allowed_ops import ALLOWED_OPS
 
+__all__ = [
+    "ALLOWED_OPS",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
+    "SAVER_OPS",
+    "check_h5_file",
+    "check_keras_archive",
+    "unsafe_ops",
+]
 
-# Where a model config may take objects from: Keras and packages built on its registry.
-_SAFE_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp", "finetune_tf")
-# What a class registered by the user's own code must be to be loaded in safe mode.
+# A model's config.json is a few KiB to a few MiB; more than this is refused unread.
+MAX_CONFIG_BYTES = 64 * 2**20
+# How deeply a config may nest (a model ten levels deep nests about 100 levels).
+MAX_CONFIG_DEPTH = 256
+
+# What a class named in a config must be (its code is Keras', a library's registered with
+# Keras, or the user's own, already imported; the file only gives it arguments).
 _MODELLING_BASES = (
     keras.layers.Layer,
     keras.losses.Loss,
@@ -33,104 +54,258 @@ _MODELLING_BASES = (
     keras.constraints.Constraint,
     keras.optimizers.Optimizer,
     keras.optimizers.schedules.LearningRateSchedule,
+    keras.DTypePolicy,
 )
-# Modules whose functions a config may name (losses, metrics, activations, ...).
-_SAFE_FUNCTION_MODULES = (
-    "builtins",
-    "keras.activations",
-    "keras.losses",
-    "keras.metrics",
-    "keras.ops",
-    "keras.src.activations",
-    "keras.src.losses",
-    "keras.src.metrics",
-    "keras.src.ops",
+# Keras' own tensor operations (`keras.ops.add` in a functional model is a
+# `keras.src.ops.numpy.Add`); Layer derives from it too.
+try:
+    from keras.src.ops.operation import Operation as _OPERATION
+except ImportError:  # pragma: no cover - every supported Keras has it
+    _OPERATION = keras.layers.Layer
+# Where Keras looks up a function saved under module "builtins" (its serialization_lib).
+_FUNCTION_KINDS = ("activations", "losses", "metrics")
+_BUILTIN_KINDS = (
+    "activations",
+    "constraints",
+    "initializers",
+    "losses",
+    "metrics",
+    "optimizers",
+    "regularizers",
 )
+# Values Keras rebuilds as data, not as objects that run.
+_DATA_CLASS_NAMES = frozenset(
+    {
+        "__keras_tensor__",
+        "__tensor__",
+        "__numpy__",
+        "__bytes__",
+        "__ellipsis__",
+        "__slice__",
+        "__typespec__",
+    }
+)
+# Packages whose modules Keras itself imports to find a class.
+_KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 
 
-def _in_modules(module: str, modules) -> bool:
-    return any(module == m or module.startswith(m + ".") for m in modules)
-
-
-def _registered_in_this_process(config: dict) -> bool:
-    """Whether the config names a modelling class that this process registered itself
-    (`keras.saving.register_keras_serializable`): its code is the user's, already
-    imported, and the file only gives it arguments (as Keras' own safe mode allows)."""
-    name = config.get("registered_name")
-    if not isinstance(name, str):
-        return False
-    found = keras.saving.get_registered_object(name)
-    return (
-        isinstance(found, type)
-        and found.__module__ == config.get("module")
-        and found.__name__ == config.get("class_name")
-        and issubclass(found, _MODELLING_BASES)
-    )
-
-
-def _unsafe_objects(config) -> list[str]:
-    """What in a model config could run code on load: Lambda layers (marshalled Python
-    bytecode), Python lambdas, functions from outside Keras' modelling modules (e.g.
-    `keras.config.enable_unsafe_deserialization`, CVE-2025-1550/9906) and objects from
-    packages other than Keras'."""
-    found = []
-    if isinstance(config, dict):
-        class_name, module = config.get("class_name"), config.get("module")
-        if isinstance(class_name, str):
-            inner = config.get("config")
-            if class_name.endswith("Lambda"):
-                name = inner.get("name", class_name) if isinstance(inner, dict) else class_name
-                found.append(f"Lambda layer {name!r}")
-            elif class_name == "__lambda__":
-                found.append("a Python lambda")
-            elif class_name == "function" and isinstance(module, str):
-                if not _in_modules(module, _SAFE_FUNCTION_MODULES):
-                    found.append(f"function {module}.{inner}")
-            elif (
-                isinstance(module, str)
-                and not _in_modules(module, _SAFE_PACKAGES)
-                and not _registered_in_this_process(config)
-            ):
-                found.append(f"object {module}.{class_name}")
-        for value in config.values():
-            found.extend(_unsafe_objects(value))
-    elif isinstance(config, list):
-        for value in config:
-            found.extend(_unsafe_objects(value))
+def _modelling_functions() -> set:
+    """The functions of `keras.activations`, `keras.losses` and `keras.metrics` (their
+    lookup helpers `get`, `serialize` and `deserialize` excepted)."""
+    found = set()
+    for kind in _FUNCTION_KINDS:
+        module = getattr(keras, kind)
+        for name in dir(module):
+            obj = getattr(module, name)
+            if inspect.isfunction(obj) and name not in ("get", "serialize", "deserialize"):
+                found.add(obj)
     return found
 
 
+_FUNCTIONS = _modelling_functions()
+
+
+def _attribute(module: str, name: str):
+    """`module.name` as Keras would find it, importing nothing but Keras' own packages."""
+    mod = sys.modules.get(module)
+    if mod is None and module.split(".")[0] in _KERAS_PACKAGES:
+        try:
+            mod = importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - not importable: Keras could not load it either
+            return None
+    return None if mod is None else vars(mod).get(name, getattr(mod, name, None))
+
+
+def _registered(name):
+    if not isinstance(name, str):
+        return None
+    try:
+        return keras.saving.get_registered_object(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _function_problem(config: dict) -> str | None:
+    """Why a `{"class_name": "function", ...}` entry is refused, or None if it names one
+    of Keras' activations, losses or metrics (checked the way Keras resolves it)."""
+    name, module = config.get("config"), config.get("module")
+    label = f"function {module}.{name}" if module else f"function {name}"
+    if not isinstance(name, str):
+        return label
+    candidates = []
+    for key in (name, config.get("registered_name")):  # Keras' registry wins, by either
+        found = _registered(key)
+        if found is not None:
+            candidates.append(found)
+    if module in (None, "builtins"):
+        kinds = [getattr(keras, kind, None) for kind in _BUILTIN_KINDS]
+        target = next((getattr(k, name) for k in kinds if hasattr(k, name)), None)
+    elif isinstance(module, str) and module.split(".")[0] == "keras":
+        target = _attribute(module, name)
+    else:
+        target = None
+    if not candidates:
+        candidates.append(target)
+    if all(c in _FUNCTIONS for c in candidates) and (target is None or target in _FUNCTIONS):
+        return None
+    return label
+
+
+def _class_problem(config: dict) -> str | None:
+    """Why an entry naming a class is refused, or None if the class Keras would use is
+    a modelling class (see `_MODELLING_BASES`)."""
+    class_name, module = config["class_name"], config.get("module")
+    label = f"object {module}.{class_name}" if module else f"object {class_name}"
+    registered_name = config.get("registered_name", class_name)
+    found = _registered(registered_name)
+    if found is not None:
+        if module is not None and (
+            getattr(found, "__module__", None) != module
+            or getattr(found, "__name__", None) != class_name
+        ):
+            return label  # a registered name does not vouch for another object
+        cls = found
+    elif module is None:
+        return None  # Keras resolves it in its own table of that kind (layers, ...)
+    elif isinstance(module, str):
+        cls = _attribute(module, class_name)
+    else:
+        return label
+    if isinstance(cls, type) and issubclass(cls, (*_MODELLING_BASES, _OPERATION)):
+        return None
+    return label
+
+
+def _unsafe_objects(config) -> list[str]:
+    """What in a model config could run code on load or when called: Lambda layers
+    (marshalled Python bytecode), Python lambdas, and any class or function that is not
+    a modelling one (e.g. `keras.config.enable_unsafe_deserialization` or
+    `keras.config.set_epsilon` as an activation, CVE-2025-1550/9906). Iterative, and
+    refuses (as a finding) a config nested deeper than `MAX_CONFIG_DEPTH`."""
+    found = []
+    stack = [(config, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise _TooDeep
+        if isinstance(value, dict):
+            class_name = value.get("class_name")
+            if isinstance(class_name, str):
+                inner = value.get("config")
+                if class_name.endswith("Lambda"):
+                    name = inner.get("name", class_name) if isinstance(inner, dict) else class_name
+                    found.append(f"Lambda layer {name!r}")
+                elif class_name == "__lambda__":
+                    found.append("a Python lambda")
+                elif class_name == "function":
+                    problem = _function_problem(value)
+                    if problem:
+                        found.append(problem)
+                elif class_name not in _DATA_CLASS_NAMES:
+                    problem = _class_problem(value)
+                    if problem:
+                        found.append(problem)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return found
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _parse_config(raw, path: str, argname: str, what: str):
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError(
+            f"Refusing to load `{argname}`={path!r}: its {what} is nested too deeply to "
+            f"read (more than {MAX_CONFIG_DEPTH} levels; a real model's config nests far "
+            "less). The file is damaged or crafted."
+        ) from None
+
+
 def _refuse_unsafe(config, path: str, argname: str, why: str) -> None:
-    unsafe = _unsafe_objects(config)
+    try:
+        unsafe = _unsafe_objects(config)
+    except _TooDeep:
+        raise ValueError(
+            f"Refusing to load `{argname}`={path!r}: its model config is nested more than "
+            f"{MAX_CONFIG_DEPTH} levels deep (a real model's config nests far less). The "
+            "file is damaged or crafted."
+        ) from None
     if unsafe:
         raise ValueError(
             f"Refusing to load `{argname}`={path!r}: its config holds "
-            f"{', '.join(sorted(set(unsafe)))}, which could run code on load{why}. If you "
-            "trust the file's author, pass safe_mode=False."
+            f"{', '.join(sorted(set(unsafe)))}, which could run code{why}: safe mode "
+            "allows only Keras layers, models, operations, initializers, regularizers, "
+            "constraints, losses, metrics, optimizers and schedules (Keras', or classes "
+            "your code registered), and Keras' activation, loss and metric functions. If "
+            "you trust the file's author, pass safe_mode=False."
         )
 
 
+def _too_big(path, argname, what, size) -> ValueError:
+    return ValueError(
+        f"Refusing to load `{argname}`={path!r}: its {what} is {size:,} bytes, more than "
+        f"finetune_tf reads in safe mode (MAX_CONFIG_BYTES = {MAX_CONFIG_BYTES:,}; a real "
+        "model's config is a few MiB at most). The file is damaged or crafted; if you "
+        "trust its author, pass safe_mode=False."
+    )
+
+
 def check_keras_archive(path: str, argname: str = "filepath") -> None:
-    """Raises ValueError if a `.keras` archive is not one, or its config could run code."""
+    """Raises ValueError if a `.keras` archive is not one, or its config could run code.
+
+    `config.json` is read only if it inflates to at most `MAX_CONFIG_BYTES`.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
-        raise ValueError(
-            f"`{argname}`={path!r} is not a Keras archive (a .keras file is a zip archive "
-            f"holding config.json; {type(error).__name__}: {error}). It may be damaged or "
-            "be another kind of file."
-        ) from None
-    _refuse_unsafe(config, path, argname, "")
+            info = archive.getinfo("config.json")
+            if info.file_size > MAX_CONFIG_BYTES:
+                raise _too_big(path, argname, "config.json", info.file_size)
+            with archive.open(info) as member:
+                raw = member.read(MAX_CONFIG_BYTES + 1)  # whatever the header claims
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise _too_big(path, argname, "config.json", len(raw))
+            config = _parse_config(raw, path, argname, "config.json")
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as error:
+        raise _not_an_archive(path, argname, error) from None
+    except ValueError as error:
+        if str(error).startswith("Refusing"):
+            raise
+        raise _not_an_archive(path, argname, error) from None
+    _refuse_unsafe(config, path, argname, " on load or when the model runs")
+
+
+def _not_an_archive(path, argname, error) -> ValueError:
+    return ValueError(
+        f"`{argname}`={path!r} is not a Keras archive (a .keras file is a zip archive "
+        f"holding config.json; {type(error).__name__}: {error}). It may be damaged or "
+        "be another kind of file."
+    )
 
 
 def check_h5_file(path: str, argname: str = "filepath") -> None:
-    """Raises ValueError if the `.h5` model file would run Python code when loaded."""
+    """Raises ValueError if the `.h5` model file would run Python code when loaded.
+
+    A fixed-size `model_config` attribute larger than `MAX_CONFIG_BYTES` is refused
+    unread; a variable-length one (HDF5 stores it uncompressed, in the file) is refused
+    once read.
+    """
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
+            if "model_config" not in f.attrs:
+                raw = None
+            else:
+                attribute = h5py.h5a.open(f.id, b"model_config")
+                size = attribute.get_storage_size()
+                if size > MAX_CONFIG_BYTES:
+                    raise _too_big(path, argname, "model_config attribute", size)
+                raw = f.attrs["model_config"]
     except OSError as error:
         raise ValueError(
             f"`{argname}`={path!r} is not a readable HDF5 file ({error}). Expected a Keras "
@@ -142,30 +317,115 @@ def check_h5_file(path: str, argname: str = "filepath") -> None:
             "Build the architecture and call model.load_weights() on it, or pass a "
             "full-model file saved with model.save('model.h5')."
         )
+    if hasattr(raw, "tobytes") and not isinstance(raw, (bytes, str)):
+        raw = raw.tobytes() if raw.dtype.kind == "S" else str(raw)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _too_big(path, argname, "model_config attribute", len(raw))
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    _refuse_unsafe(json.loads(raw), path, argname, " (Keras' .h5 loader ignores safe_mode)")
+        raw = raw.decode("utf-8", errors="replace")
+    config = _parse_config(raw, path, argname, "model_config attribute")
+    _refuse_unsafe(config, path, argname, " (Keras' .h5 loader ignores safe_mode)")
 
 
-# TensorFlow ops through which a SavedModel's graph can write files or call back into
-# Python. A SavedModel runs no Python of its own, but its graph runs whatever ops it holds.
-UNSAFE_OPS = frozenset(
-    {
-        "WriteFile",
-        "PyFunc",
-        "PyFuncStateless",
-        "EagerPyFunc",
-        "SaveDataset",
-        "SaveDatasetV2",
-        "CreateSummaryFileWriter",
-        "DebugIdentityV2",
-        "DebugIdentityV3",
-    }
-)
+# Ops a SavedModel's checkpoint functions use, allowed there only: `SaveV2` and
+# `MergeV2Checkpoints` write the checkpoint (in the save function, which loading never
+# runs), `RestoreV2` reads it (in the restore function too). A graph that calls either
+# function from anywhere else is refused.
+SAVER_OPS = {
+    "save": frozenset({"SaveV2", "MergeV2Checkpoints", "ShardedFilename", "RestoreV2"}),
+    "restore": frozenset({"RestoreV2", "ShardedFilename"}),
+}
+_PRINT_STREAMS = frozenset({"stderr", "stdout", "log(info)", "log(warning)", "log(error)"})
+
+
+def _node_name(tensor_name: str) -> str:
+    return tensor_name.lstrip("^").split(":")[0]
+
+
+def _called_functions(node, functions) -> list[str]:
+    """The library functions a node calls: as its op, or through any function attribute
+    (`f`, `then_branch`, `body`, `branches`, ...)."""
+    called = [node.op] if node.op in functions else []
+    for attr in node.attr.values():
+        if attr.func.name:
+            called.append(attr.func.name)
+        called.extend(f.name for f in attr.list.func)
+    return called
+
+
+def _closure(roots, functions) -> set:
+    seen, todo = set(), [r for r in roots if r in functions]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in functions[name].node_def:
+            todo.extend(c for c in _called_functions(node, functions) if c in functions)
+    return seen
+
+
+def _meta_graph_problems(meta_graph) -> set:
+    graph = meta_graph.graph_def
+    functions = {fn.signature.name: fn for fn in graph.library.function}
+    top = {node.name: node for node in graph.node}
+    saver = meta_graph.saver_def
+    save_node = _node_name(saver.save_tensor_name) if saver.save_tensor_name else None
+    restore_node = _node_name(saver.restore_op_name) if saver.restore_op_name else None
+
+    def roots(name):
+        node = top.get(name)
+        return _called_functions(node, functions) if node is not None else []
+
+    restore_fns = _closure(roots(restore_node), functions)
+    save_fns = _closure(roots(save_node), functions) - restore_fns
+    saver_fns = save_fns | restore_fns
+    found = set()
+
+    def check(nodes, extra, may_call_saver):
+        for node in nodes:
+            if node.op in functions:
+                pass  # a call, checked through the callee
+            elif node.op == "PrintV2":
+                stream = "stderr"  # the default, which a SavedModel leaves out
+                if "output_stream" in node.attr:
+                    stream = node.attr["output_stream"].s.decode(errors="replace")
+                if stream not in _PRINT_STREAMS:
+                    found.add(f"PrintV2 to {stream}")
+            elif node.op not in ALLOWED_OPS and node.op not in extra:
+                found.add(node.op)
+            if not may_call_saver:
+                for name in _called_functions(node, functions):
+                    if name in saver_fns:
+                        found.add(f"a call to the checkpoint function {name}")
+            if save_node and node.name != save_node and save_node in map(_node_name, node.input):
+                found.add(f"a use of the checkpoint-writing node {save_node}")
+
+    saver_nodes = {save_node, restore_node}
+    check([n for n in graph.node if n.name not in saver_nodes], (), False)
+    check([top[n] for n in saver_nodes if n in top], (), True)
+    for name, fn in functions.items():
+        if name in restore_fns:
+            check(fn.node_def, SAVER_OPS["restore"], True)
+        elif name in save_fns:
+            check(fn.node_def, SAVER_OPS["save"], True)
+        else:
+            check(fn.node_def, (), False)
+    if save_node:  # nothing a loader runs may fetch the checkpoint-writing node
+        fetched = [t.name for s in meta_graph.signature_def.values() for t in s.outputs.values()]
+        for collection in meta_graph.collection_def.values():
+            fetched.extend(collection.node_list.value)
+        if save_node in map(_node_name, fetched):
+            found.add(f"a use of the checkpoint-writing node {save_node}")
+    return found
 
 
 def unsafe_ops(path: str) -> list[str]:
-    """The ops of `UNSAFE_OPS` (and `PrintV2` to a file) in a SavedModel's graphs.
+    """The ops of a SavedModel outside `ALLOWED_OPS`, in any meta graph and any function
+    of its library (initializers included), without loading it: nothing in it runs.
+
+    Also reported: `PrintV2` to a file, and any use of the SavedModel's checkpoint
+    functions (the only place `SaveV2`/`RestoreV2` may appear) from elsewhere.
 
     Examples:
         >>> import tempfile, tensorflow as tf
@@ -187,13 +447,5 @@ def unsafe_ops(path: str) -> list[str]:
         saved_model.ParseFromString(f.read())
     found = set()
     for meta_graph in saved_model.meta_graphs:
-        graph = meta_graph.graph_def
-        nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
-        for node in nodes:
-            if node.op in UNSAFE_OPS:
-                found.add(node.op)
-            elif node.op == "PrintV2":
-                stream = node.attr["output_stream"].s.decode(errors="replace")
-                if stream.startswith("file://"):
-                    found.add(f"PrintV2 to {stream}")
+        found |= _meta_graph_problems(meta_graph)
     return sorted(found)

@@ -49,6 +49,7 @@ MODULES = [
     "runtime.progress",
     "sklearn",
     "sources",
+    "sources.allowed_ops",
     "sources.applications",
     "sources.files",
     "sources.hub",
