@@ -24,9 +24,10 @@ from finetune_tf.runtime.devices import describe
 from finetune_tf.runtime.progress import say
 from finetune_tf.training.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
 from finetune_tf.training.fit_args import FitArgs
+from finetune_tf.training.run_fingerprint import run_fingerprint
 from finetune_tf.training.run_state import TrainingRun
 from finetune_tf.training.seeding import epoch_keyed, steps_per_execution_for
-from finetune_tf.training.stages import run_schedule, schedule_signature
+from finetune_tf.training.stages import run_schedule
 
 __all__ = ["Loop"]
 
@@ -60,10 +61,16 @@ class Loop:
     def fit(self, x, y, args: FitArgs, *, schedule, feature_cache, checkpoint_dir):
         """One `fit` call: a run of one stage, or of `schedule`; returns its `History`."""
         setting = FeatureCache.get(feature_cache)
-        if schedule is not None:
-            signature = {"schedule": schedule_signature(schedule)}
-        else:
-            signature = {"epochs": args.epochs, "initial_epoch": args.initial_epoch}
+        signature = None
+        if checkpoint_dir is not None:  # what a saved state must match to be resumed
+            signature = run_fingerprint(
+                x,
+                y,
+                args,
+                schedule=schedule,
+                compile_config=self.compiler.get_config(),
+                seed=self.seed,
+            )
         chief = self.placement.is_chief()
         self.run = TrainingRun(self.model, checkpoint_dir, chief, signature)
         try:
@@ -80,11 +87,16 @@ class Loop:
     def _fit_single(self, x, y, args: FitArgs, setting):
         run = self.run
         run.begin_stage(0, "fit", args.initial_epoch)
-        if run.resume is not None:
-            args = args.replace(initial_epoch=run.resume["epoch"])
-        keras_history = self.fit_stage(x, y, args, setting)
+        if run.resumes(0) and run.stage_ended(args.epochs):
+            run.restore_ended_stage()  # a callback had stopped it, or every epoch ran
+            params = run.params_seen
+        else:
+            if run.resumes(0):
+                run.restore_model()
+                args = args.replace(initial_epoch=run.resume["epoch"])
+            params = self.fit_stage(x, y, args, setting).params
         history = run.as_history(stages=False)
-        history.params = keras_history.params
+        history.params = params
         self.model.history = history
         return history
 

@@ -7,7 +7,9 @@ schedule (stage and epoch), the history so far and the state of the stage's
 early stopping, and writes them to `d/state.npz` through a temporary file
 and an atomic rename. The same call after a crash restores them and goes on
 from the epoch after the last one completed; when the call returns normally
-the state is removed, as `keras.callbacks.BackupAndRestore` does. Without a
+the state is removed, as `keras.callbacks.BackupAndRestore` does. The state
+holds the fingerprint of the call (`run_fingerprint`); another call is refused,
+naming what changed. Without a
 directory the snapshot stays in memory, where it serves the non-finite-loss
 guard: a NaN or inf loss stops training, the model gets its last good
 weights back, and `fit` raises `FloatingPointError`.
@@ -25,6 +27,7 @@ import keras
 import numpy as np
 
 from finetune_tf._utils import atomic_file, directory_path, require_parent_directory
+from finetune_tf.training.run_fingerprint import differences
 
 __all__ = [
     "FROZEN_PREFIX",
@@ -38,7 +41,7 @@ __all__ = [
 
 STATE_FILE = "state.npz"
 FROZEN_PREFIX = "frozen-"  # frozen-<stage>.npz: a stage's frozen variables, written once
-_FORMAT = 2
+_FORMAT = 3  # 3: the run's fingerprint, model_count, stopped, params
 
 
 def _save_arrays(path: str, meta: dict, values: list) -> None:
@@ -101,9 +104,14 @@ def _variables(model: keras.Model, with_optimizer: bool, changeable_only: bool =
             if not layer.trainable:
                 frozen.update(id(v) for v in layer.variables)
         variables = [v for v in variables if id(v) not in frozen]
-    if with_optimizer and model.optimizer is not None and model.optimizer.built:
-        variables += list(model.optimizer.variables)
+    optimizer = getattr(model, "optimizer", None)  # none before the model is compiled
+    if with_optimizer and optimizer is not None and optimizer.built:
+        variables += list(optimizer.variables)
     return variables
+
+
+def _plain(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _values(variables: list) -> list[np.ndarray]:
@@ -117,12 +125,17 @@ class TrainingRun(keras.callbacks.Callback):
     as the last callback of each stage (after the stage's early stopping,
     whose state it saves and restores).
 
+    A saved state is read when the run is created but put back only when the
+    stage it belongs to is about to train (`restore_model`): then the model is
+    compiled for that stage, and its frozen layers are as that stage froze them.
+    The optimizer's state follows once `fit` has built the optimizer.
+
     Args:
         model: the `keras.Model` that trains (`tuner.model`).
         directory: str or None. Where to keep the state on disk.
         chief: bool. Whether this process writes (a non-chief worker does not).
-        signature: JSON-able description of the call (stages and epochs); a
-            saved state made by another call is refused rather than mixed in.
+        signature: JSON-able fingerprint of the call (`training.run_fingerprint`);
+            a saved state made by another call is refused rather than mixed in.
 
     Examples:
         >>> import keras, numpy as np
@@ -146,12 +159,16 @@ class TrainingRun(keras.callbacks.Callback):
         self.history: dict[str, list] = {}
         self.epochs: list[int] = []  # the epoch numbers of `history`
         self.resume: dict | None = None  # the saved position, if any
-        self._pending: list[np.ndarray] | None = None  # values to restore at train begin
+        self._saved: list[np.ndarray] | None = None  # the saved values, until restored
+        self._pending: list[np.ndarray] | None = None  # the optimizer's, once fit built it
+        self._resume_callbacks = False  # early stopping's state goes back at train begin
+        self._best_weights: list[np.ndarray] | None = None  # early stopping's, saved
         # The NaN guard's last good state: (variables, their values at the last good epoch).
         self._last_good: tuple[list, list[np.ndarray]] | None = None
         self.failure: str | None = None
         self.early_stopping: keras.callbacks.EarlyStopping | None = None
         self.stage, self.stage_name, self.stage_start = 0, "fit", 0
+        self.params_seen: dict = {}  # Keras' params of the last epoch (epochs, steps, ...)
         # Only the chief writes the state; every worker reads it to resume.
         self._writes = directory is not None and chief
         self._frozen_written: tuple | None = None  # (file, indices) written this call
@@ -169,24 +186,36 @@ class TrainingRun(keras.callbacks.Callback):
             return
         try:
             meta, arrays = read_state(self.directory)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            saved_format = meta.get("format")
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+            size = os.path.getsize(self.path)
             raise ValueError(
-                f"`checkpoint_dir`={self.directory!r} holds a {STATE_FILE} that cannot be "
-                f"read ({type(error).__name__}: {error}). It was not written by finetune_tf "
-                "or is damaged; delete it to start over, or pass another directory."
+                f"`checkpoint_dir`={self.directory!r} holds a training state that cannot be "
+                f"read: {self.path!r} ({size} bytes; {type(error).__name__}: {error}). It was "
+                "not written by finetune_tf or is damaged (a full disk, a copy cut short). "
+                "Delete the directory (or that file) to start the training over, or pass "
+                "another checkpoint_dir."
             ) from None
-        if meta.get("signature") != self.signature:
+        if saved_format != _FORMAT:
+            raise ValueError(
+                f"`checkpoint_dir`={self.directory!r} holds a training state in format "
+                f"{saved_format!r}, written by another version of finetune_tf (this one reads "
+                f"format {_FORMAT}). Delete the directory to start the training over, or pass "
+                "another checkpoint_dir."
+            )
+        changed = differences(meta.get("signature") or {}, self.signature)
+        if changed:
             raise ValueError(
                 f"`checkpoint_dir`={self.directory!r} holds the state of a different training "
-                f"call ({meta.get('signature')}), not of this one ({self.signature}). Resume "
-                "with the same arguments, or pass a new directory (or delete it) to start over."
+                f"run, not of this call; changed: {'; '.join(changed)}. Resuming it would mix "
+                "two runs. To resume, call again with the same data and arguments as the "
+                "interrupted call; to start over, delete the directory or pass another "
+                "checkpoint_dir."
             )
         self.resume = meta
         self.history, self.epochs = meta["history"], meta["epochs"]
-        if meta["optimizer"]:
-            self._pending = arrays  # restored once fit has built the optimizer
-        else:
-            self._restore(arrays)  # between stages: the model's variables only
+        self.params_seen = meta.get("params") or {}
+        self._saved = arrays
 
     def _write(self, epoch: int, with_optimizer: bool, values: list, frozen: dict | None = None):
         meta = {
@@ -196,9 +225,13 @@ class TrainingRun(keras.callbacks.Callback):
             "stage_start": self.stage_start,
             "epoch": epoch,
             "optimizer": with_optimizer,
+            # Whether a callback (early stopping) ended the stage at this epoch.
+            "stopped": bool(with_optimizer and getattr(self.model, "stop_training", False)),
+            "params": self.params_seen,
             "history": self.history,
             "epochs": self.epochs,
             "count": len(values) if frozen is None else frozen["count"],
+            "model_count": len(self.full_model.variables),
             "frozen": frozen,
             "early_stopping": self._early_stopping_state(),
         }
@@ -216,10 +249,15 @@ class TrainingRun(keras.callbacks.Callback):
             self._frozen_written = None
 
     def finish(self):
-        """The call completed: its state is no longer needed."""
-        if self._writes and os.path.exists(self.path):
-            os.remove(self.path)
+        """The call completed: its state is no longer needed (nor what a kill left half
+        written)."""
+        if self._writes and os.path.isdir(self.directory):
+            if os.path.exists(self.path):
+                os.remove(self.path)
             self._remove_frozen_files(keep=None)
+            for name in os.listdir(self.directory):
+                if name.startswith(".tmp-") and name.endswith(".npz"):
+                    os.remove(os.path.join(self.directory, name))
 
     # -- stages --
 
@@ -228,12 +266,84 @@ class TrainingRun(keras.callbacks.Callback):
         self.stage, self.stage_name, self.stage_start = index, name, start
         self.early_stopping = early_stopping
 
-    def end_stage(self, next_index: int, next_start: int):
-        """Called after a stage: saves the weights it ended with, for the next stage."""
+    def end_stage(self, next_index: int, next_start: int, write: bool = True):
+        """Called after a stage: saves the weights it ended with, for the next stage
+        (`write=False` after the last stage, whose epoch state is what a kill before
+        `finish` resumes from)."""
         self.stage, self.stage_start = next_index, next_start
         self.early_stopping = None
-        if self._writes:
+        if self._writes and write:
             self._write(next_start, False, self._snapshot(False))
+
+    def resumes(self, index: int) -> bool:
+        """Whether the saved state is in stage `index`, not yet put back."""
+        return self._saved is not None and self.resume["stage"] == index
+
+    def stage_ended(self, stage_end: int) -> bool:
+        """Whether the saved stage had ended (early stopping, or its last epoch done)."""
+        meta = self.resume
+        return bool(meta["optimizer"] and (meta.get("stopped") or meta["epoch"] >= stage_end))
+
+    def restore_model(self):
+        """Puts the saved model variables back, before the saved stage trains (compiled
+        and frozen for it); the optimizer's state and early stopping's follow at train
+        begin, once `fit` has built the optimizer."""
+        meta, values = self.resume, self._saved
+        self._saved = None
+        variables = list(self.full_model.variables)
+        count = meta["model_count"]
+        self._check(variables, values[:count], "variables")
+        for variable, value in zip(variables, values[:count], strict=True):
+            variable.assign(value)
+        if meta["optimizer"]:
+            self._pending = values[count:]
+            self._resume_callbacks = True
+
+    def restore_ended_stage(self) -> int:
+        """For a saved stage that had ended: the model as that stage left it (with early
+        stopping's best weights, as `EarlyStopping.on_train_end` sets them), without
+        training; returns the epoch the next stage starts at."""
+        self.restore_model()
+        self._restore_optimizer()
+        self._restore_early_stopping()
+        es = self.early_stopping
+        if es is not None and es.restore_best_weights and es.best_weights is not None:
+            self.full_model.set_weights(es.best_weights)
+        return self.resume["epoch"]
+
+    def _check(self, variables: list, values: list, what: str):
+        if len(variables) != len(values) or any(
+            tuple(v.shape) != a.shape for v, a in zip(variables, values, strict=False)
+        ):
+            raise ValueError(
+                f"`checkpoint_dir`={self.directory!r} holds the state of a model with other "
+                f"{what} ({len(values)} saved, {len(variables)} here). Resume with the same "
+                "FineTuner construction, or pass a new directory to start over."
+            )
+
+    def _restore_optimizer(self):
+        values, self._pending = self._pending, None
+        if values is None:
+            return
+        count = len(values) - (self.resume.get("best_weights") or 0)
+        optimizer = self.full_model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.full_model.trainable_variables)  # as BackupAndRestore does
+        variables = list(optimizer.variables)
+        self._check(variables, values[:count], "optimizer variables")
+        for variable, value in zip(variables, values[:count], strict=True):
+            variable.assign(value)
+        self._best_weights = list(values[count:])
+
+    def _restore_early_stopping(self):
+        if not self._resume_callbacks:
+            return
+        self._resume_callbacks = False
+        es, saved = self.early_stopping, self.resume.get("early_stopping")
+        if es is not None and saved is not None:
+            es.wait, es.best, es.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
+            if self.resume.get("best_weights"):
+                es.best_weights = self._best_weights
 
     def _snapshot(self, with_optimizer: bool) -> list[np.ndarray]:
         return _values(_variables(self.full_model, with_optimizer))
@@ -271,33 +381,10 @@ class TrainingRun(keras.callbacks.Callback):
     # -- Keras hooks --
 
     def on_train_begin(self, logs=None):
-        if self._pending is not None:
-            self._restore(self._pending)
-            self._pending = None
+        # After every callback before this one (early stopping resets itself here).
+        self._restore_optimizer()
+        self._restore_early_stopping()
         self._remember_good_state()
-
-    def _restore(self, values: list[np.ndarray]):
-        meta = self.resume
-        count = meta["count"]
-        optimizer = self.full_model.optimizer
-        if meta["optimizer"] and optimizer is not None and not optimizer.built:
-            optimizer.build(self.full_model.trainable_variables)  # as BackupAndRestore does
-        variables = _variables(self.full_model, meta["optimizer"])
-        if len(variables) != count or any(
-            tuple(v.shape) != a.shape for v, a in zip(variables, values[:count], strict=False)
-        ):
-            raise ValueError(
-                f"`checkpoint_dir`={self.directory!r} holds the state of a model with other "
-                f"variables ({count} saved, {len(variables)} here). Resume with the same "
-                "FineTuner construction, or pass a new directory to start over."
-            )
-        for variable, value in zip(variables, values[:count], strict=True):
-            variable.assign(value)
-        es, saved = self.early_stopping, meta.get("early_stopping")
-        if es is not None and saved is not None:
-            es.wait, es.best, es.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
-            if meta.get("best_weights"):
-                es.best_weights = list(values[count:])
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -323,6 +410,7 @@ class TrainingRun(keras.callbacks.Callback):
             self.history.setdefault(key, []).append(float(value))
         self.history.setdefault("stage", []).append(self.stage_name)
         self.epochs.append(epoch)
+        self.params_seen = {k: v for k, v in (self.params or {}).items() if _plain(v)}
         self._remember_good_state()
         if self._writes:
             self._write_epoch(epoch + 1)

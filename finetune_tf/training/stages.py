@@ -25,7 +25,6 @@ __all__ = [
     "Stage",
     "gradual_unfreezing",
     "run_schedule",
-    "schedule_signature",
     "stage_learning_rate",
 ]
 
@@ -293,12 +292,12 @@ def run_schedule(loop, schedule, x, y, args: FitArgs, feature_cache) -> keras.ca
     for index, stage in enumerate(schedule):
         name = stage.name or f"stage_{index + 1}"
         initial_epoch = epoch
-        if resume is not None:
-            if index < resume["stage"]:
-                continue  # done before the interruption; its weights are restored
-            if index == resume["stage"]:
-                epoch, initial_epoch = resume["stage_start"], resume["epoch"]
-                say(f"resuming stage {name!r} at epoch {initial_epoch}", verbose)
+        resuming = run.resumes(index)
+        # Done before the interruption: the saved state holds its weights. Its freeze
+        # policy and compile settings still apply, for a later stage that keeps them.
+        done = resume is not None and index < resume["stage"]
+        if resuming:
+            epoch, initial_epoch = resume["stage_start"], resume["epoch"]
         if stage.freeze is not None:
             assembly.apply_freeze(stage.freeze)  # recompiled just below, once
         learning_rate = stage.learning_rate
@@ -319,6 +318,8 @@ def run_schedule(loop, schedule, x, y, args: FitArgs, feature_cache) -> keras.ca
             learning_rate=learning_rate,
             layerwise_lr_decay=stage.layerwise_lr_decay,
         )
+        if done:
+            continue
         callbacks = list(user_callbacks)
         monitor = "val_loss" if has_validation else "loss"
         early_stopping = None
@@ -329,8 +330,20 @@ def run_schedule(loop, schedule, x, y, args: FitArgs, feature_cache) -> keras.ca
                 restore_best_weights=stage.restore_best_weights and has_validation,
             )
             callbacks.append(early_stopping)
-        say(f"stage {name!r}: {stage.epochs} epochs, {assembly.freeze_report}", verbose)
         run.begin_stage(index, name, epoch, early_stopping)
+        last = index == len(schedule) - 1
+        if resuming and run.stage_ended(epoch + stage.epochs):
+            # Killed after the stage's last epoch was saved: it ends as it would have.
+            say(f"stage {name!r} had ended at epoch {resume['epoch']}", verbose)
+            epoch, params = run.restore_ended_stage(), run.params_seen
+            run.end_stage(index + 1, epoch, write=not last)
+            continue
+        if resuming:
+            # Compiled and frozen for this stage: its saved variables go back now, before
+            # a frozen backbone computes cached features.
+            run.restore_model()
+            say(f"resuming stage {name!r} at epoch {initial_epoch}", verbose)
+        say(f"stage {name!r}: {stage.epochs} epochs, {assembly.freeze_report}", verbose)
         history = loop.fit_stage(
             x,
             y,
@@ -341,14 +354,8 @@ def run_schedule(loop, schedule, x, y, args: FitArgs, feature_cache) -> keras.ca
         )
         params = history.params
         epoch = initial_epoch + len(history.epoch)
-        run.end_stage(index + 1, epoch)
+        run.end_stage(index + 1, epoch, write=not last)
     combined = run.as_history(stages=True)
     combined.params = params
     loop.model.history = combined
     return combined
-
-
-def schedule_signature(schedule) -> list:
-    """What identifies a schedule's run for resuming: each stage's name and epochs."""
-    stages = [schedule] if isinstance(schedule, Stage) else list(schedule or [])
-    return [[getattr(s, "name", None), getattr(s, "epochs", None)] for s in stages]

@@ -76,6 +76,39 @@ def with_nan():
     return x
 
 
+def empty_state(tmp):
+    """A checkpoint directory whose state.npz is empty (a disk that filled up)."""
+    open(os.path.join(tmp, "state.npz"), "wb").close()
+    return tmp
+
+
+class _Stop(Exception):
+    pass
+
+
+def interrupted_fit(tmp):
+    """A checkpoint directory holding the state of `fit(epochs=3, batch_size=4)`, killed
+    in its second epoch."""
+
+    def die(epoch, logs):
+        if epoch == 1:
+            raise _Stop
+
+    try:
+        compiled().fit(
+            X,
+            Y,
+            epochs=3,
+            batch_size=4,
+            checkpoint_dir=tmp,
+            callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=die)],
+            verbose=0,
+        )
+    except _Stop:
+        pass
+    return tmp
+
+
 def text_file(tmp):
     path = os.path.join(tmp, "notes.txt")
     with open(path, "w") as f:
@@ -299,6 +332,18 @@ CASES = [
         lambda d: compiled().fit(X, Y, checkpoint_dir=text_file(d)),
         ValueError,
         r"`checkpoint_dir`.*is a file",
+    ),
+    (
+        "fit-checkpoint-dir-empty-state",
+        lambda d: compiled().fit(X, Y, checkpoint_dir=empty_state(d)),
+        ValueError,
+        r"`checkpoint_dir`.*cannot be read.*state\.npz' \(0 bytes.*Delete the directory",
+    ),
+    (
+        "fit-checkpoint-dir-other-run",
+        lambda d: compiled().fit(X, Y, epochs=3, batch_size=6, checkpoint_dir=interrupted_fit(d)),
+        ValueError,
+        r"`checkpoint_dir`.*different training run.*batch_size \(saved: 4, now: 6\).*same data",
     ),
     (
         "feature-cache-directory-type",

@@ -64,6 +64,7 @@ MODULES = [
     "training.loop",
     "training.lr_finder",
     "training.recipes",
+    "training.run_fingerprint",
     "training.run_state",
     "training.seeding",
     "training.stages",

@@ -167,15 +167,130 @@ def test_a_state_of_another_call_is_refused(tmp_path):
     tuner.compile()
     with pytest.raises(Crash):
         tuner.fit(x, y, epochs=3, checkpoint_dir=tmp_path, callbacks=[CrashAt(1, 0)], verbose=0)
-    with pytest.raises(ValueError, match=r"checkpoint_dir.*different training call.*new directory"):
+    with pytest.raises(ValueError, match=r"checkpoint_dir.*different training run.*epochs"):
         tuner.fit(x, y, epochs=4, checkpoint_dir=tmp_path, verbose=0)
     (tmp_path / STATE_FILE).write_bytes(b"not a state")
-    with pytest.raises(ValueError, match=r"checkpoint_dir.*cannot be read.*delete it"):
+    with pytest.raises(ValueError, match=r"checkpoint_dir.*cannot be read.*state.npz.*Delete"):
         tuner.fit(x, y, epochs=3, checkpoint_dir=tmp_path, verbose=0)
     with pytest.raises(ValueError, match=r"checkpoint_dir.*is a file"):
         tuner.fit(x, y, checkpoint_dir=tmp_path / STATE_FILE, verbose=0)
     with pytest.raises(TypeError, match=r"checkpoint_dir.*Received: checkpoint_dir=3"):
         tuner.fit(x, y, checkpoint_dir=3, verbose=0)
+
+
+FINE_TUNE = dict(head_epochs=3, epochs=6, batch_size=8, validation_split=0.25, verbose=0)
+
+
+def crashed_fine_tune(directory, epoch, batch=0, **changes):
+    """A fine_tune with checkpoint_dir that dies in the middle of `epoch`."""
+    x, y = data()
+    kwargs = {**FINE_TUNE, "early_stopping": 2, **changes}
+    with pytest.raises(Crash):
+        make_tuner().fine_tune(
+            x, y, checkpoint_dir=directory, callbacks=[CrashAt(epoch, batch)], **kwargs
+        )
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(x="last example"), r"the training data \(x\) \(same shape and dtype, other values"),
+        (dict(x="fewer"), r"the training data \(x\) \(saved: shape \(40, 8, 8, 3\)"),
+        (dict(y="first label"), r"the targets \(y\)"),
+        (dict(batch_size=4), r"changed: batch_size \(saved: 8, now: 4\)\. "),
+        (dict(fine_tune_learning_rate=1e-3), r"the schedule.*learning"),
+        (dict(validation_split=0.5), r"validation_split \(saved: 0.25, now: 0.5\)"),
+        (dict(early_stopping=3), r"the schedule"),
+        (dict(seed=8), r"the FineTuner's seed \(saved: 7, now: 8\)"),
+        (dict(fit=True), r"epochs.*schedule"),  # a second training sharing the directory
+    ],
+)
+def test_resuming_another_run_is_refused_naming_what_changed(tmp_path, change, words):
+    crashed_fine_tune(tmp_path, 4)
+    x, y = data()
+    kwargs = {**FINE_TUNE, "early_stopping": 2}
+    tuner = make_tuner(seed=change.pop("seed", 7))
+    data_change = change.pop("x", None)
+    if data_change == "last example":
+        x = x.copy()
+        x[-1, 0, 0, 0] += 1
+    elif data_change == "fewer":
+        x, y = x[:-1], y[:-1]
+    if change.pop("y", None):
+        y = y.copy()
+        y[0] = (y[0] + 1) % 3
+    message = r"checkpoint_dir.*different training run.*" + words + r".*same data and arguments"
+    with pytest.raises(ValueError, match=message):
+        if change.pop("fit", False):
+            tuner.compile()
+            tuner.fit(x, y, epochs=2, checkpoint_dir=tmp_path, verbose=0)
+        else:
+            tuner.fine_tune(x, y, checkpoint_dir=tmp_path, **{**kwargs, **change})
+    assert os.path.exists(tmp_path / STATE_FILE)  # refused, not overwritten
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", b"\x93NUMPY garbage"])
+def test_an_empty_or_damaged_state_is_refused_naming_the_file(tmp_path, content):
+    x, y = data()
+    (tmp_path / STATE_FILE).write_bytes(content)
+    tuner = make_tuner()
+    message = rf"cannot be read: '.*{STATE_FILE}' \({len(content)} bytes.*Delete the directory"
+    with pytest.raises(ValueError, match=message):
+        tuner.fine_tune(x, y, checkpoint_dir=tmp_path, **FINE_TUNE)
+
+
+@pytest.fixture(scope="module")
+def fine_tuned():
+    """An uninterrupted fine_tune (stage 2 stops early) and its final weights."""
+    x, y = data()
+    tuner = make_tuner()
+    history = tuner.fine_tune(x, y, early_stopping=1, **FINE_TUNE)
+    assert len(history.epoch) < 3 + 6  # early stopping ended stage 2
+    return history, [np.asarray(v) for v in tuner.model.variables]
+
+
+class CrashAtTrainEnd(keras.callbacks.Callback):
+    """Dies once stage `stage` has trained, before the run records that the stage ended."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.after_epoch, self.last = epoch, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = epoch
+
+    def on_train_end(self, logs=None):
+        if self.last is not None and self.last >= self.after_epoch:
+            raise Crash("killed after the stage's last epoch")
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [
+        # Between the stages (the state holds the model only) and the first epoch of
+        # stage 2: a fresh, never compiled tuner resumed this into an AttributeError.
+        CrashAt(3, 0),
+        # After stage 2's last epoch (early stopping ended it), before the call returned.
+        CrashAtTrainEnd(3),
+        # After stage 1's last epoch, before stage 2 began.
+        CrashAtTrainEnd(2),
+    ],
+    ids=["between-stages", "after-early-stopping", "after-the-head-stage"],
+)
+def test_fine_tune_resumes_from_any_point_like_an_uninterrupted_run(tmp_path, crash, fine_tuned):
+    expected, expected_weights = fine_tuned
+    x, y = data()
+    kwargs = {**FINE_TUNE, "early_stopping": 1, "checkpoint_dir": tmp_path}
+    with pytest.raises(Crash):
+        make_tuner().fine_tune(x, y, callbacks=[crash], **kwargs)
+    resumed = make_tuner()  # a new process builds a new tuner, not compiled
+    ran = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: ran.append(epoch))
+    history = resumed.fine_tune(x, y, callbacks=[record], **kwargs)
+    assert history.epoch == expected.epoch  # not one epoch more
+    assert history.history == expected.history
+    assert_same([np.asarray(v) for v in resumed.model.variables], expected_weights)
+    assert not os.listdir(tmp_path)
 
 
 class ExplodesAfter(keras.optimizers.schedules.LearningRateSchedule):
@@ -264,3 +379,25 @@ def test_with_a_seed_every_epoch_has_its_own_order_and_it_repeats():
     assert len(first) == 3 and all(sorted(o) == list(range(24)) for o in first), first
     assert first[0] != first[1] != first[2] != first[0]  # reshuffled every epoch
     assert orders[1] == first  # and the same in another run with the same seed
+
+
+def test_a_resumed_stage_keeps_what_it_inherits_from_the_stages_before(tmp_path):
+    """A stage without its own freeze policy or learning rate keeps the previous stage's,
+    also when the previous stage ran in the process that died."""
+    from finetune_tf import Stage
+
+    x, y = data()
+    schedule = [
+        Stage(2, FreezePolicy.all(), 1e-2, name="head"),
+        Stage(2, FreezePolicy.none(), 1e-3, optimizer="sgd", name="all"),
+        Stage(2, name="more"),  # all layers, sgd at 1e-3, as the stage before
+    ]
+    kwargs = dict(schedule=schedule, batch_size=8, verbose=0)
+    reference = make_tuner()
+    expected = reference.fit(x, y, **kwargs)
+    with pytest.raises(Crash):
+        make_tuner().fit(x, y, checkpoint_dir=tmp_path, callbacks=[CrashAt(5)], **kwargs)
+    resumed = make_tuner()
+    history = resumed.fit(x, y, checkpoint_dir=tmp_path, **kwargs)
+    assert history.history == expected.history
+    assert_same(weights(resumed), weights(reference))
