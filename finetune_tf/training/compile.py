@@ -104,6 +104,14 @@ class Compiler:
         self.spec.optimizer = resolve_optimizer(optimizer, learning_rate)
         self.apply(layerwise_lr_decay=layerwise_lr_decay)
 
+    def restore(self, spec: CompileSpec | None) -> None:
+        """Goes back to `spec` (None: not compiled by the user), compiling the model from
+        it with a fresh optimizer when there is one."""
+        self.spec = spec
+        if spec is not None:
+            spec.optimizer = fresh_optimizer(spec.optimizer)
+            self.apply()
+
     def refresh(self) -> None:
         """Compiles again with a fresh optimizer, if compiled (e.g. after freezing)."""
         if self.spec is not None:

@@ -15,6 +15,7 @@ the FineTuner that owns them.
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import keras
 import tensorflow as tf
@@ -73,6 +74,10 @@ class Loop:
             )
         chief = self.placement.is_chief()
         self.run = TrainingRun(self.model, checkpoint_dir, chief, signature)
+        # A schedule freezes and compiles stage by stage; if it does not end (an error, a
+        # KeyboardInterrupt in a notebook), the tuner's settings go back to what they were,
+        # so the same call again is the same run and resumes from checkpoint_dir.
+        settings = (self.assembly.freeze, copy.copy(self.compiler.spec))
         try:
             with chief_writes(chief, args) as args:
                 if schedule is not None:
@@ -81,6 +86,11 @@ class Loop:
                     history = self._fit_single(x, y, args, setting)
             self.run.finish()
             return history
+        except BaseException:
+            if schedule is not None:
+                self.assembly.apply_freeze(settings[0])
+                self.compiler.restore(settings[1])
+            raise
         finally:
             self.run = None
 

@@ -401,3 +401,19 @@ def test_a_resumed_stage_keeps_what_it_inherits_from_the_stages_before(tmp_path)
     history = resumed.fit(x, y, checkpoint_dir=tmp_path, **kwargs)
     assert history.history == expected.history
     assert_same(weights(resumed), weights(reference))
+
+
+def test_the_same_tuner_called_again_after_an_interruption_resumes(tmp_path, fine_tuned):
+    """A notebook cell interrupted mid-schedule and run again: the tuner's settings went
+    back to what they were, so it is the same run and resumes like a new process would."""
+    expected, expected_weights = fine_tuned
+    x, y = data()
+    kwargs = {**FINE_TUNE, "early_stopping": 1, "checkpoint_dir": tmp_path}
+    tuner = make_tuner()
+    with pytest.raises(Crash):
+        tuner.fine_tune(x, y, callbacks=[CrashAt(4, 0)], **kwargs)
+    assert tuner.freeze == FreezePolicy.top(3)  # not the interrupted stage's policy
+    history = tuner.fine_tune(x, y, **kwargs)
+    assert history.epoch == expected.epoch
+    assert history.history == expected.history
+    assert_same([np.asarray(v) for v in tuner.model.variables], expected_weights)
