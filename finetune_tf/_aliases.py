@@ -4,7 +4,8 @@
 `finetune_tf.model.freeze`: each old name is the same module object (not a
 copy), so patching or pickling through it reaches the real one. Only
 `finetune_tf` and `finetune_tf.sklearn` are public contracts; these paths
-are kept so code written against 0.2 runs unchanged.
+are kept so that imports of public names written against 0.2 run unchanged
+(private helpers moved with their code: see CHANGELOG).
 """
 
 from __future__ import annotations

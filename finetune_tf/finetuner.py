@@ -335,6 +335,7 @@ class FineTuner:
         self._compiler.recompile(
             optimizer=optimizer, learning_rate=learning_rate, layerwise_lr_decay=layerwise_lr_decay
         )
+        self._compiler.remember()
 
     @_in_scope
     def fit(

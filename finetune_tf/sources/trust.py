@@ -151,6 +151,11 @@ def _function_problem(config: dict) -> str | None:
     return label
 
 
+def _ours(module) -> bool:
+    """Whether `module` is (or was, in an older layout) one of finetune_tf's."""
+    return isinstance(module, str) and module.split(".")[0] == "finetune_tf"
+
+
 def _class_problem(config: dict) -> str | None:
     """Why an entry naming a class is refused, or None if the class Keras would use is
     a modelling class (see `_MODELLING_BASES`)."""
@@ -159,8 +164,10 @@ def _class_problem(config: dict) -> str | None:
     registered_name = config.get("registered_name", class_name)
     found = _registered(registered_name)
     if found is not None:
+        found_module = getattr(found, "__module__", None) or ""
+        moved_here = _ours(module) and _ours(found_module)  # a file of 0.2's layout
         if module is not None and (
-            getattr(found, "__module__", None) != module
+            (found_module != module and not moved_here)
             or getattr(found, "__name__", None) != class_name
         ):
             return label  # a registered name does not vouch for another object
@@ -255,10 +262,11 @@ def _too_big(path, argname, what, size) -> ValueError:
     )
 
 
-def check_keras_archive(path: str, argname: str = "filepath") -> None:
+def check_keras_archive(path: str, argname: str = "filepath", compile: bool = True) -> None:
     """Raises ValueError if a `.keras` archive is not one, or its config could run code.
 
-    `config.json` is read only if it inflates to at most `MAX_CONFIG_BYTES`.
+    `config.json` is read only if it inflates to at most `MAX_CONFIG_BYTES`. Without
+    `compile`, its `compile_config` is not checked: Keras does not read it then.
     """
     try:
         with zipfile.ZipFile(path) as archive:
@@ -276,6 +284,8 @@ def check_keras_archive(path: str, argname: str = "filepath") -> None:
         if str(error).startswith("Refusing"):
             raise
         raise _not_an_archive(path, argname, error) from None
+    if not compile and isinstance(config, dict):
+        config = {key: value for key, value in config.items() if key != "compile_config"}
     _refuse_unsafe(config, path, argname, " on load or when the model runs")
 
 
@@ -287,7 +297,7 @@ def _not_an_archive(path, argname, error) -> ValueError:
     )
 
 
-def check_h5_file(path: str, argname: str = "filepath") -> None:
+def check_h5_file(path: str, argname: str = "filepath", compile: bool = True) -> None:
     """Raises ValueError if the `.h5` model file would run Python code when loaded.
 
     A fixed-size `model_config` attribute larger than `MAX_CONFIG_BYTES` is refused
@@ -306,6 +316,9 @@ def check_h5_file(path: str, argname: str = "filepath") -> None:
                 if size > MAX_CONFIG_BYTES:
                     raise _too_big(path, argname, "model_config attribute", size)
                 raw = f.attrs["model_config"]
+            training = f.attrs.get("training_config")  # Keras compiles from it, unguarded
+            if training is not None and len(training) > MAX_CONFIG_BYTES:
+                raise _too_big(path, argname, "training_config attribute", len(training))
     except OSError as error:
         raise ValueError(
             f"`{argname}`={path!r} is not a readable HDF5 file ({error}). Expected a Keras "
@@ -325,6 +338,11 @@ def check_h5_file(path: str, argname: str = "filepath") -> None:
         raw = raw.decode("utf-8", errors="replace")
     config = _parse_config(raw, path, argname, "model_config attribute")
     _refuse_unsafe(config, path, argname, " (Keras' .h5 loader ignores safe_mode)")
+    if training is not None and compile:
+        if isinstance(training, bytes):
+            training = training.decode("utf-8", errors="replace")
+        training = _parse_config(str(training), path, argname, "training_config attribute")
+        _refuse_unsafe(training, path, argname, " (Keras compiles .h5 models unguarded)")
 
 
 # Ops a SavedModel's checkpoint functions use, allowed there only: `SaveV2` and

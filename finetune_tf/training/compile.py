@@ -69,6 +69,7 @@ class Compiler:
         self.jit_compile = jit_compile
         self.xla_failed = False  # set when XLA could not compile the model under "auto"
         self.spec: CompileSpec | None = None
+        self.compiled_config: dict | None = None  # the user's last settings (`remember`)
         self.count = 0  # how many compiles: lets derived models know when to compile again
 
     @property
@@ -87,6 +88,13 @@ class Compiler:
         loss = self.head.default_loss() if _is_auto(loss) else resolve_loss(loss)
         self.spec = CompileSpec(optimizer, loss, metrics, kwargs, layerwise_lr_decay)
         self.apply()
+        self.remember()
+
+    def remember(self) -> None:
+        """Records the current settings as the user's (`compiled_config`): what a run's
+        fingerprint holds. Stages compile too, and callbacks change a live optimizer's
+        rate; neither may make the same call look like another run."""
+        self.compiled_config = self.get_config()
 
     def recompile(self, *, optimizer=None, learning_rate=None, layerwise_lr_decay=None) -> None:
         """Compiles again from the last settings with a fresh optimizer; `optimizer` and

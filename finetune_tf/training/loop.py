@@ -69,7 +69,7 @@ class Loop:
                 y,
                 args,
                 schedule=schedule,
-                compile_config=self.compiler.get_config(),
+                compile_config=self.compiler.compiled_config,
                 seed=self.seed,
             )
         chief = self.placement.is_chief()
@@ -79,7 +79,9 @@ class Loop:
         # so the same call again is the same run and resumes from checkpoint_dir.
         settings = (self.assembly.freeze, copy.copy(self.compiler.spec))
         try:
-            with chief_writes(chief, args) as args:
+            with chief_writes(chief, args.callbacks) as callbacks:
+                if callbacks:
+                    args = args.replace(callbacks=callbacks)
                 if schedule is not None:
                     history = run_schedule(self, schedule, x, y, args, setting)
                 else:

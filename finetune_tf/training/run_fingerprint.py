@@ -141,7 +141,21 @@ def _plain(value):
             return {"class": type(item).__qualname__, "config": item.get_config()}
         return type(item).__qualname__  # never a repr with an address: it would not repeat
 
-    return _without_counters(json.loads(json.dumps(value, default=default, sort_keys=True)))
+    text = json.dumps(_text_keys(value), default=default, sort_keys=True)
+    return _without_counters(json.loads(text))
+
+
+def _text_keys(value):
+    """`value` with every dict key as text: JSON takes no numpy keys (`class_weight` built
+    from `np.unique(y)`), and sorting fails on keys of mixed types."""
+    if isinstance(value, dict):
+        return {
+            str(k.item() if isinstance(k, np.generic) else k): _text_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_text_keys(v) for v in value]
+    return value
 
 
 def _without_counters(value):

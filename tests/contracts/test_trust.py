@@ -631,3 +631,77 @@ def test_an_h5_config_too_big_or_too_deep_is_a_value_error(tmp_path, monkeypatch
     monkeypatch.setattr(trust, "MAX_CONFIG_BYTES", 1024)
     with pytest.raises(ValueError, match=r"`filepath`=.*model_config.*MAX_CONFIG_BYTES"):
         finetune_tf.load_model(big)
+
+
+def test_a_file_saved_with_the_0_2_module_paths_loads_in_safe_mode(tmp_path):
+    """0.2 wrote `"module": "finetune_tf.backbone"` etc.; the classes moved, the files stay."""
+    inputs = keras.Input((4,))
+    backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)))
+    tuner = FineTuner(backbone, Head.classifier(3))
+    tuner.compile()
+    path = str(tmp_path / "tuned_0_2.keras")
+    tuner.save(path)
+    old = {
+        "finetune_tf.model.layers": "finetune_tf.backbone",
+        "finetune_tf.model.tuned_model": "finetune_tf.tuned_model",
+        "finetune_tf.model.head.losses": "finetune_tf.losses",
+        "finetune_tf.model.head.metrics": "finetune_tf.metrics",
+    }
+    renamed = []
+
+    def to_0_2(node):
+        if isinstance(node, dict):
+            if node.get("module") in old:
+                node["module"] = old[node["module"]]
+                renamed.append(node["class_name"])
+            for value in node.values():
+                to_0_2(value)
+        elif isinstance(node, list):
+            for value in node:
+                to_0_2(value)
+
+    rewrite_config(path, to_0_2)
+    assert {"BackboneLayer", "TunedModel"} <= set(renamed)
+    x = np.ones((2, 4), "float32")
+    restored = finetune_tf.load_model(path)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), tuner.predict(x, verbose=0))
+    # Only finetune_tf's own moved modules: a foreign module is still refused.
+    assert (
+        trust._class_problem(
+            {
+                "module": "finetune_tf.backbone",
+                "class_name": "BackboneLayer",
+                "registered_name": "finetune_tf>BackboneLayer",
+            }
+        )
+        is None
+    )
+    assert trust._class_problem(
+        {
+            "module": "evil.backbone",
+            "class_name": "BackboneLayer",
+            "registered_name": "finetune_tf>BackboneLayer",
+        }
+    )
+
+
+def test_a_backbone_the_user_chose_is_copied_whatever_its_graph_holds(tmp_path):
+    """Copies (strategies, mixed precision, every scikit-learn fit) are not loads of a file."""
+    marker = str(tmp_path / "written")
+    saved_model = str(tmp_path / "writes")
+    tf.saved_model.save(WritesAFile(marker), saved_model)
+    backbone = Backbone.from_hub(saved_model)
+    twin = backbone.copy()
+    x = np.ones((2, 3), "float32")
+    np.testing.assert_allclose(twin.model(x), backbone.model(x))
+
+
+def test_a_saved_model_using_tf_roll_is_allowed(tmp_path):
+    class Rolls(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def __call__(self, x):
+            return tf.roll(x, shift=1, axis=1)
+
+    path = str(tmp_path / "rolls")
+    tf.saved_model.save(Rolls(), path)
+    assert unsafe_ops(path) == []

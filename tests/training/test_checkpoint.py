@@ -417,3 +417,18 @@ def test_the_same_tuner_called_again_after_an_interruption_resumes(tmp_path, fin
     assert history.epoch == expected.epoch
     assert history.history == expected.history
     assert_same([np.asarray(v) for v in tuner.model.variables], expected_weights)
+
+
+def test_class_weights_keyed_by_numpy_ints_resume_and_a_changing_rate_is_the_same_run(tmp_path):
+    """`dict(zip(np.unique(y), weights))` is the usual class_weight; a learning-rate
+    callback changes the live optimizer, not the settings the run was started with."""
+    x, y = data()
+    class_weight = dict(zip(np.unique(y), [1.0, 2.0, 3.0], strict=True))
+    halve = keras.callbacks.LearningRateScheduler(lambda epoch, rate: rate * 0.5)
+    kwargs = dict(epochs=4, batch_size=8, class_weight=class_weight, verbose=0)
+    tuner = make_tuner()
+    tuner.compile("sgd", learning_rate=0.1)
+    with pytest.raises(Crash):
+        tuner.fit(x, y, checkpoint_dir=tmp_path, callbacks=[halve, CrashAt(2)], **kwargs)
+    history = tuner.fit(x, y, checkpoint_dir=tmp_path, callbacks=[halve], **kwargs)
+    assert history.epoch == [0, 1, 2, 3]
