@@ -6,9 +6,10 @@ cut at a named layer. A backbone knows its input and output shapes, its
 ordered (flattened) list of layers, and the preprocessing its weights expect.
 
 Where the weights come from is `finetune_tf.sources` (applications, model
-files, Hub handles, and the trust checks before any file is read); which
-Keras models can be one is `model.kinds`; how it sits inside a FineTuner's
-model is `model.layers.BackboneLayer`.
+files, Hub handles, and the trust checks before any file is read), and how
+each constructor turns its source into a model is `model.backbone_sources`;
+which Keras models can be one is `model.kinds`; how it sits inside a
+FineTuner's model is `model.layers.BackboneLayer`.
 """
 
 from __future__ import annotations
@@ -19,42 +20,22 @@ import os
 import keras
 import tensorflow as tf
 
-from finetune_tf._utils import as_str_path, did_you_mean, shape_tuple
-from finetune_tf.model.kinds import (
-    cut_at,
-    is_tf_keras_model,
-    single_io_model,
-    warn_if_classifier,
-    with_inputs,
+from finetune_tf._utils import shape_tuple
+from finetune_tf.model.backbone_sources import (
+    application_parts,
+    file_parts,
+    hub_parts,
+    model_parts,
+    source_kind,
 )
-from finetune_tf.model.layers import BackboneLayer, clone_model
+from finetune_tf.model.kinds import is_tf_keras_model, single_io_model
+from finetune_tf.model.layers import BackboneLayer, clone_model, flatten_layers, placing_copy
 from finetune_tf.model.preprocessing import ApplicationPreprocessing
-from finetune_tf.sources.applications import application_names, build_application
-from finetune_tf.sources.files import (
-    check_model_path,
-    load_keras_file,
-    saved_model_network,
-)
-from finetune_tf.sources.hub import ARCHIVE_SUFFIXES, HubLayer, is_url
+from finetune_tf.sources.applications import application_names
 
-# BackboneLayer and application_names lived here in 0.2 and still import from here.
+# BackboneLayer, application_names and flatten_layers lived here in 0.2 and still import
+# from here.
 __all__ = ["Backbone", "BackboneLayer", "application_names", "flatten_layers"]
-
-
-def flatten_layers(model: keras.Model) -> list:
-    """A model's layers in order, with nested models replaced by their layers.
-
-    A `HubLayer` (SavedModel) is replaced by its variable groups, in order of use.
-    """
-    layers = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            layers.extend(flatten_layers(layer))
-        elif isinstance(layer, HubLayer) and layer.variable_groups:
-            layers.extend(layer.variable_groups)
-        else:
-            layers.append(layer)
-    return layers
 
 
 class Backbone:
@@ -156,25 +137,11 @@ class Backbone:
         a mixed-precision tuner) are recast to float32 too; by default a model the
         user built under a global mixed policy keeps it.
         """
-        in_scope = all(  # Keras variables hold the tf.Variable in `_value`
-            strategy.extended.variable_created_in_scope(getattr(v, "_value", v))
-            for v in self.model.weights
-        )
-        # Layers that compute in a mixed policy (a backbone saved from a mixed-precision
-        # tuner) go back to float32 when this model is float32.
-        mixed = (
-            exact
-            and dtype_policy is None
-            and any(
-                getattr(layer, "dtype_policy", None) is not None
-                and layer.dtype_policy.name.startswith("mixed_")
-                for layer in self.model._flatten_layers(include_self=False)
-            )
-        )
-        if in_scope and dtype_policy is None and not mixed:
+        needed, policy = placing_copy(self.model, strategy, dtype_policy, exact)
+        if not needed:
             return self
         try:
-            return self._copy("float32" if mixed else dtype_policy)
+            return self._copy(policy)
         except ValueError as error:
             raise ValueError(
                 f"Backbone {self.name!r} cannot be rebuilt under {type(strategy).__name__} or "
@@ -288,21 +255,7 @@ class Backbone:
             >>> Backbone.from_model(model, output_layer="hidden").output_shape
             (4,)
         """
-        if isinstance(model, keras.Model) and not is_tf_keras_model(model):
-            source = f"model {model.name!r}"
-            if input_shape is not None and hasattr(model, "_inputs_struct"):
-                raise ValueError(
-                    f"`input_shape` is for subclassed models; `model` {model.name!r} already "
-                    "has an input. Remove input_shape=, or pass FineTuner(input_shape=...) to "
-                    "adapt differently shaped data."
-                )
-            model = with_inputs(model, input_shape)
-            if output_layer is None:
-                warn_if_classifier(model, source)
-            return cls(
-                cut_at(model, output_layer, source), preprocessing=preprocessing, source=source
-            )
-        return cls(model, preprocessing=preprocessing)  # raises the right TypeError
+        return cls(**model_parts(model, output_layer, preprocessing, input_shape))
 
     @classmethod
     def from_keras_applications(
@@ -335,13 +288,7 @@ class Backbone:
             >>> backbone.output_shape
             (3, 3, 576)
         """
-        model, module = build_application(name, weights=weights, input_shape=input_shape, **kwargs)
-        source = f"keras.applications.{name}(weights={weights!r})"
-        return cls(
-            cut_at(model, output_layer, source),
-            preprocessing=ApplicationPreprocessing(module, name="preprocessing"),
-            source=source,
-        )
+        return cls(**application_parts(name, weights, input_shape, output_layer, **kwargs))
 
     @classmethod
     def from_file(
@@ -383,17 +330,11 @@ class Backbone:
             >>> Backbone.from_file(path).output_shape
             (4,)
         """
-        path, saved_model = check_model_path(path, output_layer)
-        if saved_model:
-            model = saved_model_network(
-                path, input_shape=input_shape, signature=signature, output_key=output_key
+        return cls(
+            **file_parts(
+                path, output_layer, preprocessing, input_shape, safe_mode, signature, output_key
             )
-            return cls(model, preprocessing=preprocessing, source=f"SavedModel {path!r}")
-        model = load_keras_file(path, safe_mode=safe_mode, compile=False, argname="path")
-        source = f"file {os.path.basename(path)!r}"
-        if output_layer is None:
-            warn_if_classifier(model, source)
-        return cls(cut_at(model, output_layer, source), preprocessing=preprocessing, source=source)
+        )
 
     @classmethod
     def from_hub(
@@ -427,15 +368,9 @@ class Backbone:
             >>> Backbone.from_hub(path).output_shape
             (5,)
         """
-        handle = as_str_path(handle, "handle", "a Hub URL or a SavedModel directory")
-        model = saved_model_network(
-            handle,
-            input_shape=input_shape,
-            signature=signature,
-            output_key=output_key,
-            trainable=trainable,
+        return cls(
+            **hub_parts(handle, input_shape, preprocessing, signature, output_key, trainable)
         )
-        return cls(model, preprocessing=preprocessing, source=f"hub handle {handle!r}")
 
     @classmethod
     def load(cls, source, **kwargs) -> Backbone:
@@ -453,22 +388,11 @@ class Backbone:
         """
         if isinstance(source, Backbone):
             return source
-        if isinstance(source, keras.Model) or is_tf_keras_model(source):
-            return cls.from_model(source, **kwargs)
-        source = as_str_path(
-            source,
-            "source",
-            "a keras.Model, a keras.applications name, a model file path or a Hub handle",
-        )
-        if is_url(source) or (os.path.isfile(source) and source.endswith(ARCHIVE_SUFFIXES)):
-            return cls.from_hub(source, **kwargs)
-        if os.path.exists(source):
-            return cls.from_file(source, **kwargs)
-        if source in application_names():
-            return cls.from_keras_applications(source, **kwargs)
-        looks_like_path = os.sep in source or "." in source
-        hint = did_you_mean(source, application_names())
-        raise (FileNotFoundError if looks_like_path else ValueError)(
-            f"`source`={source!r} is not a keras.applications name, an existing file or "
-            f"directory, or a Hub URL.{hint} Check the path or the spelling."
-        )
+        kind, source = source_kind(source)
+        constructor = {
+            "model": cls.from_model,
+            "hub": cls.from_hub,
+            "file": cls.from_file,
+            "application": cls.from_keras_applications,
+        }[kind]
+        return constructor(source, **kwargs)

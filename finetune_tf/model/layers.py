@@ -4,18 +4,27 @@ It runs the backbone in inference mode while BatchNorm statistics must stay
 fixed. (Keras 3 propagates the outer `training=True` into a nested model even
 when the graph was built with `base_model(x, training=False)`, so the Keras
 guide's recipe does not hold inside a functional model; this layer makes it
-hold.) `clone_layer` copies a backbone's layers into another dtype policy.
+hold.) `clone_layer` copies a backbone's layers into another dtype policy, and
+`placing_copy` says when a backbone must be copied to train under a strategy or a
+dtype policy. `flatten_layers` lists the layers `FreezePolicy` counts.
 """
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import revived
 from finetune_tf.sources.hub import HubLayer
 
-__all__ = ["BackboneLayer", "clone_layer", "clone_model"]
+__all__ = [
+    "BackboneLayer",
+    "clone_layer",
+    "clone_model",
+    "flatten_layers",
+    "placing_copy",
+]
 
 
 def clone_layer(layer, dtype_policy: str | None):
@@ -76,6 +85,47 @@ def clone_model(model: keras.Model, dtype_policy: str | None, what: str) -> kera
         if isinstance(layer, keras.layers.Normalization):
             layer.finalize_state()
     return clone
+
+
+def flatten_layers(model: keras.Model) -> list:
+    """A model's layers in order, with nested models replaced by their layers.
+
+    A `HubLayer` (SavedModel) is replaced by its variable groups, in order of use.
+    """
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            layers.extend(flatten_layers(layer))
+        elif isinstance(layer, HubLayer) and layer.variable_groups:
+            layers.extend(layer.variable_groups)
+        else:
+            layers.append(layer)
+    return layers
+
+
+def placing_copy(
+    model: keras.Model, strategy: tf.distribute.Strategy, dtype_policy: str | None, exact: bool
+) -> tuple[bool, str | None]:
+    """Whether `Backbone.placed` must copy `model` (its variables were not created in
+    `strategy`'s scope, or its layers must compute in another dtype policy), and the
+    dtype policy of the copy (see `Backbone.placed` for `exact`)."""
+    in_scope = all(  # Keras variables hold the tf.Variable in `_value`
+        strategy.extended.variable_created_in_scope(getattr(v, "_value", v)) for v in model.weights
+    )
+    # Layers that compute in a mixed policy (a backbone saved from a mixed-precision
+    # tuner) go back to float32 when this model is float32.
+    mixed = (
+        exact
+        and dtype_policy is None
+        and any(
+            getattr(layer, "dtype_policy", None) is not None
+            and layer.dtype_policy.name.startswith("mixed_")
+            for layer in model._flatten_layers(include_self=False)
+        )
+    )
+    if in_scope and dtype_policy is None and not mixed:
+        return False, None
+    return True, "float32" if mixed else dtype_policy
 
 
 @keras.saving.register_keras_serializable(package="finetune_tf")

@@ -5,7 +5,8 @@ strings, control flow and function calls, variable reads and assigns, lookup tab
 tensor arrays, assertions. Nothing here opens a socket, starts a process, calls Python or
 writes a file; two groups read files, and only what a trained model needs: lookup tables
 filled from a vocabulary file (`InitializeTableFromTextFile*`, as Hub text encoders do)
-and, inside the SavedModel's own restore function only, `RestoreV2` (see `trust.SAVER_OPS`).
+and, inside the SavedModel's own restore function only, `RestoreV2`
+(see `savedmodel_trust.SAVER_OPS`).
 
 How the list was made (TensorFlow 2.21): every op of the TF op libraries that only compute
 (`gen_math_ops`, `gen_nn_ops`, `gen_array_ops`, `gen_sparse_ops`, the ragged and list ops,

@@ -1,4 +1,4 @@
-"""Could this file run code? Every check finetune_tf makes before loading one.
+"""Could this file run code? The config checks finetune_tf makes before loading one.
 
 A model config (in a `.keras` archive or an `.h5` file) is allowed in safe mode only
 when every object it names is, by what it is, part of a model: a class that is a Keras
@@ -9,10 +9,9 @@ lambdas and anything else (`keras.config.set_epsilon`, `eval`, `os.system`) are 
 The config is read with a size and a depth limit. Keras' legacy `.h5` loader ignores
 `safe_mode` (CVE-2025-9905), so `.h5` files are only safe through these checks.
 
-A SavedModel runs no Python, but its graph runs whatever ops it holds, some of them
-while it loads (resource initializers). `unsafe_ops` lists the ops of a SavedModel
-outside `ALLOWED_OPS` (ops that compute), scanning every function and meta graph; it
-runs before `tf.saved_model.load`.
+A SavedModel runs no Python, but its graph runs whatever ops it holds: its ops are
+checked against `ALLOWED_OPS` (ops that compute, re-exported here from
+`sources.allowed_ops`) by `sources.savedmodel_trust.unsafe_ops`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import os
 import sys
 import zipfile
 
@@ -29,13 +27,11 @@ import keras
 from finetune_tf.sources.allowed_ops import ALLOWED_OPS
 
 __all__ = [
-    "ALLOWED_OPS",
+    "ALLOWED_OPS",  # the name error messages and docs/robustness.md give the allow-list
     "MAX_CONFIG_BYTES",
     "MAX_CONFIG_DEPTH",
-    "SAVER_OPS",
     "check_h5_file",
     "check_keras_archive",
-    "unsafe_ops",
 ]
 
 # A model's config.json is a few KiB to a few MiB; more than this is refused unread.
@@ -343,127 +339,3 @@ def check_h5_file(path: str, argname: str = "filepath", compile: bool = True) ->
             training = training.decode("utf-8", errors="replace")
         training = _parse_config(str(training), path, argname, "training_config attribute")
         _refuse_unsafe(training, path, argname, " (Keras compiles .h5 models unguarded)")
-
-
-# Ops a SavedModel's checkpoint functions use, allowed there only: `SaveV2` and
-# `MergeV2Checkpoints` write the checkpoint (in the save function, which loading never
-# runs), `RestoreV2` reads it (in the restore function too). A graph that calls either
-# function from anywhere else is refused.
-SAVER_OPS = {
-    "save": frozenset({"SaveV2", "MergeV2Checkpoints", "ShardedFilename", "RestoreV2"}),
-    "restore": frozenset({"RestoreV2", "ShardedFilename"}),
-}
-_PRINT_STREAMS = frozenset({"stderr", "stdout", "log(info)", "log(warning)", "log(error)"})
-
-
-def _node_name(tensor_name: str) -> str:
-    return tensor_name.lstrip("^").split(":")[0]
-
-
-def _called_functions(node, functions) -> list[str]:
-    """The library functions a node calls: as its op, or through any function attribute
-    (`f`, `then_branch`, `body`, `branches`, ...)."""
-    called = [node.op] if node.op in functions else []
-    for attr in node.attr.values():
-        if attr.func.name:
-            called.append(attr.func.name)
-        called.extend(f.name for f in attr.list.func)
-    return called
-
-
-def _closure(roots, functions) -> set:
-    seen, todo = set(), [r for r in roots if r in functions]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for node in functions[name].node_def:
-            todo.extend(c for c in _called_functions(node, functions) if c in functions)
-    return seen
-
-
-def _meta_graph_problems(meta_graph) -> set:
-    graph = meta_graph.graph_def
-    functions = {fn.signature.name: fn for fn in graph.library.function}
-    top = {node.name: node for node in graph.node}
-    saver = meta_graph.saver_def
-    save_node = _node_name(saver.save_tensor_name) if saver.save_tensor_name else None
-    restore_node = _node_name(saver.restore_op_name) if saver.restore_op_name else None
-
-    def roots(name):
-        node = top.get(name)
-        return _called_functions(node, functions) if node is not None else []
-
-    restore_fns = _closure(roots(restore_node), functions)
-    save_fns = _closure(roots(save_node), functions) - restore_fns
-    saver_fns = save_fns | restore_fns
-    found = set()
-
-    def check(nodes, extra, may_call_saver):
-        for node in nodes:
-            if node.op in functions:
-                pass  # a call, checked through the callee
-            elif node.op == "PrintV2":
-                stream = "stderr"  # the default, which a SavedModel leaves out
-                if "output_stream" in node.attr:
-                    stream = node.attr["output_stream"].s.decode(errors="replace")
-                if stream not in _PRINT_STREAMS:
-                    found.add(f"PrintV2 to {stream}")
-            elif node.op not in ALLOWED_OPS and node.op not in extra:
-                found.add(node.op)
-            if not may_call_saver:
-                for name in _called_functions(node, functions):
-                    if name in saver_fns:
-                        found.add(f"a call to the checkpoint function {name}")
-            if save_node and node.name != save_node and save_node in map(_node_name, node.input):
-                found.add(f"a use of the checkpoint-writing node {save_node}")
-
-    saver_nodes = {save_node, restore_node}
-    check([n for n in graph.node if n.name not in saver_nodes], (), False)
-    check([top[n] for n in saver_nodes if n in top], (), True)
-    for name, fn in functions.items():
-        if name in restore_fns:
-            check(fn.node_def, SAVER_OPS["restore"], True)
-        elif name in save_fns:
-            check(fn.node_def, SAVER_OPS["save"], True)
-        else:
-            check(fn.node_def, (), False)
-    if save_node:  # nothing a loader runs may fetch the checkpoint-writing node
-        fetched = [t.name for s in meta_graph.signature_def.values() for t in s.outputs.values()]
-        for collection in meta_graph.collection_def.values():
-            fetched.extend(collection.node_list.value)
-        if save_node in map(_node_name, fetched):
-            found.add(f"a use of the checkpoint-writing node {save_node}")
-    return found
-
-
-def unsafe_ops(path: str) -> list[str]:
-    """The ops of a SavedModel outside `ALLOWED_OPS`, in any meta graph and any function
-    of its library (initializers included), without loading it: nothing in it runs.
-
-    Also reported: `PrintV2` to a file, and any use of the SavedModel's checkpoint
-    functions (the only place `SaveV2`/`RestoreV2` may appear) from elsewhere.
-
-    Examples:
-        >>> import tempfile, tensorflow as tf
-        >>> from finetune_tf.sources.trust import unsafe_ops
-        >>> class Writes(tf.Module):
-        ...     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
-        ...     def __call__(self, x):
-        ...         tf.io.write_file("/tmp/anything", "text")
-        ...         return x
-        >>> path = tempfile.mkdtemp()
-        >>> tf.saved_model.save(Writes(), path)
-        >>> unsafe_ops(path)
-        ['WriteFile']
-    """
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        saved_model.ParseFromString(f.read())
-    found = set()
-    for meta_graph in saved_model.meta_graphs:
-        found |= _meta_graph_problems(meta_graph)
-    return sorted(found)

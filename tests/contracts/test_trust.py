@@ -22,7 +22,7 @@ from conftest import save_text_encoder
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, Head, HubLayer
 from finetune_tf.sources import trust
-from finetune_tf.sources.trust import unsafe_ops
+from finetune_tf.sources.savedmodel_trust import unsafe_ops
 
 
 def lambda_model(marker):
