@@ -5,14 +5,14 @@
 (random-stream states included), the optimizer's state, the position in the
 schedule (stage and epoch), the history so far and the state of the stage's
 early stopping, and writes them to `d/state.npz` through a temporary file
-and an atomic rename. The same call after a crash restores them and goes on
-from the epoch after the last one completed; when the call returns normally
-the state is removed, as `keras.callbacks.BackupAndRestore` does. The state
-holds the fingerprint of the call (`run_fingerprint`); another call is refused,
-naming what changed. Without a
-directory the snapshot stays in memory, where it serves the non-finite-loss
-guard: a NaN or inf loss stops training, the model gets its last good
-weights back, and `fit` raises `FloatingPointError`.
+and an atomic rename (the files are `state_file`'s). The same call after a
+crash restores them and goes on from the epoch after the last one completed;
+when the call returns normally the state is removed, as
+`keras.callbacks.BackupAndRestore` does. The state holds the fingerprint of
+the call (`run_fingerprint`); another call is refused, naming what changed.
+Without a directory the snapshot stays in memory, where it serves the
+non-finite-loss guard: a NaN or inf loss stops training, the model gets its
+last good weights back, and `fit` raises `FloatingPointError`.
 
 Under several workers only the chief writes the state (`runtime.chief`).
 """
@@ -21,71 +21,31 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 
 import keras
 import numpy as np
 
-from finetune_tf._utils import atomic_file, directory_path, require_parent_directory
-from finetune_tf.training.run_fingerprint import differences
+from finetune_tf._utils import directory_path, require_parent_directory
+from finetune_tf.training.state_file import (
+    FROZEN_PREFIX,
+    STATE_FILE,
+    load_state,
+    read_state,
+    remove_frozen_files,
+    remove_state,
+    write_frozen,
+    write_state,
+)
 
 __all__ = [
+    # FROZEN_PREFIX, STATE_FILE and read_state live in `state_file`; named here too for
+    # 0.2's `finetune_tf.checkpoint` path (`_aliases`), whose public names they were.
     "FROZEN_PREFIX",
     "STATE_FILE",
     "TrainingRun",
     "check_checkpoint_dir",
     "read_state",
 ]
-
-# --- Resuming an interrupted fit ---------------------------------------------------------
-
-STATE_FILE = "state.npz"
-FROZEN_PREFIX = "frozen-"  # frozen-<stage>.npz: a stage's frozen variables, written once
-_FORMAT = 3  # 3: the run's fingerprint, model_count, stopped, params
-
-
-def _save_arrays(path: str, meta: dict, values: list) -> None:
-    """`meta` (JSON) and `values` in one .npz file, written atomically."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    arrays = {f"v{i}": np.asarray(v) for i, v in enumerate(values)}
-    with atomic_file(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-
-
-def read_state(directory: str) -> tuple[dict, list[np.ndarray]]:
-    """The saved state in `directory`: its metadata and every variable's value, in the
-    order of the model's variables (then the optimizer's), then early stopping's best
-    weights; the stage's frozen variables are put back in their places.
-
-    Examples:
-        >>> import tempfile
-        >>> from finetune_tf.training.run_state import _save_arrays, read_state
-        >>> directory = tempfile.mkdtemp()
-        >>> _save_arrays(f"{directory}/frozen-0.npz", {"indices": [1]}, [np.zeros(2)])
-        >>> frozen = {"file": "frozen-0.npz", "indices": [1], "count": 3}
-        >>> _save_arrays(f"{directory}/state.npz", {"frozen": frozen}, [np.ones(1), np.ones(3)])
-        >>> [a.shape for a in read_state(directory)[1]]
-        [(1,), (2,), (3,)]
-    """
-    meta, arrays = _load_arrays(os.path.join(directory, STATE_FILE))
-    frozen = meta.get("frozen")
-    if frozen is None:
-        return meta, arrays
-    header, values = _load_arrays(os.path.join(directory, frozen["file"]))
-    if header["indices"] != frozen["indices"]:
-        raise ValueError(f"{frozen['file']} holds the frozen variables of another state")
-    stored = len(arrays) - (meta.get("best_weights") or 0)
-    changed = iter(arrays[:stored])
-    placed = dict(zip(frozen["indices"], values, strict=True))
-    merged = [placed[i] if i in placed else next(changed) for i in range(frozen["count"])]
-    return meta, merged + arrays[stored:]
-
-
-def _load_arrays(path: str) -> tuple[dict, list[np.ndarray]]:
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-        count = sum(1 for key in data.files if key.startswith("v"))
-        return meta, [data[f"v{i}"] for i in range(count)]
 
 
 def _variables(model: keras.Model, with_optimizer: bool, changeable_only: bool = False) -> list:
@@ -182,36 +142,10 @@ class TrainingRun(keras.callbacks.Callback):
         return os.path.join(self.directory, STATE_FILE)
 
     def _read(self):
-        if not os.path.exists(self.path):
+        saved = load_state(self.directory, self.signature)
+        if saved is None:
             return
-        try:
-            meta, arrays = read_state(self.directory)
-            saved_format = meta.get("format")
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
-            size = os.path.getsize(self.path)
-            raise ValueError(
-                f"`checkpoint_dir`={self.directory!r} holds a training state that cannot be "
-                f"read: {self.path!r} ({size} bytes; {type(error).__name__}: {error}). It was "
-                "not written by finetune_tf or is damaged (a full disk, a copy cut short). "
-                "Delete the directory (or that file) to start the training over, or pass "
-                "another checkpoint_dir."
-            ) from None
-        if saved_format != _FORMAT:
-            raise ValueError(
-                f"`checkpoint_dir`={self.directory!r} holds a training state in format "
-                f"{saved_format!r}, written by another version of finetune_tf (this one reads "
-                f"format {_FORMAT}). Delete the directory to start the training over, or pass "
-                "another checkpoint_dir."
-            )
-        changed = differences(meta.get("signature") or {}, self.signature)
-        if changed:
-            raise ValueError(
-                f"`checkpoint_dir`={self.directory!r} holds the state of a different training "
-                f"run, not of this call; changed: {'; '.join(changed)}. Resuming it would mix "
-                "two runs. To resume, call again with the same data and arguments as the "
-                "interrupted call; to start over, delete the directory or pass another "
-                "checkpoint_dir."
-            )
+        meta, arrays = saved
         self.resume = meta
         self.history, self.epochs = meta["history"], meta["epochs"]
         self.params_seen = meta.get("params") or {}
@@ -219,7 +153,6 @@ class TrainingRun(keras.callbacks.Callback):
 
     def _write(self, epoch: int, with_optimizer: bool, values: list, frozen: dict | None = None):
         meta = {
-            "format": _FORMAT,
             "signature": self.signature,
             "stage": self.stage,
             "stage_start": self.stage_start,
@@ -238,13 +171,11 @@ class TrainingRun(keras.callbacks.Callback):
         if self.early_stopping is not None and self.early_stopping.best_weights is not None:
             meta["best_weights"] = len(self.early_stopping.best_weights)
             values = values + list(self.early_stopping.best_weights)
-        _save_arrays(self.path, meta, values)
+        write_state(self.directory, meta, values)
         self._remove_frozen_files(keep=None if frozen is None else frozen["file"])
 
     def _remove_frozen_files(self, keep: str | None):
-        for name in os.listdir(self.directory):
-            if name.startswith(FROZEN_PREFIX) and name != keep:
-                os.remove(os.path.join(self.directory, name))
+        remove_frozen_files(self.directory, keep)
         if keep is None:
             self._frozen_written = None
 
@@ -252,12 +183,8 @@ class TrainingRun(keras.callbacks.Callback):
         """The call completed: its state is no longer needed (nor what a kill left half
         written)."""
         if self._writes and os.path.isdir(self.directory):
-            if os.path.exists(self.path):
-                os.remove(self.path)
-            self._remove_frozen_files(keep=None)
-            for name in os.listdir(self.directory):
-                if name.startswith(".tmp-") and name.endswith(".npz"):
-                    os.remove(os.path.join(self.directory, name))
+            remove_state(self.directory)
+            self._frozen_written = None
 
     # -- stages --
 
@@ -366,7 +293,7 @@ class TrainingRun(keras.callbacks.Callback):
         name = f"{FROZEN_PREFIX}{self.stage}.npz"
         if self._frozen_written != (name, indices):
             values = _values([everything[i] for i in indices])
-            _save_arrays(os.path.join(self.directory, name), {"indices": indices}, values)
+            write_frozen(self.directory, name, indices, values)
             self._frozen_written = (name, indices)
         frozen = {"file": name, "indices": indices, "count": len(everything)}
         self._write(epoch, True, self._last_good[1], frozen=frozen)

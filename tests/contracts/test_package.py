@@ -71,6 +71,7 @@ MODULES = [
     "training.run_state",
     "training.seeding",
     "training.stages",
+    "training.state_file",
 ]
 
 

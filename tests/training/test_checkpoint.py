@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import small_cnn
 
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
-from finetune_tf.training.run_state import STATE_FILE, _load_arrays, read_state
+from finetune_tf.training.state_file import STATE_FILE, _load_arrays, read_state
 
 
 class Crash(Exception):

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head  # noqa: E402
-from finetune_tf.training import run_state  # noqa: E402
+from finetune_tf.training import state_file  # noqa: E402
 
 
 def die():
@@ -83,7 +83,7 @@ class Events:
 
     def _install(self):
         events = self
-        save_arrays, replace = run_state._save_arrays, os.replace
+        save_arrays, replace = state_file._save_arrays, os.replace
         original_open, original_writestr = zipfile.ZipFile.open, zipfile.ZipFile.writestr
 
         def saving(path, meta, values):
@@ -117,7 +117,7 @@ class Events:
             if events.file is not None:
                 events.event("after_replace", events.file, events.nth)
 
-        run_state._save_arrays = saving
+        state_file._save_arrays = saving
         zipfile.ZipFile.open, zipfile.ZipFile.writestr = zip_open, zip_writestr
         os.replace = replacing
 
