@@ -25,9 +25,6 @@ Examples:
 
 from __future__ import annotations
 
-import os
-from numbers import Integral, Real
-
 import keras
 import numpy as np
 from sklearn.base import (
@@ -37,16 +34,16 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from finetune_tf._sklearn_data import input_scaler, validate
+from finetune_tf._sklearn_params import ESTIMATOR_CONSTRAINTS, SHARED_CONSTRAINTS, pristine_backbone
 from finetune_tf.finetuner import FineTuner
 from finetune_tf.model.backbone import Backbone
 from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.model.head import Head
-from finetune_tf.model.head.head import POOLINGS
 from finetune_tf.model.tuned_model import as_tensor_if_text
 from finetune_tf.outputs.export import export_model
 from finetune_tf.training.fit_args import FitArgs
@@ -55,55 +52,10 @@ from finetune_tf.training.recipes import head_stage_epochs
 __all__ = ["BackboneFeatures", "FineTunerClassifier", "FineTunerRegressor"]
 
 
-def _pristine_backbone(backbone) -> Backbone:
-    """A Backbone whose training cannot touch the caller's weights."""
-    loaded = Backbone.load(backbone)
-    if isinstance(backbone, (Backbone, keras.Model)):
-        return loaded.copy()  # the caller's object: train a copy
-    return loaded  # loaded afresh from a name, a file or a handle
-
-
-class _Range(Interval):
-    """scikit-learn's `Interval` without bools: True is an int to Python, but never an
-    epoch count, a size, a seed or a rate here (FineTuner refuses it too)."""
-
-    def is_satisfied_by(self, val):
-        return not isinstance(val, bool) and super().is_satisfied_by(val)
-
-
-_POSITIVE = _Range(Integral, 1, None, closed="left")
-_SHARED_CONSTRAINTS = {  # checked by `fit` (`_fit_context`) with scikit-learn's messages
-    # What `Backbone.load` takes: a Backbone, a Keras (or tf_keras) model, a
-    # keras.applications name, a file or a Hub handle. Not None: it is required.
-    "backbone": [Backbone, HasMethods(["get_weights", "predict"]), str, os.PathLike],
-    "input_shape": [tuple, list, _POSITIVE, None],
-    "batch_size": [_POSITIVE, None],
-}
-_EPOCHS = [_POSITIVE, StrOptions({"auto"})]
-_RATE = [
-    _Range(Real, 0, None, closed="neither"),
-    keras.optimizers.schedules.LearningRateSchedule,
-]
-
-
 class _FineTunerEstimator(BaseEstimator):
     """What the classifier and the regressor share: building and training a FineTuner."""
 
-    _parameter_constraints: dict = {
-        **_SHARED_CONSTRAINTS,
-        "freeze": [FreezePolicy, None],
-        "pooling": [StrOptions(set(POOLINGS))],
-        "hidden_units": ["array-like", _POSITIVE],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
-        "head_epochs": _EPOCHS,
-        "epochs": _EPOCHS,
-        "learning_rate": _RATE,
-        "fine_tune_learning_rate": _RATE,
-        "scale": [StrOptions({"auto"}), "boolean"],
-        # Not scikit-learn's "random_state": a RandomState cannot seed TensorFlow.
-        "random_state": [_Range(Integral, 0, None, closed="left"), None],
-        "verbose": ["verbose", StrOptions({"auto"})],  # Keras' verbosity
-    }
+    _parameter_constraints: dict = dict(ESTIMATOR_CONSTRAINTS)
 
     def __init__(
         self,
@@ -146,7 +98,7 @@ class _FineTunerEstimator(BaseEstimator):
         }
 
     def _train(self, X, y, head: Head, fit_params: dict, fitted: dict):
-        backbone = _pristine_backbone(self.backbone)
+        backbone = pristine_backbone(self.backbone)
         scaler = input_scaler(self.scale, backbone, X)
         if scaler is not None:
             if backbone.preprocessing is not None:  # scale=True: standardise, then theirs
@@ -387,7 +339,7 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        **_SHARED_CONSTRAINTS,
+        **SHARED_CONSTRAINTS,
         "pooling": [StrOptions({"avg", "max", "flatten"})],  # one vector per example
     }
 
@@ -409,7 +361,7 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
         """Loads the backbone and builds the embedding model; returns `self`."""
         X, _ = validate(self, X, reset=True)
         tuner = FineTuner(
-            _pristine_backbone(self.backbone),  # the freeze policy must not touch the caller's
+            pristine_backbone(self.backbone),  # the freeze policy must not touch the caller's
             Head.regressor(pooling=self.pooling),
             input_shape=self.input_shape,
         )
