@@ -10,7 +10,6 @@ a change of `trainable` until the next `compile()`.
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 
@@ -24,17 +23,11 @@ from finetune_tf.model.head import Head
 from finetune_tf.model.tuned_model import TunedModel
 from finetune_tf.outputs.export import export_model
 from finetune_tf.outputs.report import Report, predict_with_labels
-from finetune_tf.outputs.saving import (
-    copy_weights_by_layer_name,
-    read_tuner_file,
-    save_tuner_file,
-)
+from finetune_tf.outputs.tuner_config import TunerConfig, copy_weights_by_layer_name
 from finetune_tf.runtime.chief import chief_path
 from finetune_tf.runtime.placement import Placement
 from finetune_tf.training.compile import Compiler, check_jit_compile
-from finetune_tf.training.data_checks import (
-    DataGate,
-)
+from finetune_tf.training.data_checks import DataGate
 from finetune_tf.training.feature_cache import FeatureCache
 from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.loop import Loop
@@ -580,15 +573,8 @@ class FineTuner:
         `custom_objects` needed. A model with a SavedModel or Hub backbone
         stores the handle, which must still resolve when loading.
         """
-        augmentation, preprocessing = self._assembly.augmentation, self.backbone.preprocessing
-        settings = self._settings()
-        settings["parts"] = {
-            "augmentation": None if augmentation is None else augmentation.name,
-            "preprocessing": None if preprocessing is None else preprocessing.name,
-            "source": self.backbone.source,
-        }
-        save_tuner_file(
-            self.model, settings, filepath, chief=self._placement.is_chief(), overwrite=overwrite
+        self._config().save(
+            self.model, filepath, chief=self._placement.is_chief(), overwrite=overwrite
         )
 
     @classmethod
@@ -634,14 +620,11 @@ class FineTuner:
         """
         placement = Placement(strategy, mixed_precision, memory_growth)
         strategy = placement.strategy  # the file's variables are made in its scope
-        model, settings = read_tuner_file(filepath, safe_mode=safe_mode, strategy=strategy)
-        backbone, augmentation = settings.pop("parts")
-        with strategy.scope():  # the file's precision is not this tuner's: recast
-            backbone = backbone.placed(strategy, placement.precision, exact=True)
-        tuner = cls._from_settings(
-            backbone,
-            augmentation,
-            settings,
+        model, config = TunerConfig.read(
+            filepath, safe_mode=safe_mode, strategy=strategy, precision=placement.precision
+        )
+        tuner = cls._from_config(
+            config,
             safe_mode=safe_mode,
             strategy=strategy,
             mixed_precision=placement.precision,
@@ -668,19 +651,12 @@ class FineTuner:
             >>> again.head, again.freeze, again.backbone.output_shape
             (Head.regressor(num_outputs=1, pooling='avg'), FreezePolicy.all(), (3,))
         """
-        augmentation = self._assembly.augmentation
-        return {
-            "backbone": self.backbone.get_config(),
-            "augmentation": (
-                None if augmentation is None else keras.saving.serialize_keras_object(augmentation)
-            ),
-            **self._settings(),
-        }
+        return self._config().get_config()
 
-    def _settings(self) -> dict:
-        """`get_config` without the backbone and the augmentation (a saved file holds them)."""
+    def _config(self) -> TunerConfig:
+        """The tuner's settings, its backbone and its augmentation layer."""
         backbone = self.backbone
-        return {
+        settings = {
             "head": self.head.get_config(),
             "freeze": self.freeze.get_config(),
             "freeze_chosen": self._freeze_chosen,
@@ -693,38 +669,20 @@ class FineTuner:
             "name": self.model.name,
             "compile": self._compiler.get_config(),
         }
+        return TunerConfig(settings, backbone, self._assembly.augmentation)
 
     @classmethod
     def from_config(cls, config: dict) -> FineTuner:
         """The tuner `get_config` describes, with fresh weights (see `get_config`)."""
-        config = copy.deepcopy(config)  # Keras' deserialization consumes what it reads
-        backbone = Backbone.from_config(config.pop("backbone"))
-        augmentation = config.pop("augmentation", None)
-        if augmentation is not None:
-            augmentation = keras.saving.deserialize_keras_object(augmentation)
-        return cls._from_settings(backbone, augmentation, config)
+        return cls._from_config(TunerConfig.from_config(config))
 
     @classmethod
-    def _from_settings(
-        cls, backbone, augmentation, settings: dict, safe_mode: bool = True, **placement
-    ) -> FineTuner:
-        input_shape = settings["input_shape"]
-        tuner = cls(
-            backbone,
-            Head.from_config(settings["head"]),
-            freeze=FreezePolicy.from_config(settings["freeze"]),
-            input_shape=None if input_shape is None else tuple(input_shape),
-            input_channels=settings["input_channels"],
-            augmentation=augmentation,
-            jit_compile=settings["jit_compile"],
-            seed=settings["seed"],
-            name=settings["name"],
-            **placement,
-        )
-        tuner._freeze_chosen = settings["freeze_chosen"]
-        compiled = settings.get("compile")
+    def _from_config(cls, config: TunerConfig, safe_mode: bool = True, **placement) -> FineTuner:
+        tuner = cls(**config.tuner_arguments(), **placement)
+        tuner._freeze_chosen = config.freeze_chosen
+        compiled = config.compile_arguments(safe_mode)
         if compiled is not None:
-            tuner.compile(**Compiler.arguments_from_config(compiled, safe_mode=safe_mode))
+            tuner.compile(**compiled)
         return tuner
 
     def export(

@@ -1,3 +1,3 @@
-"""What a trained tuner gives back: model files (`saving`), serving and
-mobile exports (`export`), the evaluation report (`report`) and its plots
-(`plots`)."""
+"""What a trained tuner gives back: model files (`saving`), the tuner's own
+settings and file (`tuner_config`), serving and mobile exports (`export`), the
+evaluation report (`report`) and its plots (`plots`)."""

@@ -13,18 +13,10 @@ import os
 import keras
 
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
-from finetune_tf.model.backbone import Backbone
-from finetune_tf.runtime.chief import chief_path
 from finetune_tf.runtime.devices import resolve_strategy
 from finetune_tf.sources.files import load_keras_file
 
-__all__ = [
-    "copy_weights_by_layer_name",
-    "load_model",
-    "read_tuner_file",
-    "save_model_atomically",
-    "save_tuner_file",
-]
+__all__ = ["load_model", "save_model_atomically"]
 
 
 def load_model(
@@ -91,56 +83,3 @@ def save_model_atomically(model: keras.Model, filepath, *, overwrite: bool = Tru
     with atomic_file(filepath, suffix=".keras") as tmp:
         model.save(tmp, overwrite=True)
     return filepath
-
-
-def save_tuner_file(model, settings: dict, filepath, *, chief: bool, overwrite: bool) -> None:
-    """Saves `model` with a tuner's `settings` in its config (`TunedModel.tuner_config`),
-    atomically, on the chief only; the model keeps no settings afterwards (a later
-    `model.save()` is the model alone)."""
-    model.tuner_config = settings
-    try:
-        with chief_path(chief, filepath) as target:
-            save_model_atomically(model, target, overwrite=overwrite)
-    finally:
-        model.tuner_config = None
-
-
-def read_tuner_file(filepath, *, safe_mode: bool, strategy) -> tuple[keras.Model, dict]:
-    """The model of a file `save_tuner_file` wrote, and the tuner settings it holds, with
-    `settings["parts"]` the `(Backbone, augmentation layer or None)` found in the model."""
-    model = load_model(filepath, compile=False, safe_mode=safe_mode, strategy=strategy)
-    settings = getattr(model, "tuner_config", None)
-    if not isinstance(settings, dict) or not isinstance(settings.get("parts"), dict):
-        raise ValueError(
-            f"`filepath`={os.fspath(filepath)!r} holds a model without FineTuner settings "
-            "(it was not written by FineTuner.save). Load the model with "
-            "finetune_tf.load_model(filepath), or fine-tune it anew with "
-            "FineTuner(Backbone.from_model(model), head)."
-        )
-    settings = dict(settings)
-    parts = settings.pop("parts")
-    layer = model.get_layer
-    preprocessing = parts.get("preprocessing") and layer(parts["preprocessing"])
-    backbone = Backbone(
-        layer("backbone").backbone, preprocessing=preprocessing, source=parts.get("source")
-    )
-    settings["parts"] = (backbone, parts.get("augmentation") and layer(parts["augmentation"]))
-    return model, settings
-
-
-def copy_weights_by_layer_name(source: keras.Model, target: keras.Model) -> None:
-    """Each weighted layer of `target` takes the weights of `source`'s layer of the same
-    name (layers they share are skipped); a ValueError names a layer `source` lacks."""
-    names = {layer.name for layer in source.layers}
-    for layer in target.layers:
-        if not layer.weights:
-            continue
-        if layer.name not in names:
-            raise ValueError(
-                f"The saved model has no layer {layer.name!r} for the restored tuner's "
-                "weights: the file's tuner settings do not match its model. Load the model "
-                "alone with finetune_tf.load_model."
-            )
-        origin = source.get_layer(layer.name)
-        if origin is not layer:
-            layer.set_weights(origin.get_weights())

@@ -41,6 +41,7 @@ MODULES = [
     "outputs.plots",
     "outputs.report",
     "outputs.saving",
+    "outputs.tuner_config",
     "runtime",
     "runtime.chief",
     "runtime.devices",
