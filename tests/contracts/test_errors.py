@@ -66,8 +66,21 @@ def multilabel(labels):
     return t
 
 
+def binary():
+    t = FineTuner(backbone(), Head.binary())
+    t.compile()
+    return t
+
+
 X = np.random.default_rng(0).random((12, 6), dtype=np.float32)
 Y = np.arange(12) % 3
+
+
+def soft_rows(row: int, values) -> np.ndarray:
+    """Label-smoothed rows for Y, with `values` in row `row`."""
+    y = np.eye(3)[Y] * 0.9 + 0.1 / 3
+    y[row] = values
+    return y
 
 
 def with_nan():
@@ -268,7 +281,7 @@ CASES = [
         "fit-labels-out-of-range",
         lambda d: compiled().fit(X, Y + 1),
         ValueError,
-        r"`y`.*0\.\.2.*num_classes",
+        r"`y`.*0\.\.2.*`y\[2\]` = 3.*num_classes",
     ),
     (
         "fit-one-hot-width",
@@ -306,7 +319,32 @@ CASES = [
         "fit-multilabel-targets-range",
         lambda d: multilabel(3).fit(X, np.full((12, 3), 2.0)),
         ValueError,
-        r"`y` has multi-label targets outside \[0, 1\]",
+        r"`y` has multi-label targets outside \[0, 1\].*`y\[0\]` = \[2\., 2\., 2\.\]",
+    ),
+    (
+        "fit-soft-rows-nan",
+        lambda d: compiled().fit(X, soft_rows(3, [np.nan, 0.5, 0.5])),
+        ValueError,
+        r"`y` has target rows that are not probability distributions.*`y\[3\]` = "
+        r"\[nan, 0\.5, 0\.5\] holds NaN or inf.*isfinite",
+    ),
+    (
+        "fit-soft-rows-negative",
+        lambda d: compiled().fit(X, soft_rows(3, [-0.2, 0.6, 0.6])),
+        ValueError,
+        r"`y`.*`y\[3\]` = .*has a negative entry.*np\.clip",
+    ),
+    (
+        "fit-soft-rows-sum",
+        lambda d: compiled().fit(X, soft_rows(3, [0.5, 0.2, 0.0])),
+        ValueError,
+        r"`y`.*`y\[3\]` = .*sums to 0\.7.*within 0\.001.*y / y\.sum\(axis=-1, keepdims=True\)",
+    ),
+    (
+        "fit-binary-targets-range",
+        lambda d: binary().fit(X, np.where(np.arange(12) == 3, 1.3, Y % 2)),
+        ValueError,
+        r"`y` has binary targets outside \[0, 1\].*`y\[3\]` = 1\.3.*np\.clip",
     ),
     (
         "fit-empty-schedule",

@@ -75,9 +75,11 @@ CLASS_ENCODINGS = {
     "column": True,
     "one_hot": True,
     "one_hot_too_wide": False,
+    "soft": True,  # rows of probabilities (label smoothing, mixup, a teacher's)
+    "soft_not_summing_to_1": False,
     "out_of_range": False,
     "negative": False,
-    "fractional": False,
+    "fractional": None,  # valid for a binary head only (a probability of class 1)
     "strings": False,
     "nan": False,
     "one_short": False,
@@ -117,11 +119,16 @@ def make_labels(head: Head, encoding: str, n: int, lead: tuple, rng) -> tuple:
         k = head.num_classes
         ids = rng.integers(0, k, size=shape)
         valid = CLASS_ENCODINGS[encoding]
+        if encoding == "fractional":
+            valid = head.task == "binary"
+        soft = rng.dirichlet(np.ones(k), size=shape).astype("float32")
         y = {
             "sparse": lambda: ids,
             "column": lambda: ids[..., None],
             "one_hot": lambda: np.eye(k, dtype="float32")[ids],
             "one_hot_too_wide": lambda: np.eye(k + 1, dtype="float32")[ids],
+            "soft": lambda: soft,
+            "soft_not_summing_to_1": lambda: soft * 0.7,
             "out_of_range": lambda: np.full(shape, k),
             "negative": lambda: -np.ones(shape, "int64"),
             "fractional": lambda: np.full(shape, 0.5),

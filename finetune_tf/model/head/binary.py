@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from finetune_tf.model.head.classifier import MulticlassTask
-from finetune_tf.model.head.task import register_task
+from finetune_tf.model.head.task import check_unit_interval, register_task
 
 __all__ = ["BinaryTask"]
 
 
 @register_task
 class BinaryTask(MulticlassTask):
-    """Classes 0 and 1 from one sigmoid unit; labels 0/1 or one-hot rows of two."""
+    """Classes 0 and 1 from one sigmoid unit; labels 0/1 (or the probability of
+    class 1, a soft target, in [0, 1]) or rows over the two classes."""
 
     name = "binary"
     constructor = "binary"
@@ -23,3 +26,13 @@ class BinaryTask(MulticlassTask):
     @property
     def num_classes(self) -> int:
         return 2
+
+    def check_class_ids(self, array: np.ndarray, argname: str, depth: int) -> None:
+        """0/1, or a soft target in between (binary cross-entropy takes it as is)."""
+        check_unit_interval(
+            array,
+            argname,
+            depth,
+            "binary",
+            "A binary head takes 0/1 labels, or the probability of class 1 in between.",
+        )

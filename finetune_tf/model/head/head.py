@@ -30,6 +30,15 @@ class Head:
     dropout, dropout, and the `"predictions"` layer, which always computes
     in float32 (also under a mixed-precision policy).
 
+    Targets: a classifier takes integer class ids, one-hot rows or soft
+    rows (label smoothing, mixup, a teacher's probabilities); its default
+    loss trains on a soft row's probabilities (categorical cross-entropy),
+    and accuracy and `report` count the row as its argmax. Rows must be
+    probability distributions (entries >= 0 summing to 1 within 1e-3); a
+    binary head also takes the probability of class 1, a multi-label head
+    one in [0, 1] per label. `check_targets` says what is wrong, before
+    training.
+
     Args:
         task: str. `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`.
         units: int. Width of the predictions layer.
@@ -98,13 +107,19 @@ class Head:
         """Single-label classification: softmax over `num_classes`.
 
         With `num_classes=2` this is `Head.binary()`: one sigmoid unit.
-        Labels may be integer class ids or one-hot. Keyword arguments are
-        those of `Head`.
+        Labels may be integer class ids, one-hot rows or soft rows (each a
+        probability distribution over the classes), e.g. label-smoothed.
+        Keyword arguments are those of `Head`.
 
         Examples:
+            >>> import keras
+            >>> import numpy as np
             >>> from finetune_tf import Head
             >>> Head.classifier(10).units
             10
+            >>> k, labels = 3, np.array([0, 2, 1])
+            >>> y = keras.utils.to_categorical(labels, k) * 0.9 + 0.1 / k  # label smoothing
+            >>> Head.classifier(k).check_targets(y, (k,))
         """
         check_int(num_classes, "num_classes", where="Head.classifier", type_error=ValueError)
         if num_classes < 2:
@@ -118,7 +133,8 @@ class Head:
 
     @classmethod
     def binary(cls, **kwargs) -> Head:
-        """Two-class classification with one sigmoid unit (labels 0/1 or one-hot).
+        """Two-class classification with one sigmoid unit (labels 0/1 or one-hot; soft
+        targets: the probability of class 1, or rows over the two classes).
 
         Examples:
             >>> from finetune_tf import Head
@@ -285,13 +301,18 @@ class Head:
         """A `Report` of `predictions` (this head's outputs) against targets `y`.
 
         Classes are the argmax of a softmax, or a sigmoid above 0.5 (logits
-        above 0); multi-label targets count as present from 0.5.
+        above 0); multi-label targets count as present from 0.5. A soft
+        target counts as the class it gives the most: a row's argmax, a
+        binary head's probability of class 1 as class 1 above 0.5.
 
         Examples:
             >>> import numpy as np
             >>> from finetune_tf import Head
             >>> report = Head.binary().report(np.array([[0.9], [0.2]]), np.array([1, 1]))
             >>> report["accuracy"]
+            0.5
+            >>> soft = np.array([[0.1, 0.8, 0.1], [0.6, 0.2, 0.2]])  # classes 1 and 0
+            >>> Head.classifier(3).report(np.eye(3)[[1, 2]], soft)["accuracy"]
             0.5
         """
         names = self.label_names(class_names)

@@ -1,13 +1,15 @@
 """Label-format helpers shared by the loss and the metric: integer class ids
-and one-hot labels are both accepted, for softmax and for sigmoid heads."""
+and rows over the classes (one-hot or soft) are both accepted, for softmax
+and for sigmoid heads."""
 
 from __future__ import annotations
 
 from keras import ops
 
 
-def is_one_hot(y_true, y_pred) -> bool:
-    """True when `y_true` is one-hot for `y_pred`'s classes (static shapes)."""
+def is_class_rows(y_true, y_pred) -> bool:
+    """True when `y_true` holds a row over `y_pred`'s classes for each prediction:
+    one-hot or soft (static shapes)."""
     classes = y_pred.shape[-1]
     if classes == 1:
         classes = 2  # a sigmoid head over two classes
@@ -15,9 +17,9 @@ def is_one_hot(y_true, y_pred) -> bool:
 
 
 def binary_targets(y_true, y_pred):
-    """0/1 targets shaped like a one-unit sigmoid output."""
+    """Targets of class 1 (0/1, or a probability) shaped like a one-unit sigmoid output."""
     y_true = ops.cast(y_true, y_pred.dtype)
-    if is_one_hot(y_true, y_pred):
+    if is_class_rows(y_true, y_pred):
         return y_true[..., 1:]
     if len(y_true.shape) == len(y_pred.shape) - 1:
         return ops.expand_dims(y_true, -1)
@@ -25,8 +27,9 @@ def binary_targets(y_true, y_pred):
 
 
 def sparse_targets(y_true, y_pred):
-    """Integer class ids of shape `y_pred.shape[:-1]`."""
-    if is_one_hot(y_true, y_pred):
+    """Integer class ids of shape `y_pred.shape[:-1]`: a row's argmax (the class a
+    one-hot or soft row gives the most)."""
+    if is_class_rows(y_true, y_pred):
         return ops.argmax(y_true, axis=-1)
     y_true = ops.cast(y_true, "int32")
     if len(y_true.shape) == len(y_pred.shape):

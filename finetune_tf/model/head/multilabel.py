@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import keras
 
-from finetune_tf.model.head.task import Task, check_real_targets, register_task
+from finetune_tf.model.head.task import (
+    Task,
+    check_real_targets,
+    check_unit_interval,
+    register_task,
+)
 from finetune_tf.outputs.report import Report
 
 __all__ = ["MultilabelTask"]
@@ -43,13 +48,13 @@ class MultilabelTask(Task):
         check_real_targets(
             array, prediction_shape, argname, method, f"{self.units}-label", self.name
         )
-        outside = (array < 0) | (array > 1)
-        if outside.any():
-            raise ValueError(
-                f"`{argname}` has multi-label targets outside [0, 1] (e.g. "
-                f"{array[outside].ravel()[0].item()!r}); each column is 1 "
-                "when the label applies and 0 when not."
-            )
+        check_unit_interval(
+            array,
+            argname,
+            len(prediction_shape),
+            "multi-label",
+            "Each column is 1 when the label applies and 0 when not, or a probability in between.",
+        )
 
     def report(self, predictions, y, names) -> Report:
         units = predictions.shape[-1]

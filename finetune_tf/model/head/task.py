@@ -19,7 +19,20 @@ from finetune_tf._checks import check_choice
 from finetune_tf.outputs.report import Report
 from finetune_tf.training.data_checks import batch_of, check_finite, shapes_compatible
 
-__all__ = ["Task", "get_task", "register_task", "task_names"]
+__all__ = [
+    "ROW_SUM_TOLERANCE",
+    "Task",
+    "check_class_rows",
+    "check_unit_interval",
+    "get_task",
+    "register_task",
+    "target_text",
+    "task_names",
+]
+
+# How far from 1 a target row's sum may be (float32 rounding, smoothed labels
+# written with a few decimals).
+ROW_SUM_TOLERANCE = 1e-3
 
 _REGISTRY: dict[str, type[Task]] = {}
 
@@ -131,3 +144,58 @@ def check_real_targets(
             "Convert them first, e.g. y.astype('float32')."
         )
     check_finite(array, argname, method)
+
+
+def check_class_rows(array: np.ndarray, argname: str, classes: int) -> None:
+    """Rows over the last axis that are probability distributions over `classes`:
+    finite entries >= 0 that sum to 1 (within `ROW_SUM_TOLERANCE`). One-hot rows
+    are; so are soft ones (label smoothing, mixup, a teacher's probabilities)."""
+    sums = array.sum(axis=-1, dtype="float64")  # no float64 copy of a large array
+    nonfinite = ~np.isfinite(array).all(axis=-1)
+    negative = (array < 0).any(axis=-1)
+    bad = nonfinite | negative | ~(np.abs(sums - 1) <= ROW_SUM_TOLERANCE)
+    if not bad.any():
+        return
+    row = tuple(int(i) for i in np.argwhere(bad)[0])
+    if nonfinite[row]:
+        problem = "holds NaN or inf"
+        fix = "Drop or repair those examples, e.g. keep = np.isfinite(y).all(axis=-1)."
+    elif negative[row]:
+        problem = "has a negative entry"
+        fix = (
+            "Check how the targets were made (mixup weights must be in [0, 1]), or clip and "
+            "normalise: y = np.clip(y, 0, None); y = y / y.sum(axis=-1, keepdims=True)."
+        )
+    else:
+        problem = f"sums to {sums[row]:.4g}"
+        fix = "Normalise them, e.g. y = y / y.sum(axis=-1, keepdims=True)."
+    raise ValueError(
+        f"`{argname}` has target rows that are not probability distributions over the "
+        f"{classes} classes ({int(bad.sum())} of {bad.size}; the first: "
+        f"{target_text(argname, array, row)} {problem}). A {classes}-class head takes one-hot "
+        f"or soft rows: entries >= 0 that sum to 1 (within {ROW_SUM_TOLERANCE:g}). {fix}"
+    )
+
+
+def check_unit_interval(
+    array: np.ndarray, argname: str, depth: int, what: str, meaning: str
+) -> None:
+    """Targets in [0, 1] (0/1, or soft), NaN refused; `depth` leading axes index an
+    example's row (the batch axis and any per-position axes)."""
+    bad = ~((array >= 0) & (array <= 1))
+    if not bad.any():
+        return
+    row = tuple(int(i) for i in np.argwhere(bad)[0][:depth])
+    raise ValueError(
+        f"`{argname}` has {what} targets outside [0, 1] ({int(bad.sum())} of {bad.size} "
+        f"values; the first in {target_text(argname, array, row)}). {meaning} Clip them, e.g. "
+        "y = np.clip(y, 0, 1), or check how they were made."
+    )
+
+
+def target_text(argname: str, array: np.ndarray, index: tuple) -> str:
+    """The targets of `array` at `index` for a message, e.g. "`y[3]` = [0.5, 0.5, 0. ]"."""
+    values = np.array2string(
+        np.asarray(array[index]), precision=4, separator=", ", threshold=12, edgeitems=3
+    )
+    return f"`{argname}[{', '.join(map(str, index))}]` = {values}"
