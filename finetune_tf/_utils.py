@@ -87,6 +87,25 @@ def require_parent_directory(path: str, argname: str) -> str:
     return parent
 
 
+def require_writable(path: str, argname: str) -> None:
+    """A PermissionError naming `argname` unless files can be made in directory `path`
+    (or, where it does not exist yet, in its nearest existing parent, where it will be
+    made). Tried by making and removing a file: permission bits do not tell (root, ACLs,
+    read-only mounts)."""
+    directory = os.path.abspath(path)
+    while not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+    except OSError as error:
+        raise PermissionError(
+            f"`{argname}`={path!r} cannot be written: making a file in {directory!r} failed "
+            f"({error.strerror or error}). Pass a directory you can write to."
+        ) from None
+    os.close(fd)
+    os.remove(probe)
+
+
 def revived(config: dict, *keys: str) -> dict:
     """A copy of `config` with the Keras objects serialized under `keys` deserialized
     (Keras' deserialization consumes what it reads, so the caller's config is untouched;

@@ -381,7 +381,7 @@ class FineTuner:
             self._compiler.require("fit")
         setting = FeatureCache.get(feature_cache)
         checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
-        x, args = self._data.for_fit(x, y, FitArgs(kwargs))
+        x, args = self._data.for_fit(x, y, FitArgs.checked(kwargs, where="FineTuner.fit"))
         return self._loop.fit(
             x, y, args, schedule=schedule, feature_cache=setting, checkpoint_dir=checkpoint_dir
         )
@@ -442,7 +442,9 @@ class FineTuner:
             self.freeze,
             self._freeze_chosen,
             x,
-            FitArgs(kwargs),
+            FitArgs.checked(
+                kwargs, where="FineTuner.fine_tune", others=("feature_cache", "checkpoint_dir")
+            ),
             head_epochs=head_epochs,
             epochs=epochs,
             learning_rate=learning_rate,
@@ -494,7 +496,8 @@ class FineTuner:
         """
         if not self._compiler.compiled:
             self.compile()
-        x, args = self._data.for_fit(x, y, FitArgs(kwargs))
+        args = FitArgs.checked(kwargs, where="FineTuner.find_learning_rate")
+        x, args = self._data.for_fit(x, y, args)
         return find_learning_rate(
             self._compiler,
             x,

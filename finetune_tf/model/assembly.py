@@ -141,8 +141,37 @@ class Assembly:
                 "Pass at least one example."
             )
         self._check_sample_shape(tuple(array.shape)[1:], argname, method)
+        self._check_dtype(array, argname, method)
         if method != "predict":  # a NaN prediction harms nothing; a NaN step harms all
             check_finite(array, argname, method)
+
+    def _check_dtype(self, array, argname, method):
+        """A TypeError when `array` holds strings or Python objects and the model takes
+        numbers (TensorFlow would fail in a cast, deep inside the first step)."""
+        takes = keras.backend.standardize_dtype(self.model.inputs[0].dtype)
+        if takes == "string":
+            return
+        if isinstance(array, tf.Tensor):
+            if array.dtype != tf.string:
+                return
+            array = array.numpy()
+        if array.dtype.kind not in "USO":
+            return
+        first = array.flat[0] if array.size else None
+        if array.dtype.kind in "US" or isinstance(first, (str, bytes)):
+            raise TypeError(
+                f"`FineTuner.{method}` got `{argname}` holding strings (e.g. {first!r}), but "
+                f"the model takes {takes} numbers: its backbone is not a text model. Convert "
+                f"numbers held as text first, e.g. x = x.astype('float32'); for text, use a "
+                "backbone that takes strings (e.g. a TF Hub text encoder)."
+            )
+        raise TypeError(
+            f"`FineTuner.{method}` got `{argname}` as a NumPy array of Python objects "
+            f"(dtype=object, e.g. {first!r} of type {type(first).__name__}), which "
+            f"TensorFlow cannot read; the model takes {takes} numbers. Convert it first, "
+            "e.g. x = np.asarray(x, dtype='float32') (from pandas: "
+            "df.to_numpy(dtype='float32'))."
+        )
 
     def _check_sample_shape(self, shape, argname, method):
         expected = self.input_shape

@@ -27,7 +27,14 @@ from finetune_tf.training.layerwise import (
     layerwise_multipliers,
 )
 
-__all__ = ["CompileSpec", "Compiler", "check_jit_compile", "fresh_optimizer"]
+__all__ = [
+    "CompileSpec",
+    "Compiler",
+    "check_jit_compile",
+    "check_learning_rate",
+    "fresh_optimizer",
+    "next_optimizer",
+]
 
 
 def fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
@@ -100,16 +107,12 @@ class Compiler:
         """Compiles again from the last settings with a fresh optimizer; `optimizer` and
         `learning_rate` replace the last ones, `layerwise_lr_decay` holds for this
         compile only. Without earlier settings: `"adam"` and the head's loss."""
-        check_learning_rate(learning_rate)
         check_layerwise_lr_decay(layerwise_lr_decay)
+        previous = self.spec.optimizer if self.spec is not None else None
+        optimizer = next_optimizer(previous, optimizer, learning_rate)
         if self.spec is None:
-            self.spec = CompileSpec(
-                "adam" if optimizer is None else optimizer, self.head.default_loss()
-            )
-        elif optimizer is None:
-            optimizer = fresh_optimizer(self.spec.optimizer)
-        optimizer = self.spec.optimizer if optimizer is None else optimizer
-        self.spec.optimizer = resolve_optimizer(optimizer, learning_rate)
+            self.spec = CompileSpec(optimizer, self.head.default_loss())
+        self.spec.optimizer = optimizer
         self.apply(layerwise_lr_decay=layerwise_lr_decay)
 
     def restore(self, spec: CompileSpec | None) -> None:
@@ -260,7 +263,7 @@ def optimizer_names() -> list[str]:
     )
 
 
-def check_learning_rate(learning_rate) -> None:
+def check_learning_rate(learning_rate, where: str = "", name: str = "learning_rate") -> None:
     """A ValueError unless `learning_rate` is None, positive or a `LearningRateSchedule`."""
     if learning_rate is None or isinstance(
         learning_rate, keras.optimizers.schedules.LearningRateSchedule
@@ -268,13 +271,34 @@ def check_learning_rate(learning_rate) -> None:
         return
     check_number(
         learning_rate,
-        "learning_rate",
+        name,
         low=0,
         low_inclusive=False,
         also="a LearningRateSchedule",
+        where=where,
         hint="Typical values: 1e-3 for the head, 1e-5 to 1e-4 when the backbone trains.",
         type_error=ValueError,
     )
+
+
+def next_optimizer(previous, optimizer=None, learning_rate=None) -> keras.optimizers.Optimizer:
+    """The fresh optimizer a compile after `previous` uses (see `Compiler.recompile`):
+    `optimizer` (else `previous`'s kind and settings, else `"adam"`), at `learning_rate`
+    when given. Compiles nothing, so a plan can be checked stage by stage before training.
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.training.compile import next_optimizer
+        >>> sgd = next_optimizer(keras.optimizers.SGD(0.1), learning_rate=0.01)
+        >>> type(sgd).__name__, round(float(sgd.learning_rate), 4)
+        ('SGD', 0.01)
+        >>> type(next_optimizer(None)).__name__
+        'Adam'
+    """
+    check_learning_rate(learning_rate)
+    if optimizer is None:
+        optimizer = "adam" if previous is None else fresh_optimizer(previous)
+    return resolve_optimizer(optimizer, learning_rate)
 
 
 def resolve_optimizer(optimizer, learning_rate) -> keras.optimizers.Optimizer:

@@ -33,6 +33,7 @@ __all__ = [
     "expected_input_range",
     "first_batch",
     "ordered_split_warning",
+    "peek",
     "shapes_compatible",
     "value_range_warning",
 ]
@@ -104,16 +105,48 @@ def expected_input_range(preprocessing, model: keras.Model) -> tuple[float, floa
     return (low_target - offset) / scale, (1.0 - offset) / scale
 
 
-def first_batch(x, limit: int = 256) -> np.ndarray | None:
-    """Up to `limit` examples of `x` as numpy (arrays, tensors, a tf.data batch), else None."""
-    if isinstance(x, (np.ndarray, tf.Tensor)):
-        return np.asarray(x[:limit])
+def peek(x) -> tuple | None:
+    """The first batch of a `tf.data.Dataset` or `keras.utils.PyDataset` as
+    `(inputs, targets)` (numpy where they are tensors; targets None when it has no
+    labels), or None for other data and for data that yields nothing. Reading it
+    does not consume the data: a dataset starts again on the next pass.
+
+    Examples:
+        >>> import numpy as np, tensorflow as tf
+        >>> from finetune_tf.training.data_checks import peek
+        >>> data = tf.data.Dataset.from_tensor_slices((np.zeros((6, 2)), np.arange(6))).batch(4)
+        >>> inputs, targets = peek(data)
+        >>> inputs.shape, targets.tolist()
+        ((4, 2), [0, 1, 2, 3])
+    """
     if isinstance(x, tf.data.Dataset):
         element = next(iter(x.take(1)), None)
-        if isinstance(element, tuple):
-            element = element[0]
-        if isinstance(element, tf.Tensor):
-            return element.numpy()
+    elif isinstance(x, keras.utils.PyDataset):
+        count = x.num_batches
+        element = x[0] if count is None or count > 0 else None
+    else:
+        return None
+    if element is None:
+        return None
+    if isinstance(element, (tuple, list)):
+        inputs, targets = element[0], (element[1] if len(element) > 1 else None)
+    else:
+        inputs, targets = element, None
+    return _as_numpy(inputs), _as_numpy(targets)
+
+
+def _as_numpy(value):
+    return value.numpy() if isinstance(value, tf.Tensor) else value
+
+
+def first_batch(x, limit: int = 256) -> np.ndarray | None:
+    """Up to `limit` examples of `x` as numpy (arrays, tensors, a dataset's first batch),
+    else None."""
+    if isinstance(x, (np.ndarray, tf.Tensor)):
+        return np.asarray(x[:limit])
+    batch = peek(x) if isinstance(x, tf.data.Dataset) else None
+    if batch is not None and isinstance(batch[0], np.ndarray):
+        return batch[0][:limit]
     return None
 
 
@@ -219,7 +252,21 @@ class DataGate:
         x = as_tensor_if_text(x)
         self.assembly.check_inputs(x, "x", method)
         self.assembly.check_targets(x, y, "y", method)
+        if method != "predict":
+            self._check_first_batch(x, method)
         return x
+
+    def _check_first_batch(self, x, method: str) -> None:
+        """A dataset's first batch, checked as arrays would be: labels out of range or
+        NaN inputs fail here, at the call, not deep in TensorFlow after some steps."""
+        batch = peek(x)
+        if batch is None:
+            return
+        inputs, targets = batch
+        where = "x" if isinstance(x, tf.data.Dataset) else "x[0]"
+        self.assembly.check_inputs(inputs, f"{where}'s first batch of inputs", method)
+        if targets is not None:
+            self.assembly.check_targets(inputs, targets, f"{where}'s first batch of labels", method)
 
     def for_fit(self, x, y, args: FitArgs) -> tuple:
         """`(x, args)` ready for training, after every check of `fit`'s data."""

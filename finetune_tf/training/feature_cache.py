@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetune_tf._checks import check_choice, check_int
-from finetune_tf._utils import directory_path
+from finetune_tf._utils import directory_path, require_writable
 from finetune_tf.runtime.multi_worker import in_multi_worker_mode
 from finetune_tf.runtime.progress import say
 from finetune_tf.training.feature_store import (
@@ -89,9 +89,9 @@ class FeatureCache:
             type_error=ValueError,
         )
         if self.directory is not None:
-            object.__setattr__(
-                self, "directory", directory_path(self.directory, "FeatureCache(directory)")
-            )
+            directory = directory_path(self.directory, "FeatureCache(directory)")
+            require_writable(directory, "FeatureCache(directory)")
+            object.__setattr__(self, "directory", directory)
 
     @classmethod
     def get(cls, value) -> FeatureCache:

@@ -17,6 +17,9 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
+from finetune_tf._checks import check_choice, check_int, check_number
+from finetune_tf._utils import did_you_mean
+
 __all__ = ["KERAS_BATCH_SIZE", "FitArgs", "split_index"]
 
 KERAS_BATCH_SIZE = 32  # what keras.Model.fit uses when batch_size is None
@@ -32,6 +35,91 @@ def split_index(count: int, validation_split: float | None) -> int:
         (7, 10)
     """
     return int(math.floor(count * (1.0 - (validation_split or 0.0))))
+
+
+def _count(minimum: int, *, allow_none: bool = True, hint: str = ""):
+    def check(value, name, where):
+        check_int(value, name, minimum=minimum, allow_none=allow_none, where=where, hint=hint)
+
+    return check
+
+
+def _validation_split(value, name, where):
+    check_number(
+        value,
+        name,
+        low=0,
+        high=1,
+        high_inclusive=False,
+        allow_none=True,
+        where=where,
+        meaning="the fraction of the examples Keras keeps apart (the last ones) to validate on",
+        hint="To validate on other data, pass validation_data=(x_val, y_val).",
+    )
+
+
+def _verbose(value, name, where):
+    check_choice(value, name, ("auto", 0, 1, 2, True, False), where=where, hint="0 is silent.")
+
+
+def _shuffle(value, name, where):
+    check_choice(value, name, (True, False, "batch"), where=where)
+
+
+def _class_weight(value, name, where):
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or not value:
+        raise TypeError(
+            f"`{where}(class_weight)` must be a dict from class index to weight, e.g. "
+            f"{{0: 1.0, 1: 5.0}}. Received: class_weight={value!r} of type "
+            f"{type(value).__name__}. sklearn.utils.class_weight.compute_class_weight gives "
+            "the weights of balanced classes."
+        )
+    for key, weight in value.items():
+        check_int(key, name, minimum=0, where=where, each=value, meaning="class indices")
+        check_number(weight, f"{name}[{key!r}]", low=0, where=where, meaning="a class's weight")
+
+
+def _callbacks(value, name, where):
+    if value is None or isinstance(value, keras.callbacks.CallbackList):
+        return
+    items = value if isinstance(value, (list, tuple)) else None
+    if items is None or not all(isinstance(item, keras.callbacks.Callback) for item in items):
+        bad = (
+            value
+            if items is None
+            else next(item for item in items if not isinstance(item, keras.callbacks.Callback))
+        )
+        raise TypeError(
+            f"`{where}(callbacks)` must be a list of keras.callbacks.Callback (Keras 3), e.g. "
+            f"[keras.callbacks.EarlyStopping(patience=3)]. Received: {bad!r} of type "
+            f"{type(bad).__name__}. A tf_keras (Keras 2) callback does not work with Keras 3: "
+            "use its keras.callbacks counterpart."
+        )
+
+
+def _anything(value, name, where):
+    """Checked where the data is (`DataGate`), or by Keras itself."""
+
+
+# Every keyword argument of keras.Model.fit, and how each is checked.
+_KERAS_FIT_ARGUMENTS = {
+    "batch_size": _count(1, hint="Typical values are 16 to 256."),
+    "epochs": _count(1, allow_none=False, hint="It is the number of passes over the data."),
+    "verbose": _verbose,
+    "callbacks": _callbacks,
+    "validation_split": _validation_split,
+    "validation_data": _anything,
+    "shuffle": _shuffle,
+    "class_weight": _class_weight,
+    "sample_weight": _anything,
+    "initial_epoch": _count(0, allow_none=False),
+    "steps_per_epoch": _count(1),
+    "validation_steps": _count(1),
+    "validation_batch_size": _count(1),
+    "validation_freq": _count(1, allow_none=False),
+}
 
 
 class FitArgs:
@@ -56,6 +144,48 @@ class FitArgs:
 
     def __init__(self, kwargs: Mapping | None = None):
         self._kwargs = types.MappingProxyType(dict(kwargs or {}))
+
+    @classmethod
+    def checked(
+        cls, kwargs: Mapping | None = None, *, where: str = "fit", others: tuple = ()
+    ) -> FitArgs:
+        """The arguments of a user's call, each checked as `keras.Model.fit` would need it
+        (`others`: names the caller takes itself, left out).
+
+        Keras takes `epochs=2.5` or `batch_size=0` and fails deep in TensorFlow, or
+        trains nothing (`epochs=0`); these are refused here, at the call, naming the
+        argument, with the builtin exception that fits.
+
+        Examples:
+            >>> from finetune_tf.training.fit_args import FitArgs
+            >>> FitArgs.checked({"epochs": 3}).epochs
+            3
+            >>> FitArgs.checked({"epochs": "3"})
+            Traceback (most recent call last):
+            ...
+            TypeError: `fit(epochs)` must be a whole number >= 1. Received: epochs='3' ...
+        """
+        kwargs = {name: value for name, value in (kwargs or {}).items() if name not in others}
+        for name in kwargs:
+            if name not in _KERAS_FIT_ARGUMENTS:
+                names = sorted(_KERAS_FIT_ARGUMENTS)
+                raise TypeError(
+                    f"`{where}()` got an unexpected keyword argument {name!r}."
+                    f"{did_you_mean(name, [*names, *others])} It takes "
+                    + (f"{', '.join(others)} and " if others else "")
+                    + f"the arguments of keras.Model.fit: {', '.join(names)}."
+                )
+        for name, value in kwargs.items():
+            _KERAS_FIT_ARGUMENTS[name](value, name, where)
+        epochs, initial_epoch = kwargs.get("epochs"), kwargs.get("initial_epoch")
+        if epochs is not None and initial_epoch is not None and initial_epoch >= epochs:
+            raise ValueError(
+                f"`{where}(initial_epoch)` must be below `epochs`, the index of the last epoch: "
+                f"initial_epoch={initial_epoch} with epochs={epochs} trains nothing. Keras counts "
+                f"epochs from 0 to `epochs`; to train 3 more epochs after epoch "
+                f"{initial_epoch}, pass epochs={initial_epoch + 3}."
+            )
+        return cls(kwargs)
 
     def keras(self) -> dict:
         """The arguments as `keras.Model.fit` takes them."""

@@ -25,6 +25,7 @@ from finetune_tf.runtime.devices import describe
 from finetune_tf.runtime.progress import say
 from finetune_tf.training.feature_cache import FeatureCache, cache_decision, fit_on_cached_features
 from finetune_tf.training.fit_args import FitArgs
+from finetune_tf.training.plan import check_plan, is_generator
 from finetune_tf.training.run_fingerprint import run_fingerprint
 from finetune_tf.training.run_state import TrainingRun
 from finetune_tf.training.seeding import epoch_keyed, steps_per_execution_for
@@ -60,7 +61,11 @@ class Loop:
         return self.placement.strategy
 
     def fit(self, x, y, args: FitArgs, *, schedule, feature_cache, checkpoint_dir):
-        """One `fit` call: a run of one stage, or of `schedule`; returns its `History`."""
+        """One `fit` call: a run of one stage, or of `schedule`; returns its `History`.
+
+        The whole plan is checked first (`training.plan`): nothing trains for a call
+        that a later stage would refuse."""
+        schedule = check_plan(self.assembly, self.compiler, x, args, schedule)
         setting = FeatureCache.get(feature_cache)
         signature = None
         if checkpoint_dir is not None:  # what a saved state must match to be resumed
@@ -129,7 +134,8 @@ class Loop:
     def keras_fit(self, model: keras.Model, x, y, args: FitArgs) -> keras.callbacks.History:
         """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain."""
         self._say_placement(args.verbose)
-        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) and "shuffle" not in args:
+        readers = (tf.data.Dataset, keras.utils.PyDataset)
+        if (isinstance(x, readers) or is_generator(x)) and "shuffle" not in args:
             # Keras ignores `shuffle` for these but warns about its default (True) each time.
             args = args.replace(shuffle=False)
         per_execution = model.steps_per_execution

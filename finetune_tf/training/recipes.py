@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from finetune_tf._checks import check_int
 from finetune_tf.model.freeze import FreezePolicy
+from finetune_tf.training.compile import check_learning_rate
 from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.stages import Stage
 
@@ -107,6 +108,11 @@ def fine_tune_schedule(
         >>> [(s.name, s.epochs, s.freeze) for s in stages]
         [('head', 250, FreezePolicy.all()), ('fine_tune', 150, FreezePolicy.none())]
     """
+    for name, rate in (
+        ("learning_rate", learning_rate),
+        ("fine_tune_learning_rate", fine_tune_learning_rate),
+    ):
+        check_learning_rate(rate, where="FineTuner.fine_tune", name=name)
     head_epochs, epochs, early_stopping = fine_tune_budget(
         head_epochs, epochs, early_stopping, x, args
     )

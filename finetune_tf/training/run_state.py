@@ -25,7 +25,7 @@ import os
 import keras
 import numpy as np
 
-from finetune_tf._utils import directory_path, require_parent_directory
+from finetune_tf._utils import directory_path, require_parent_directory, require_writable
 from finetune_tf.training.state_file import (
     FROZEN_PREFIX,
     STATE_FILE,
@@ -368,6 +368,12 @@ def check_checkpoint_dir(value) -> str | None:
     """`checkpoint_dir` as a str path (created if missing), or a clear error."""
     if value is None:
         return None
+    if isinstance(value, (str, os.PathLike)) and not os.fspath(value):
+        raise ValueError(
+            "`checkpoint_dir` is an empty path. Pass the directory to keep the training "
+            "state in, e.g. checkpoint_dir='checkpoints/run1', or None not to keep it."
+        )
     path = directory_path(value, "checkpoint_dir")
     require_parent_directory(path, "checkpoint_dir")
+    require_writable(path, "checkpoint_dir")
     return path

@@ -23,7 +23,15 @@ __all__ = ["check_seed", "epoch_keyed", "steps_per_execution_for"]
 
 def check_seed(seed) -> int | None:
     """`seed` as an int, or a TypeError/ValueError naming it."""
-    return check_int(seed, "seed", minimum=0, allow_none=True, hint="Pass e.g. seed=42.")
+    return check_int(
+        seed,
+        "seed",
+        minimum=0,
+        maximum=2**32 - 1,
+        allow_none=True,
+        meaning="NumPy and Python's generators take 32-bit seeds",
+        hint="Pass e.g. seed=42.",
+    )
 
 
 def _is_array(value) -> bool:

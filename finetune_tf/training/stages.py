@@ -18,14 +18,17 @@ from finetune_tf._checks import check_choice, check_int, check_number
 from finetune_tf._utils import revived
 from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.runtime.progress import say
+from finetune_tf.training.compile import check_learning_rate, next_optimizer
 from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.layerwise import check_layerwise_lr_decay, learning_rate_of
 
 __all__ = [
     "Stage",
+    "compile_rate",
     "gradual_unfreezing",
     "run_schedule",
     "stage_learning_rate",
+    "stage_name",
 ]
 
 
@@ -91,6 +94,7 @@ class Stage:
             raise TypeError(
                 f"`Stage(freeze)` must be a FreezePolicy or None. Received: freeze={self.freeze!r}."
             )
+        check_learning_rate(self.learning_rate, where="Stage")
         check_layerwise_lr_decay(self.layerwise_lr_decay)
         check_choice(
             self.lr_schedule,
@@ -226,6 +230,29 @@ def gradual_unfreezing(
     return stages
 
 
+def stage_name(stage: Stage, index: int) -> str:
+    """The stage's name, or `stage_<n>` counting from 1."""
+    return stage.name or f"stage_{index + 1}"
+
+
+def compile_rate(stage: Stage, name: str, previous, steps: int | None):
+    """The learning rate stage `name` compiles with, after a compile with the optimizer
+    `previous` (None: not compiled yet): its own, shaped by its warm-up and cosine when it
+    has them, from its own rate or else `previous`'s."""
+    if not stage.warmup_epochs and stage.lr_schedule == "constant":
+        return stage.learning_rate
+    base_rate = stage.learning_rate
+    if base_rate is None:  # the rate of the last compile
+        base_rate = learning_rate_of(next_optimizer(previous))
+    if not isinstance(base_rate, float):
+        raise ValueError(
+            f"Stage {name!r} has warmup_epochs/lr_schedule but no float learning rate to "
+            f"shape: it keeps the last one, which is a schedule ({type(base_rate).__name__}, "
+            "e.g. the cosine or warm-up of the stage before). Give the stage a learning_rate."
+        )
+    return stage_learning_rate(stage, base_rate, steps)
+
+
 def stage_learning_rate(stage: Stage, base_rate, steps: int | None):
     """The stage's learning rate, with its warm-up and cosine shape as a Keras schedule."""
     if not stage.warmup_epochs and stage.lr_schedule == "constant":
@@ -264,24 +291,11 @@ class _LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "steps": self.steps}
 
 
-def run_schedule(loop, schedule, x, y, args: FitArgs, feature_cache) -> keras.callbacks.History:
-    """Runs `schedule` with `loop` (a `training.loop.Loop`); returns one `History` covering
-    every stage."""
-    if isinstance(schedule, Stage):
-        schedule = [schedule]
-    schedule = list(schedule)
-    if not schedule or not all(isinstance(stage, Stage) for stage in schedule):
-        raise ValueError(
-            "`schedule` must be a non-empty list of finetune_tf.Stage. "
-            f"Received: schedule={schedule!r}."
-        )
-    for argument in ("epochs", "initial_epoch"):
-        if argument in args:
-            raise ValueError(
-                f"`fit(schedule=...)` got `{argument}`={args.get(argument)!r}, but a "
-                "schedule sets the epochs of each stage. Remove it, or set Stage(epochs=...)."
-            )
+def run_schedule(loop, stages: list[Stage], x, y, args: FitArgs, feature_cache):
+    """Runs `stages` (checked by `training.plan.check_plan`) with `loop` (a
+    `training.loop.Loop`); returns one `History` covering every stage."""
     has_validation = args.has_validation
+    steps = args.steps_per_epoch(x)
     user_callbacks = args.callbacks
     verbose = args.verbose
     run = loop.run
@@ -289,8 +303,8 @@ def run_schedule(loop, schedule, x, y, args: FitArgs, feature_cache) -> keras.ca
     resume = run.resume
     params = {}
     epoch = 0
-    for index, stage in enumerate(schedule):
-        name = stage.name or f"stage_{index + 1}"
+    for index, stage in enumerate(stages):
+        name = stage_name(stage, index)
         initial_epoch = epoch
         resuming = run.resumes(index)
         # Done before the interruption: the saved state holds its weights. Its freeze
@@ -300,19 +314,9 @@ def run_schedule(loop, schedule, x, y, args: FitArgs, feature_cache) -> keras.ca
             epoch, initial_epoch = resume["stage_start"], resume["epoch"]
         if stage.freeze is not None:
             assembly.apply_freeze(stage.freeze)  # recompiled just below, once
-        learning_rate = stage.learning_rate
-        if stage.warmup_epochs or stage.lr_schedule != "constant":
-            base_rate = learning_rate
-            if base_rate is None:  # the rate of the last compile()
-                if not compiler.compiled:
-                    compiler.recompile()
-                base_rate = learning_rate_of(compiler.spec.optimizer)
-            if not isinstance(base_rate, float):
-                raise ValueError(
-                    f"Stage {name!r} has warmup_epochs/lr_schedule but no float learning rate "
-                    "to shape (the last one was a schedule). Give the stage a learning_rate."
-                )
-            learning_rate = stage_learning_rate(stage, base_rate, args.steps_per_epoch(x))
+        learning_rate = compile_rate(
+            stage, name, compiler.spec.optimizer if compiler.compiled else None, steps
+        )
         compiler.recompile(
             optimizer=stage.optimizer,
             learning_rate=learning_rate,
@@ -331,7 +335,7 @@ def run_schedule(loop, schedule, x, y, args: FitArgs, feature_cache) -> keras.ca
             )
             callbacks.append(early_stopping)
         run.begin_stage(index, name, epoch, early_stopping)
-        last = index == len(schedule) - 1
+        last = index == len(stages) - 1
         if resuming and run.stage_ended(epoch + stage.epochs):
             # Killed after the stage's last epoch was saved: it ends as it would have.
             say(f"stage {name!r} had ended at epoch {resume['epoch']}", verbose)

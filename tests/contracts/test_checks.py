@@ -192,7 +192,11 @@ SITES = [
     (lambda: Stage(1, early_stopping=True), ValueError, r"early_stopping=True of type bool"),
     (lambda: Stage(2, warmup_epochs=True), ValueError, r"warmup_epochs=True of type bool"),
     (lambda: gradual_unfreezing(True), ValueError, r"layer_count=True of type bool"),
-    (lambda: check_seed(-1), ValueError, r"`seed` must be a whole number >= 0.*seed=-1"),
+    (
+        lambda: check_seed(-1),
+        ValueError,
+        r"`seed` must be a whole number in \[0, 4294967295\].*seed=-1",
+    ),
     (lambda: check_learning_rate(float("inf")), ValueError, r"finite number > 0.*=inf"),
     (lambda: check_jit_compile(1), ValueError, r"jit_compile=1 of type int"),
     (lambda: resolve_precision(0, []), ValueError, r"mixed_precision=0 of type int"),

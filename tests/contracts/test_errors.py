@@ -10,6 +10,7 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Stage
@@ -133,6 +134,39 @@ def weights_only(tmp):
     path = os.path.join(tmp, "only.weights.h5")
     backbone().model.save_weights(path)
     return path
+
+
+def dataset(x, y, batch_size=4):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+
+
+class Batches(keras.utils.PyDataset):
+    """The users' own PyDataset: batches of 4 of `x`, `y`."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x) // 4
+
+    def __getitem__(self, index):
+        return self.x[index * 4 : index * 4 + 4], self.y[index * 4 : index * 4 + 4]
+
+
+def batches():
+    """A Python generator of (x, y) batches: readable once."""
+    for start in range(0, 12, 4):
+        yield X[start : start + 4], Y[start : start + 4]
+
+
+def uncounted():
+    """A dataset whose length TensorFlow does not know (a filter)."""
+    return dataset(X, Y).unbatch().filter(lambda x, y: True).batch(4)
+
+
+# A directory no process can write in, root included (sysfs is read-only).
+UNWRITABLE = "/sys/finetune_tf_cannot_write_here"
 
 
 # id, call (given a temporary directory), exception, words the message must contain
@@ -382,6 +416,210 @@ CASES = [
         lambda d: compiled().fit(X, Y, epochs=3, batch_size=6, checkpoint_dir=interrupted_fit(d)),
         ValueError,
         r"`checkpoint_dir`.*different training run.*batch_size \(saved: 4, now: 6\).*same data",
+    ),
+    (
+        "fit-epochs-zero",
+        lambda d: compiled().fit(X, Y, epochs=0),
+        ValueError,
+        r"`FineTuner.fit\(epochs\)` must be a whole number >= 1.*epochs=0",
+    ),
+    (
+        "fit-epochs-float",
+        lambda d: compiled().fit(X, Y, epochs=2.5),
+        TypeError,
+        r"`FineTuner.fit\(epochs\)` must be a whole number.*epochs=2.5 of type float",
+    ),
+    (
+        "fit-epochs-string",
+        lambda d: compiled().fit(X, Y, epochs="3"),
+        TypeError,
+        r"`FineTuner.fit\(epochs\)`.*epochs='3' of type str",
+    ),
+    (
+        "fit-batch-size-zero",
+        lambda d: compiled().fit(X, Y, batch_size=0),
+        ValueError,
+        r"`FineTuner.fit\(batch_size\)` must be a whole number >= 1 or None.*batch_size=0",
+    ),
+    (
+        "fit-batch-size-float",
+        lambda d: compiled().fit(X, Y, batch_size=2.5),
+        TypeError,
+        r"`FineTuner.fit\(batch_size\)`.*batch_size=2.5 of type float",
+    ),
+    (
+        "fit-steps-per-epoch-zero",
+        lambda d: compiled().fit(X, Y, steps_per_epoch=0),
+        ValueError,
+        r"`FineTuner.fit\(steps_per_epoch\)` must be a whole number >= 1",
+    ),
+    (
+        "fit-validation-freq-zero",
+        lambda d: compiled().fit(X, Y, validation_split=0.25, validation_freq=0),
+        ValueError,
+        r"`FineTuner.fit\(validation_freq\)` must be a whole number >= 1",
+    ),
+    (
+        "fit-unknown-argument",
+        lambda d: compiled().fit(X, Y, epoch=3),
+        TypeError,
+        r"`FineTuner.fit\(\)` got an unexpected keyword argument 'epoch'.*Did you mean 'epochs'",
+    ),
+    (
+        "fit-initial-epoch",
+        lambda d: compiled().fit(X, Y, epochs=3, initial_epoch=3),
+        ValueError,
+        r"`FineTuner.fit\(initial_epoch\)` must be below `epochs`.*trains nothing",
+    ),
+    (
+        "fit-verbose",
+        lambda d: compiled().fit(X, Y, verbose=3),
+        ValueError,
+        r"`FineTuner.fit\(verbose\)` must be one of 'auto', 0, 1, 2, True or False.*verbose=3",
+    ),
+    (
+        "fit-validation-split-one",
+        lambda d: compiled().fit(X, Y, validation_split=1.0),
+        ValueError,
+        r"`FineTuner.fit\(validation_split\)` must be a number in \[0, 1\).*validation_data",
+    ),
+    (
+        "fit-validation-split-leaves-nothing",
+        lambda d: compiled().fit(X, Y, validation_split=0.95),
+        ValueError,
+        r"`validation_split`=0.95 of 12 examples leaves none to train on",
+    ),
+    (
+        "fit-class-weight-type",
+        lambda d: compiled().fit(X, Y, class_weight=[1.0, 2.0, 1.0]),
+        TypeError,
+        r"`FineTuner.fit\(class_weight\)` must be a dict.*compute_class_weight",
+    ),
+    (
+        "fit-class-weight-negative",
+        lambda d: compiled().fit(X, Y, class_weight={0: 1.0, 1: -2.0, 2: 1.0}),
+        ValueError,
+        r"`FineTuner.fit\(class_weight\[1\]\)` must be a finite number >= 0.*=-2.0",
+    ),
+    (
+        "fit-callbacks-type",
+        lambda d: compiled().fit(X, Y, callbacks=[print]),
+        TypeError,
+        r"`FineTuner.fit\(callbacks\)` must be a list of keras.callbacks.Callback",
+    ),
+    (
+        "fit-strings-for-numbers",
+        lambda d: compiled().fit(X.astype(str), Y),
+        TypeError,
+        r"`x` holding strings.*float32 numbers.*astype\('float32'\)",
+    ),
+    (
+        "fit-object-array",
+        lambda d: compiled().fit(X.astype(object), Y),
+        TypeError,
+        r"`x` as a NumPy array of Python objects.*dtype='float32'",
+    ),
+    (
+        "fit-dataset-labels-range",
+        lambda d: compiled().fit(dataset(X, Y + 3)),
+        ValueError,
+        r"`x's first batch of labels` has labels outside the integer range 0..2",
+    ),
+    (
+        "fit-dataset-nan",
+        lambda d: compiled().fit(dataset(with_nan(), Y, batch_size=6)),
+        ValueError,
+        r"`x's first batch of inputs` with 1 NaN or inf",
+    ),
+    (
+        "fit-pydataset-labels-range",
+        lambda d: compiled().fit(Batches(X, Y - 1)),
+        ValueError,
+        r"`x\[0\]'s first batch of labels` has labels outside the integer range 0..2",
+    ),
+    (
+        "evaluate-dataset-labels-range",
+        lambda d: compiled().evaluate(dataset(X, Y + 3)),
+        ValueError,
+        r"`x's first batch of labels` has labels outside",
+    ),
+    (
+        "fit-checkpoint-dir-empty",
+        lambda d: compiled().fit(X, Y, checkpoint_dir=""),
+        ValueError,
+        r"`checkpoint_dir` is an empty path",
+    ),
+    (
+        "fit-checkpoint-dir-unwritable",
+        lambda d: compiled().fit(X, Y, checkpoint_dir=UNWRITABLE),
+        PermissionError,
+        r"`checkpoint_dir`=.* cannot be written.*directory you can write to",
+    ),
+    (
+        "feature-cache-directory-unwritable",
+        lambda d: finetune_tf.FeatureCache(directory=UNWRITABLE),
+        PermissionError,
+        r"`FeatureCache\(directory\)`=.* cannot be written",
+    ),
+    (
+        "schedule-stage-optimizer",
+        lambda d: tuner().fit(
+            X, Y, schedule=[Stage(1, FreezePolicy.all()), Stage(1, optimizer="adamm")]
+        ),
+        ValueError,
+        r"Stage 'stage_2' \(stage 2 of 2\): Unknown optimizer='adamm'.*Nothing was trained",
+    ),
+    (
+        "schedule-stage-freeze",
+        lambda d: tuner().fit(
+            X, Y, schedule=[Stage(1), Stage(1, FreezePolicy.until("dense1"), name="tune")]
+        ),
+        ValueError,
+        r"Stage 'tune'.*layer_name='dense1'.*Did you mean 'dense_1'.*Nothing was trained",
+    ),
+    (
+        "schedule-cosine-after-cosine",
+        lambda d: tuner().fit(
+            X, Y, schedule=[Stage(1, lr_schedule="cosine"), Stage(1, lr_schedule="cosine")]
+        ),
+        ValueError,
+        r"Stage 'stage_2' has warmup_epochs/lr_schedule but no float learning rate.*CosineDecay",
+    ),
+    (
+        "schedule-warmup-unknown-length",
+        lambda d: tuner().fit(uncounted(), schedule=[Stage(2, warmup_epochs=1)]),
+        ValueError,
+        r"need the number of steps per epoch.*steps_per_epoch",
+    ),
+    (
+        "stage-learning-rate",
+        lambda d: Stage(1, learning_rate="1e-4"),
+        ValueError,
+        r"`Stage\(learning_rate\)` must be a finite number > 0.*'1e-4' of type str",
+    ),
+    (
+        "fine-tune-learning-rate",
+        lambda d: tuner().fine_tune(X, Y, fine_tune_learning_rate="1e-4"),
+        ValueError,
+        r"`FineTuner.fine_tune\(fine_tune_learning_rate\)` must be a finite number > 0",
+    ),
+    (
+        "fine-tune-generator",
+        lambda d: tuner().fine_tune(batches()),
+        ValueError,
+        r"`x` is a Python generator, which can be read only once.*2 stages.*from_generator",
+    ),
+    (
+        "tuner-seed-too-large",
+        lambda d: tuner(seed=2**70),
+        ValueError,
+        r"`seed` must be a whole number in \[0, 4294967295\].*32-bit",
+    ),
+    (
+        "head-too-large",
+        lambda d: FineTuner(backbone(), Head.classifier(10**9)),
+        ValueError,
+        r"predictions layer would be a Dense kernel of 5 x 1000000000.*num_classes",
     ),
     (
         "feature-cache-directory-type",

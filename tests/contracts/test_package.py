@@ -66,6 +66,7 @@ MODULES = [
     "training.fit_args",
     "training.layerwise",
     "training.loop",
+    "training.plan",
     "training.lr_finder",
     "training.recipes",
     "training.run_fingerprint",
