@@ -25,6 +25,7 @@ MODULES = [
     "model.head",
     "model.head.binary",
     "model.head.classifier",
+    "model.head.capacity",
     "model.head.head",
     "model.head.labels",
     "model.head.losses",
