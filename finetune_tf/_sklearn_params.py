@@ -64,6 +64,6 @@ ESTIMATOR_CONSTRAINTS = {  # FineTunerClassifier's and FineTunerRegressor's
     "fine_tune_learning_rate": _RATE,
     "scale": [StrOptions({"auto"}), "boolean"],
     # Not scikit-learn's "random_state": a RandomState cannot seed TensorFlow.
-    "random_state": [Range(Integral, 0, None, closed="left"), None],
+    "random_state": [Range(Integral, 0, 2**32 - 1, closed="both"), None],  # 32-bit seeds
     "verbose": ["verbose", StrOptions({"auto"})],  # Keras' verbosity
 }

@@ -249,6 +249,7 @@ def test_estimator_errors_name_the_argument():
         (FineTunerClassifier, "pooling", "mean"),
         (FineTunerRegressor, "batch_size", 0),
         (FineTunerRegressor, "random_state", -1),
+        (FineTunerClassifier, "random_state", 2**70),  # NumPy and Python seeds are 32-bit
         (FineTunerRegressor, "scale", None),
         (BackboneFeatures, "batch_size", 2.5),
         (BackboneFeatures, "backbone", 3),
