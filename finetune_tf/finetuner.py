@@ -178,7 +178,7 @@ class FineTuner:
         self.model: TunedModel = self._assembly.model
         self._compiler = Compiler(self.model, backbone, head, self._placement, jit_compile)
         self._loop = Loop(self._assembly, self._compiler, self._placement, self._seed)
-        self._data = DataGate(self._assembly)
+        self._data = DataGate(self._assembly, self._compiler)
 
     # --- Placement ----------------------------------------------------------
 

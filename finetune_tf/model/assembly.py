@@ -190,8 +190,9 @@ class Assembly:
             + hint
         )
 
-    def check_targets(self, x, y, argname: str, method: str) -> None:
-        """A ValueError naming `argname` when `y` are not targets of `x` for this head."""
+    def check_targets(self, x, y, argname: str, method: str, *, by_head: bool = True) -> None:
+        """A ValueError naming `argname` when `y` are not targets of `x` for this head (with
+        `by_head=False`, for a loss of the user's: one finite label per example)."""
         array = first_array(y)
         if array is None:
             return
@@ -202,7 +203,10 @@ class Assembly:
                 f"`FineTuner.{method}` got {len(inputs)} inputs but {len(array)} labels in "
                 f"`{argname}`. Pass one label per example."
             )
-        self.head.check_targets(array, self.prediction_shape, argname, method)
+        if by_head:
+            self.head.check_targets(array, self.prediction_shape, argname, method)
+        elif array.dtype.kind == "f":
+            check_finite(array, argname, method)  # a NaN label poisons any loss
 
 
 def check_policy(freeze) -> None:

@@ -83,13 +83,19 @@ class Compiler:
     def compiled(self) -> bool:
         return self.spec is not None
 
+    @property
+    def uses_head_loss(self) -> bool:
+        """Whether training uses the head's own loss (or will: not compiled yet), whose
+        contract the head's target checks are; a loss of the user's defines its own."""
+        return self.spec is None or type(self.spec.loss) is type(self.head.default_loss())
+
     # === Compiling ===
 
     def compile(
         self, optimizer, loss, metrics, *, learning_rate=None, layerwise_lr_decay=None, **kwargs
     ) -> None:
         """Records the settings (see `FineTuner.compile`) and compiles."""
-        check_learning_rate(learning_rate)
+        learning_rate = check_learning_rate(learning_rate)
         check_layerwise_lr_decay(layerwise_lr_decay)
         optimizer = resolve_optimizer(optimizer, learning_rate)
         loss = self.head.default_loss() if _is_auto(loss) else resolve_loss(loss)
@@ -263,13 +269,14 @@ def optimizer_names() -> list[str]:
     )
 
 
-def check_learning_rate(learning_rate, where: str = "", name: str = "learning_rate") -> None:
-    """A ValueError unless `learning_rate` is None, positive or a `LearningRateSchedule`."""
+def check_learning_rate(learning_rate, where: str = "", name: str = "learning_rate"):
+    """`learning_rate` as None, a Python float (a numpy float too: Keras refuses those) or a
+    `LearningRateSchedule`; a ValueError for anything else."""
     if learning_rate is None or isinstance(
         learning_rate, keras.optimizers.schedules.LearningRateSchedule
     ):
-        return
-    check_number(
+        return learning_rate
+    return check_number(
         learning_rate,
         name,
         low=0,
@@ -295,7 +302,7 @@ def next_optimizer(previous, optimizer=None, learning_rate=None) -> keras.optimi
         >>> type(next_optimizer(None)).__name__
         'Adam'
     """
-    check_learning_rate(learning_rate)
+    learning_rate = check_learning_rate(learning_rate)
     if optimizer is None:
         optimizer = "adam" if previous is None else fresh_optimizer(previous)
     return resolve_optimizer(optimizer, learning_rate)

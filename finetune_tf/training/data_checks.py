@@ -108,8 +108,9 @@ def expected_input_range(preprocessing, model: keras.Model) -> tuple[float, floa
 def peek(x) -> tuple | None:
     """The first batch of a `tf.data.Dataset` or `keras.utils.PyDataset` as
     `(inputs, targets)` (numpy where they are tensors; targets None when it has no
-    labels), or None for other data and for data that yields nothing. Reading it
-    does not consume the data: a dataset starts again on the next pass.
+    labels), or None for other data and for data that yields nothing. A dataset is
+    read again from its start by the next pass, so the pipeline runs up to its first
+    batch once more (docs/robustness.md says what that costs).
 
     Examples:
         >>> import numpy as np, tensorflow as tf
@@ -239,19 +240,25 @@ class DataGate:
     training (the scale of the inputs, looked at once; a sorted
     `validation_split`).
 
+    The head's target checks are the contract of the head's own loss; with a loss the
+    user compiled with, which defines its own targets (an `ignore_class`, masked rows),
+    only the number of labels is checked.
+
     Args:
         assembly: the `Assembly` whose model the data is for.
+        compiler: its `Compiler` (which loss the targets are for).
     """
 
-    def __init__(self, assembly):
+    def __init__(self, assembly, compiler):
         self.assembly = assembly
+        self.compiler = compiler
         self._range_checked = False  # the scale of the data does not change: look once
 
     def check(self, x, y, method: str):
         """`x` ready for Keras (text as a tensor), after checking `x` and `y` for `method`."""
         x = as_tensor_if_text(x)
         self.assembly.check_inputs(x, "x", method)
-        self.assembly.check_targets(x, y, "y", method)
+        self.assembly.check_targets(x, y, "y", method, by_head=self.compiler.uses_head_loss)
         if method != "predict":
             self._check_first_batch(x, method)
         return x
@@ -263,10 +270,17 @@ class DataGate:
         if batch is None:
             return
         inputs, targets = batch
-        where = "x" if isinstance(x, tf.data.Dataset) else "x[0]"
-        self.assembly.check_inputs(inputs, f"{where}'s first batch of inputs", method)
-        if targets is not None:
-            self.assembly.check_targets(inputs, targets, f"{where}'s first batch of labels", method)
+        try:
+            self.assembly.check_inputs(inputs, "x", method)
+            if targets is not None:
+                by_head = self.compiler.uses_head_loss
+                self.assembly.check_targets(inputs, targets, "y", method, by_head=by_head)
+        except (TypeError, ValueError) as error:
+            kind = "tf.data.Dataset" if isinstance(x, tf.data.Dataset) else "PyDataset, x[0]"
+            raise type(error)(
+                f"The first batch of `x` (a {kind}; `x` and `y` below are its inputs and "
+                f"labels), read to check it first: {error}"
+            ) from None
 
     def for_fit(self, x, y, args: FitArgs) -> tuple:
         """`(x, args)` ready for training, after every check of `fit`'s data."""
@@ -276,7 +290,13 @@ class DataGate:
         if isinstance(validation, tuple) and len(validation) >= 2:
             validation = (as_tensor_if_text(validation[0]), *validation[1:])
             self.assembly.check_inputs(validation[0], "validation_data[0]", "fit")
-            self.assembly.check_targets(validation[0], validation[1], "validation_data[1]", "fit")
+            self.assembly.check_targets(
+                validation[0],
+                validation[1],
+                "validation_data[1]",
+                "fit",
+                by_head=self.compiler.uses_head_loss,
+            )
             args = args.replace(validation_data=validation)
         return x, args
 

@@ -15,6 +15,7 @@ import types
 from collections.abc import Mapping
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from finetune_tf._checks import check_choice, check_int, check_number
@@ -59,17 +60,22 @@ def _validation_split(value, name, where):
 
 
 def _verbose(value, name, where):
-    check_choice(value, name, ("auto", 0, 1, 2, True, False), where=where, hint="0 is silent.")
+    if value == "auto" or isinstance(value, (bool, np.bool_)):
+        return
+    check_int(
+        value, name, minimum=0, also='"auto"', where=where, hint="0 is silent, 1 a progress bar."
+    )
 
 
 def _shuffle(value, name, where):
-    check_choice(value, name, (True, False, "batch"), where=where)
+    if not isinstance(value, (bool, np.bool_)):
+        check_choice(value, name, (True, False, "batch"), where=where)
 
 
 def _class_weight(value, name, where):
     if value is None:
         return
-    if not isinstance(value, Mapping) or not value:
+    if not isinstance(value, Mapping):
         raise TypeError(
             f"`{where}(class_weight)` must be a dict from class index to weight, e.g. "
             f"{{0: 1.0, 1: 5.0}}. Received: class_weight={value!r} of type "
@@ -82,7 +88,7 @@ def _class_weight(value, name, where):
 
 
 def _callbacks(value, name, where):
-    if value is None or isinstance(value, keras.callbacks.CallbackList):
+    if value is None or isinstance(value, (keras.callbacks.Callback, keras.callbacks.CallbackList)):
         return
     items = value if isinstance(value, (list, tuple)) else None
     if items is None or not all(isinstance(item, keras.callbacks.Callback) for item in items):
@@ -178,13 +184,17 @@ class FitArgs:
         for name, value in kwargs.items():
             _KERAS_FIT_ARGUMENTS[name](value, name, where)
         epochs, initial_epoch = kwargs.get("epochs"), kwargs.get("initial_epoch")
-        if epochs is not None and initial_epoch is not None and initial_epoch >= epochs:
+        if epochs is not None and initial_epoch is not None and initial_epoch > epochs:
             raise ValueError(
-                f"`{where}(initial_epoch)` must be below `epochs`, the index of the last epoch: "
-                f"initial_epoch={initial_epoch} with epochs={epochs} trains nothing. Keras counts "
+                f"`{where}(initial_epoch)` must be at most `epochs`, the index of the last "
+                f"epoch: initial_epoch={initial_epoch} with epochs={epochs}. Keras counts "
                 f"epochs from 0 to `epochs`; to train 3 more epochs after epoch "
                 f"{initial_epoch}, pass epochs={initial_epoch + 3}."
             )
+        if kwargs.get("class_weight") == {}:
+            del kwargs["class_weight"]  # no weights (Keras fails on an empty dict)
+        if isinstance(kwargs.get("callbacks"), keras.callbacks.Callback):
+            kwargs["callbacks"] = [kwargs["callbacks"]]  # Keras takes a lone callback too
         return cls(kwargs)
 
     def keras(self) -> dict:
@@ -267,7 +277,7 @@ class FitArgs:
             count = int(x.cardinality())
             return count if count > 0 else None
         if isinstance(x, keras.utils.PyDataset):
-            return len(x)
+            return x.num_batches  # None when endless or unknown
         if isinstance(x, dict) and x:
             x = next(iter(x.values()))
         elif isinstance(x, (list, tuple)) and x:

@@ -151,6 +151,13 @@ def find_learning_rate(
         hint="Pass e.g. steps=100.",
         type_error=ValueError,
     )
+    its_own = sorted({"epochs", "verbose", "callbacks", "initial_epoch"} & set(fit_kwargs))
+    if its_own:
+        raise TypeError(
+            f"`find_learning_rate()` sets {', '.join(its_own)} itself (a silent sweep of "
+            "`steps` steps, watched by its own callback). Remove "
+            f"{', '.join(f'{name}=' for name in its_own)}; `steps` sets its length."
+        )
     model = compiler.model
     weights = [w.numpy().copy() for w in model.weights]
     compile_args = compiler.keras_args()

@@ -94,7 +94,8 @@ class Stage:
             raise TypeError(
                 f"`Stage(freeze)` must be a FreezePolicy or None. Received: freeze={self.freeze!r}."
             )
-        check_learning_rate(self.learning_rate, where="Stage")
+        rate = check_learning_rate(self.learning_rate, where="Stage")
+        object.__setattr__(self, "learning_rate", rate)  # a numpy float as a Python float
         check_layerwise_lr_decay(self.layerwise_lr_decay)
         check_choice(
             self.lr_schedule,

@@ -467,15 +467,15 @@ CASES = [
     ),
     (
         "fit-initial-epoch",
-        lambda d: compiled().fit(X, Y, epochs=3, initial_epoch=3),
+        lambda d: compiled().fit(X, Y, epochs=3, initial_epoch=4),
         ValueError,
-        r"`FineTuner.fit\(initial_epoch\)` must be below `epochs`.*trains nothing",
+        r"`FineTuner.fit\(initial_epoch\)` must be at most `epochs`.*initial_epoch=4",
     ),
     (
         "fit-verbose",
-        lambda d: compiled().fit(X, Y, verbose=3),
+        lambda d: compiled().fit(X, Y, verbose=-1),
         ValueError,
-        r"`FineTuner.fit\(verbose\)` must be one of 'auto', 0, 1, 2, True or False.*verbose=3",
+        r"`FineTuner.fit\(verbose\)` must be a whole number >= 0 or \"auto\".*verbose=-1",
     ),
     (
         "fit-validation-split-one",
@@ -523,25 +523,25 @@ CASES = [
         "fit-dataset-labels-range",
         lambda d: compiled().fit(dataset(X, Y + 3)),
         ValueError,
-        r"`x's first batch of labels` has labels outside the integer range 0..2",
+        r"first batch of `x` \(a tf.data.Dataset.*`y` has labels outside the integer range 0..2",
     ),
     (
         "fit-dataset-nan",
         lambda d: compiled().fit(dataset(with_nan(), Y, batch_size=6)),
         ValueError,
-        r"`x's first batch of inputs` with 1 NaN or inf",
+        r"first batch of `x` \(a tf.data.Dataset.*got `x` with 1 NaN or inf",
     ),
     (
         "fit-pydataset-labels-range",
         lambda d: compiled().fit(Batches(X, Y - 1)),
         ValueError,
-        r"`x\[0\]'s first batch of labels` has labels outside the integer range 0..2",
+        r"first batch of `x` \(a PyDataset, x\[0\].*`y` has labels outside the integer range 0..2",
     ),
     (
         "evaluate-dataset-labels-range",
         lambda d: compiled().evaluate(dataset(X, Y + 3)),
         ValueError,
-        r"`x's first batch of labels` has labels outside",
+        r"first batch of `x` \(a tf.data.Dataset.*`y` has labels outside",
     ),
     (
         "fit-checkpoint-dir-empty",
@@ -620,6 +620,12 @@ CASES = [
         lambda d: FineTuner(backbone(), Head.classifier(10**9)),
         ValueError,
         r"predictions layer would be a Dense kernel of 5 x 1000000000.*num_classes",
+    ),
+    (
+        "find-learning-rate-epochs",
+        lambda d: compiled().find_learning_rate(X, Y, steps=5, epochs=2, verbose=0),
+        TypeError,
+        r"`find_learning_rate\(\)` sets epochs, verbose itself.*Remove epochs=, verbose=",
     ),
     (
         "feature-cache-directory-type",

@@ -112,7 +112,7 @@ def test_a_dataset_is_checked_on_its_first_batch_and_still_read_whole():
     tuner.fit(data, epochs=2, verbose=0)
     assert int(tuner.model.optimizer.iterations) == 6  # 3 batches an epoch, 2 epochs
     bad = tf.data.Dataset.from_tensor_slices((X, Y + 3)).batch(8)
-    with pytest.raises(ValueError, match="first batch of labels"):
+    with pytest.raises(ValueError, match="first batch of `x`.*`y` has labels outside"):
         tuner.fit(bad, epochs=1, verbose=0)
 
 
@@ -136,3 +136,65 @@ def test_a_writable_checkpoint_dir_is_probed_without_leaving_files(tmp_path):
     # The probe left nothing; the run removed its state when it completed.
     leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert leftovers == []
+
+
+def test_a_loss_of_the_users_defines_its_own_targets():
+    """The head's target checks are its own loss's contract: labels that a user's loss
+    handles (an ignore_class of -1, masked all-zero rows) train, from arrays and from a
+    dataset's first batch; NaN labels are refused whatever the loss."""
+    y = Y.copy()
+    y[0] = -1
+    tuner = make_tuner()
+    tuner.compile(loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=-1))
+    tuner.fit(X, y, epochs=1, verbose=0)
+    tuner.fit(tf.data.Dataset.from_tensor_slices((X, y)).batch(8), epochs=1, verbose=0)
+    masked = np.eye(3, dtype=np.float32)[Y]
+    masked[0] = 0.0
+    tuner = make_tuner()
+    tuner.compile(loss="categorical_crossentropy")
+    tuner.fit(X, masked, epochs=1, verbose=0)
+    masked[1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tuner.fit(X, masked, epochs=1, verbose=0)
+    tuner = make_tuner()
+    tuner.compile()
+    with pytest.raises(ValueError, match="outside the integer range"):
+        tuner.fit(X, y, epochs=1, verbose=0)  # the head's loss: -1 is no class
+
+
+def test_keras_spellings_and_a_pydataset_without_len_pass():
+    """Keras spellings that must pass: verbose as a numpy int or 3, shuffle as a numpy bool,
+    an empty class_weight (no weights), a lone callback, initial_epoch == epochs (a finished
+    run called again), and a PyDataset that tells its length only through num_batches."""
+    tuner = make_tuner()
+    tuner.compile()
+    seen = []
+    lone = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))
+    tuner.fit(X, Y, epochs=1, verbose=np.int64(0), shuffle=np.bool_(True), callbacks=lone)
+    tuner.fit(X, Y, epochs=1, verbose=3, class_weight={})
+    history = tuner.fit(X, Y, epochs=2, initial_epoch=2, verbose=0)
+    assert seen == [0] and history.history.get("loss", []) == []
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+
+        @property
+        def num_batches(self):
+            return 3
+
+        def __getitem__(self, index):
+            return X[index * 8 : index * 8 + 8], Y[index * 8 : index * 8 + 8]
+
+    history = make_tuner().fit(Batches(), schedule=[Stage(1), Stage(1)], verbose=0)
+    assert history.history["stage"] == ["stage_1", "stage_2"]
+
+
+def test_a_numpy_float_learning_rate_is_a_python_float():
+    stage = Stage(2, learning_rate=np.float32(1e-3), lr_schedule="cosine")
+    assert type(stage.learning_rate) is float
+    history = make_tuner().fine_tune(
+        X, Y, head_epochs=1, epochs=1, learning_rate=np.float32(3e-3), verbose=0
+    )
+    assert len(history.history["loss"]) == 2
+    make_tuner().fit(X, Y, schedule=[stage], verbose=0)
