@@ -1,31 +1,21 @@
-"""`FineTuner`: backbone + head + freeze policy as one `keras.Model`.
-
-The model is functional: inputs -> input adapter (if the data's shape
-differs from the backbone's) -> the backbone's preprocessing -> the backbone
-(in a `BackboneLayer`) -> the head. `compile/fit/evaluate/predict` take what
-Keras takes and return what Keras returns. Changing the freeze policy after
-`compile()` recompiles with the trained weights kept, because Keras ignores
-a change of `trainable` until the next `compile()`.
-"""
+"""`FineTuner`: backbone + head + freeze policy as one `keras.Model`, a facade over its parts."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import keras
 import tensorflow as tf
 
-from finetune_tf.model.assembly import Assembly, check_policy, input_plan, resolve_augmentation
+from finetune_tf.model.assembly import Assembly, resolve_parts
 from finetune_tf.model.backbone import Backbone
 from finetune_tf.model.freeze import FreezePolicy, FreezeReport
 from finetune_tf.model.head import Head
 from finetune_tf.model.tuned_model import TunedModel
 from finetune_tf.outputs.export import export_model
 from finetune_tf.outputs.report import Report, predict_with_labels
-from finetune_tf.outputs.tuner_config import TunerConfig, copy_weights_by_layer_name
-from finetune_tf.runtime.chief import chief_path
-from finetune_tf.runtime.placement import Placement
+from finetune_tf.outputs.tuner_config import TunerConfig
+from finetune_tf.runtime.placement import Placement, in_scope
 from finetune_tf.training.compile import Compiler, check_jit_compile
 from finetune_tf.training.data_checks import DataGate
 from finetune_tf.training.feature_cache import FeatureCache
@@ -39,75 +29,44 @@ from finetune_tf.training.seeding import check_seed
 __all__ = ["FineTuner"]
 
 
-def _in_scope(method):
-    """Runs a FineTuner method inside its strategy's scope (see `FineTuner._scope`)."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._scope():
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
 class FineTuner:
     """Fine-tunes a pretrained `Backbone` with a new `Head`.
 
     Args:
-        backbone: `Backbone`, or anything `Backbone.load` accepts (a
-            `keras.Model`, a `keras.applications` name, a model file, a
-            SavedModel directory or a Hub URL).
+        backbone: `Backbone`, or anything `Backbone.load` accepts (a `keras.Model`, a
+            `keras.applications` name, a model file, a SavedModel directory or a Hub URL).
         head: `Head`. The task layers.
-        freeze: `FreezePolicy`. Which backbone layers train. Defaults to
-            `FreezePolicy.all()`: only the head trains in `fit`, the safe first
-            stage; `fine_tune` then trains the whole backbone in its second
-            stage unless you chose a policy.
-        input_shape: tuple, optional. The shape of your raw inputs, without
-            the batch axis, if it differs from the backbone's: images are then
-            resized and their channels repeated or projected inside the model
-            (e.g. `(28, 28, 1)` digits into a `(96, 96, 3)` network).
-        input_channels: str. How to adapt channels: `"auto"`, `"repeat"` or
-            `"project"` (see `InputAdapter`). Defaults to `"auto"`.
-        augmentation: Keras layer or list of layers, optional. Random
-            augmentation applied to the raw inputs while training (e.g.
-            `keras.layers.RandomFlip`); Keras' random layers pass inputs
-            through unchanged at inference.
-        strategy: `"auto"`, None or a `tf.distribute.Strategy`. Where to
-            train. `"auto"`: an enclosing `strategy.scope()`'s strategy, else
-            `MultiWorkerMirroredStrategy` when `TF_CONFIG` describes workers,
-            `TPUStrategy` on TPUs, `MirroredStrategy` over several local GPUs
-            (or logical CPU devices), else TensorFlow's device placement (the
-            one GPU, or the CPU). None: TensorFlow's current strategy.
-            `batch_size` stays the global batch. See docs/devices.md.
-            Defaults to `"auto"`.
-        mixed_precision: `"auto"`, None, `"mixed_float16"` or
-            `"mixed_bfloat16"`. `"auto"`: `mixed_float16` on GPUs of compute
-            capability 7.0 or more, `mixed_bfloat16` on TPUs, float32
-            elsewhere; for this model's layers only, with float32 predictions
-            and loss. Defaults to `"auto"`.
-        jit_compile: `"auto"`, True or False. XLA for the train step.
-            `"auto"`: on GPUs and TPUs, off on CPUs, falling back to no XLA
-            when a layer cannot be compiled. Defaults to `"auto"`.
-        memory_growth: bool or None. Let TensorFlow allocate GPU memory as
-            needed (None: leave the setting alone). Defaults to True.
-        seed: int, optional. Repeatable training: seeds Python, NumPy and
-            TensorFlow before building and orders each epoch's shuffle of
-            array data by `(seed, epoch)`, so two runs (and a run resumed from
-            `checkpoint_dir`) end with identical weights on CPU; on GPUs also
-            call `tf.config.experimental.enable_op_determinism()`. Give your
-            augmentation layers a `seed` too. Defaults to None.
+        freeze: `FreezePolicy`. Which backbone layers train. Defaults to `FreezePolicy.all()`:
+            only the head trains in `fit` (see `fine_tune`).
+        input_shape: tuple, optional. The shape of your raw inputs, without the batch axis, if
+            it differs from the backbone's: images are then resized and their channels adapted
+            inside the model (docs/usage.md).
+        input_channels: str. How to adapt channels: `"auto"`, `"repeat"` or `"project"` (see
+            `InputAdapter`). Defaults to `"auto"`.
+        augmentation: Keras layer or list of layers, optional. Random augmentation of the raw
+            inputs while training, saved with the model.
+        strategy: `"auto"`, None or a `tf.distribute.Strategy`. Where to train: `"auto"` picks
+            one for the workers and devices present (or an enclosing `strategy.scope()`'s), None
+            is TensorFlow's current one; `batch_size` stays the global batch. See
+            docs/devices.md. Defaults to `"auto"`.
+        mixed_precision: `"auto"`, None, `"mixed_float16"` or `"mixed_bfloat16"`. The dtype
+            policy of this model's layers (predictions and loss stay float32). `"auto"`:
+            `mixed_float16` on GPUs of compute capability 7.0 or more, `mixed_bfloat16` on TPUs,
+            float32 elsewhere. Defaults to `"auto"`.
+        jit_compile: `"auto"`, True or False. XLA for the train step. `"auto"`: on GPUs and
+            TPUs, off on CPUs, falling back to no XLA when a layer cannot be compiled. Defaults
+            to `"auto"`.
+        memory_growth: bool or None. Let TensorFlow allocate GPU memory as needed (None: leave
+            the setting alone). Defaults to True.
+        seed: int, optional. Repeatable training: seeds Python, NumPy and TensorFlow before
+            building and orders each epoch's shuffle of array data by `(seed, epoch)`
+            (docs/robustness.md). Defaults to None.
         name: str. The model's name. Defaults to `"fine_tuner"`.
-
-    With a strategy or mixed precision, the backbone's model is copied (same
-    weights) into the strategy's scope and dtype; `tuner.backbone` is the copy.
 
     Attributes:
         model: the `keras.Model` (inputs to predictions) that trains and saves.
-        strategy: the `tf.distribute.Strategy` it builds and trains under.
-        devices: list of str. The devices it computes on, e.g.
-            `["/job:localhost/replica:0/task:0/device:GPU:0"]`.
-        mixed_precision: str or None. The dtype policy of its layers (None:
-            float32). See docs/devices.md.
+        devices: list of str. The devices it computes on, e.g. `["/job:localhost/.../GPU:0"]`.
+        mixed_precision: str or None. The dtype policy of its layers (None: float32).
 
     Examples:
         >>> import keras, numpy as np
@@ -117,8 +76,7 @@ class FineTuner:
         >>> backbone = Backbone.from_model(keras.Model(inputs, x))
         >>> tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.none())
         >>> tuner.compile(optimizer="adam", learning_rate=1e-3)
-        >>> history = tuner.fit(np.random.rand(12, 8, 8, 1), np.arange(12) % 3,
-        ...                     epochs=1, verbose=0)
+        >>> history = tuner.fit(np.random.rand(12, 8, 8, 1), np.arange(12) % 3, epochs=1, verbose=0)
         >>> tuner.predict(np.random.rand(2, 8, 8, 1), verbose=0).shape
         (2, 3)
     """
@@ -140,64 +98,32 @@ class FineTuner:
         name: str = "fine_tuner",
     ):
         self._seed = check_seed(seed)
-        backbone = Backbone.load(backbone)
-        if not isinstance(head, Head):
-            raise TypeError(
-                "`head` must be a finetune_tf.Head, e.g. Head.classifier(num_classes=5). "
-                f"Received: head={head!r} of type {type(head).__name__}."
-            )
-        # Whether the user chose what trains: without a choice, `fine_tune`'s second stage
-        # trains the whole backbone (a method named fine_tune must fine-tune it).
-        self._freeze_chosen = freeze is not None
-        freeze = FreezePolicy.all() if freeze is None else freeze
-        check_policy(freeze)
-        model_input_shape, adapt = input_plan(backbone, input_shape)
-        augmentation = resolve_augmentation(augmentation)
+        parts = resolve_parts(backbone, head, freeze, input_shape, augmentation)
         check_jit_compile(jit_compile)
+        # Not chosen: `fine_tune`'s second stage trains the whole backbone (it must fine-tune).
+        self._freeze_chosen = freeze is not None
         self._placement = Placement(strategy, mixed_precision, memory_growth)
-        self._strategy = self._placement.strategy
         self.devices: list[str] = self._placement.devices
         self.mixed_precision: str | None = self._placement.precision
-        self._input_channels = input_channels
-        with self._placement.building():
-            backbone = backbone.placed(self._strategy, self.mixed_precision)
-            if self._seed is not None:
-                # Copying the backbone into a strategy's scope draws from the generator; the
-                # head must start from the same weights with or without that copy.
-                keras.utils.set_random_seed(self._seed)
-            self._assembly = Assembly.build(
-                backbone,
-                head,
-                freeze,
-                input_shape=model_input_shape,
-                adapt=adapt,
-                input_channels=input_channels,
-                augmentation=augmentation,
-                name=name,
-            )
+        self._assembly = Assembly.build_placed(
+            self._placement, self._seed, **parts, input_channels=input_channels, name=name
+        )
         self.model: TunedModel = self._assembly.model
-        self._compiler = Compiler(self.model, backbone, head, self._placement, jit_compile)
+        self._compiler = Compiler(self.model, self.backbone, head, self._placement, jit_compile)
         self._loop = Loop(self._assembly, self._compiler, self._placement, self._seed)
         self._data = DataGate(self._assembly, self._compiler)
 
-    # --- Placement ----------------------------------------------------------
+    # --- Properties -------------------------------------------------------
 
     @property
     def strategy(self) -> tf.distribute.Strategy:
         """The `tf.distribute.Strategy` this FineTuner builds and trains under."""
-        return self._strategy
+        return self._placement.strategy
 
     @property
     def placement(self) -> Placement:
-        """Where this tuner computes: its `strategy`, `devices` and `precision`, and the
-        answers to "does XLA help here" and "does this process write files"."""
+        """Where it computes (strategy, devices, precision); does XLA help; does it write?"""
         return self._placement
-
-    def _scope(self):
-        """The strategy's scope (when it is not the default), mended for multi-worker Keras."""
-        return self._placement.scope()
-
-    # --- Properties -------------------------------------------------------
 
     @property
     def backbone(self) -> Backbone:
@@ -230,8 +156,7 @@ class FineTuner:
 
     @property
     def assembly(self) -> Assembly:
-        """The wired model and its parts (`model`, `backbone_layer`, `features`,
-        `feature_model`, `head_model()`), for code that builds on a FineTuner."""
+        """The wired model and its parts, for code that builds on a FineTuner."""
         return self._assembly
 
     @property
@@ -240,13 +165,8 @@ class FineTuner:
         return self._assembly.input_shape
 
     def set_freeze(self, policy: FreezePolicy) -> FreezeReport:
-        """Applies a new freeze policy, recompiling if already compiled.
-
-        Trained weights are kept; the optimizer starts afresh with the same
-        settings (its slots belonged to the previous set of variables).
-
-        Returns:
-            The `FreezeReport`.
+        """Applies a new freeze policy and returns its `FreezeReport`; if compiled, compiles
+        again, with the trained weights kept and a fresh optimizer (docs/usage.md).
 
         Examples:
             >>> import keras
@@ -264,7 +184,7 @@ class FineTuner:
 
     # --- Keras API ----------------------------------------------------------
 
-    @_in_scope
+    @in_scope
     def compile(
         self,
         optimizer="adam",
@@ -279,19 +199,16 @@ class FineTuner:
 
         Args:
             optimizer: str or `keras.optimizers.Optimizer`. Defaults to `"adam"`.
-            loss: `"auto"` (the head's default), a loss name or a Keras loss.
-                Defaults to `"auto"`.
-            metrics: `"auto"` (the head's default), or what Keras takes.
-                Defaults to `"auto"`.
-            learning_rate: float or `LearningRateSchedule`, optional. Sets the
-                optimizer's learning rate.
-            layerwise_lr_decay: float in (0, 1], optional. Discriminative
-                learning rates: the head trains at `learning_rate`, the top
-                trained backbone layer at `layerwise_lr_decay` times it, the
-                next one down at its square, and so on (see
-                `LayerwiseOptimizer`). Works with any Keras optimizer.
-            **kwargs: passed to `keras.Model.compile` (e.g. `loss_weights`,
-                `run_eagerly`, `jit_compile`, `steps_per_execution`).
+            loss, metrics: `"auto"` (the head's defaults), or what Keras takes (names or
+                objects). Default to `"auto"`.
+            learning_rate: float or `LearningRateSchedule`, optional. Sets the optimizer's
+                learning rate.
+            layerwise_lr_decay: float in (0, 1], optional. Discriminative learning rates: the
+                head trains at `learning_rate`, each trained backbone layer at
+                `layerwise_lr_decay` times the one above (`LayerwiseOptimizer`, any Keras
+                optimizer; docs/recipes.md).
+            **kwargs: passed to `keras.Model.compile` (e.g. `loss_weights`, `run_eagerly`,
+                `jit_compile`, `steps_per_execution`).
         """
         self._compiler.compile(
             optimizer,
@@ -302,17 +219,16 @@ class FineTuner:
             **kwargs,
         )
 
-    @_in_scope
+    @in_scope
     def recompile(
         self, *, optimizer=None, learning_rate=None, layerwise_lr_decay: float | None = None
     ) -> None:
         """Compiles again with the settings of the last `compile()` and a fresh optimizer.
 
-        Trained weights are kept. `optimizer` and `learning_rate` override the
-        previous ones; without a previous `compile()`, Keras' defaults for
-        this head are used (`"adam"`, the head's loss and metrics).
-        `layerwise_lr_decay` applies to this compilation only (`None`: the
-        one given to `compile()`).
+        Trained weights are kept. `optimizer` and `learning_rate` override the previous ones
+        (without a previous `compile()`: `"adam"`, the head's loss and metrics);
+        `layerwise_lr_decay` applies to this compilation only (`None`: the one given to
+        `compile()`).
 
         Examples:
             >>> import keras
@@ -330,7 +246,7 @@ class FineTuner:
         )
         self._compiler.remember()
 
-    @_in_scope
+    @in_scope
     def fit(
         self,
         x=None,
@@ -341,41 +257,21 @@ class FineTuner:
         checkpoint_dir: str | os.PathLike | None = None,
         **kwargs,
     ) -> keras.callbacks.History:
-        """Trains the model; takes and returns what `keras.Model.fit` does.
-
-        `x` may be numpy arrays (strings too, for text backbones), tensors,
-        a `tf.data.Dataset` or a `keras.utils.PyDataset`; `validation_data`,
-        `validation_split`, `class_weight`, `callbacks` etc. pass through to
-        Keras.
+        """Trains the model; takes (strings too, for text backbones) and returns what
+        `keras.Model.fit` does.
 
         Args:
-            schedule: list of `Stage`, optional. Train in stages, each with
-                its own freeze policy, epochs, learning rate, optimizer and
-                early stopping; the model is recompiled between stages with
-                the trained weights kept and a fresh optimizer. Returns one
-                `History` for all stages, with `history.history["stage"]`
-                naming the stage of each epoch; callbacks see one continuous
-                run (epoch numbers keep counting). Without a previous
-                `compile()`, `"adam"` with the head's loss and metrics is used.
-            feature_cache: `"auto"`, `True`, `False` or `FeatureCache`. While
-                the whole backbone is frozen, run it once over the data and
-                train the head on its cached outputs (same result, about
-                `epochs` times faster). `"auto"` does so when the data is
-                known to be the same every epoch, and says why not otherwise
-                (e.g. augmentation). See `FeatureCache`.
-            checkpoint_dir: str or path, optional. Save the training state
-                (weights, optimizer, stage and epoch, history, early
-                stopping) there at the end of every epoch, atomically. If the
-                process dies, the same call resumes from the last completed
-                epoch (and stage) instead of starting over; with `seed=` on
-                the FineTuner it ends with the weights of an uninterrupted
-                run. The state is removed when the call completes. Resuming
-                with other arguments is refused.
+            schedule: list of `Stage`, optional. Train in stages, each with its own freeze
+                policy, epochs, learning rate, optimizer and early stopping, recompiled in
+                between; one `History`, with `history.history["stage"]`. See docs/recipes.md.
+            feature_cache: `"auto"`, `True`, `False` or `FeatureCache`. While the whole backbone
+                is frozen, train the head on its cached outputs (same result, about `epochs`
+                times faster). See docs/recipes.md.
+            checkpoint_dir: str or path, optional. Save the training state there every epoch, so
+                that the same call resumes after a crash. See docs/robustness.md.
 
-        Whatever the arguments, a NaN or inf loss stops training: the model
-        gets back the weights of the last epoch that ended with a finite loss
-        and `fit` raises `FloatingPointError` (its `.history` holds the epochs
-        run).
+        A NaN or inf loss stops training with the last finite epoch's weights and raises
+        `FloatingPointError` (docs/robustness.md).
         """
         if schedule is None:
             self._compiler.require("fit")
@@ -386,7 +282,7 @@ class FineTuner:
             x, y, args, schedule=schedule, feature_cache=setting, checkpoint_dir=checkpoint_dir
         )
 
-    @_in_scope
+    @in_scope
     def fine_tune(
         self,
         x=None,
@@ -402,26 +298,11 @@ class FineTuner:
     ) -> keras.callbacks.History:
         """The default two-stage recipe: train the head, then fine-tune gently.
 
-        Stage 1 (`"head"`) trains only the new head on the frozen backbone at
-        `learning_rate` (3e-3) until it has learned (a random head would send
-        large gradients into the pretrained weights: the Keras guide; LP-FT,
-        Kumar et al. 2022). Stage 2 (`"fine_tune"`) trains the backbone: the
-        freeze policy you gave (`freeze=` or `set_freeze`), or else the whole
-        backbone with BatchNorm in inference mode, at `fine_tune_learning_rate`
-        (3e-4) for the head and `layerwise_lr_decay` (0.8) times the layer
-        above for each backbone layer (ULMFiT; BEiT). `layerwise_lr_decay=None`
-        gives every layer the same rate.
-
-        Both stages are sized in optimizer steps: `head_epochs="auto"` runs 30
-        epochs or as many as make 500 steps (at most 500); `epochs="auto"` runs
-        10 or as many as make 300 steps (at most 200); 30 and 10 for data of
-        unknown length. With validation data both stages keep their best
-        epoch's weights and `early_stopping="auto"` stops stage 2 after a tenth
-        of its epochs (at least 3) without a better `val_loss`; without it,
-        all epochs run (pass a patience to stop on `loss`, None never to stop).
-        docs/recipes.md has the reasons and `benchmarks/quality.py` the
-        measurements (seven tasks, against the Keras guide's recipe by hand, a
-        linear probe and training from scratch).
+        Stage 1 (`"head"`) trains the head alone at `learning_rate`; stage 2 (`"fine_tune"`) the
+        freeze policy you chose, or else the whole backbone, at `fine_tune_learning_rate`, each
+        backbone layer at `layerwise_lr_decay` times the one above (None: one rate). `"auto"`
+        sizes both stages in optimizer steps and stops stage 2 once `val_loss` stops improving
+        (`early_stopping`: a patience, or None). See docs/recipes.md for the numbers and why.
 
         Takes what `fit` takes (`validation_data`, `callbacks`, `checkpoint_dir`,
         `feature_cache`, ...) and returns one `History` for both stages.
@@ -454,7 +335,7 @@ class FineTuner:
         )
         return self.fit(x, y, schedule=schedule, **kwargs)
 
-    @_in_scope
+    @in_scope
     def find_learning_rate(
         self,
         x=None,
@@ -469,19 +350,11 @@ class FineTuner:
     ) -> LRFinderResult:
         """The learning-rate range test: sweep, record, restore, suggest.
 
-        Trains up to `steps` steps with the learning rate growing
-        exponentially from `min_lr` to `max_lr` (stopping early once the loss
-        exceeds `divergence` times its best), then restores the weights and
-        the compiled optimizer exactly as they were. Uses the optimizer of the
-        last `compile()` (or `"adam"`) with the current freeze policy.
-
-        Returns:
-            `LRFinderResult` with `learning_rates`, `losses`, `suggestion` (one
-            tenth of the rate at the smoothed loss's minimum, always inside
-            `[min_lr, max_lr]`), `reliable` and `note`, and `plot(path=None)`.
-            When the curve has no clear minimum (the loss never fell by a
-            tenth, or was lowest at the sweep's start or end), `reliable` is
-            False and a warning says what to try.
+        Trains up to `steps` steps with the learning rate growing exponentially from `min_lr` to
+        `max_lr` (stopping once the loss exceeds `divergence` times its best), with the last
+        `compile()`'s optimizer (or `"adam"`) and the current freeze policy, then restores the
+        weights and the compiled optimizer exactly. Returns an `LRFinderResult` (`suggestion`,
+        `reliable`, `plot()`, ...). See docs/recipes.md.
 
         Examples:
             >>> import keras, numpy as np
@@ -499,51 +372,33 @@ class FineTuner:
         args = FitArgs.checked(kwargs, where="FineTuner.find_learning_rate")
         x, args = self._data.for_fit(x, y, args)
         return find_learning_rate(
-            self._compiler,
-            x,
-            y,
-            min_lr=min_lr,
-            max_lr=max_lr,
-            steps=steps,
-            batch_size=batch_size,
-            divergence=divergence,
-            **args.keras(),
+            self._compiler, x, y, min_lr, max_lr, steps, batch_size, divergence, args
         )
 
-    @_in_scope
+    @in_scope
     def evaluate(self, x=None, y=None, **kwargs):
         """Evaluates the model; takes and returns what `keras.Model.evaluate` does."""
         self._compiler.require("evaluate")
         return self.model.evaluate(self._data.check(x, y, "evaluate"), y, **kwargs)
 
-    @_in_scope
+    @in_scope
     def predict(self, x, **kwargs):
         """Predicts; takes and returns what `keras.Model.predict` does."""
         return self.model.predict(self._data.check(x, None, "predict"), **kwargs)
 
-    @_in_scope
+    @in_scope
     def report(self, x=None, y=None, *, class_names: list | None = None, batch_size=None) -> Report:
         """Precision, recall, F1 and the confusion matrix of the model on `x`, `y`.
 
         Args:
-            x: inputs (arrays, tensors, strings for text backbones), or a
-                `tf.data.Dataset` or `keras.utils.PyDataset` of
-                `(inputs, labels)` batches.
-            y: labels in any format `fit` takes (integer ids, one-hot,
-                multi-label indicators, regression targets). None when `x`
-                is a dataset.
-            class_names: list of str, optional. Names for classes 0..k-1 (or
-                for the labels of a multi-label head).
+            x: inputs (arrays, tensors, strings for text backbones), or a `tf.data.Dataset` or
+                `keras.utils.PyDataset` of `(inputs, labels)` batches.
+            y: labels in any format `fit` takes. None when `x` is a dataset.
+            class_names: list of str, optional. Names for classes 0..k-1 (or for the labels of a
+                multi-label head).
             batch_size: int, optional. Batch size for prediction.
 
-        Returns:
-            A `Report`: a dict (`report["accuracy"]`,
-            `report["per_class"]["cat"]["f1"]`, `report["confusion_matrix"]`;
-            `mae`, `rmse` and `r2` for regression heads) that prints as a
-            table and plots its confusion matrix with
-            `report.plot_confusion_matrix(path=None)`. Computed with
-            `sklearn.metrics`. Binary and multi-label predictions are
-            thresholded at 0.5 (logits at 0).
+        Returns a `Report`: a dict that prints as a table (docs/reports.md).
 
         Examples:
             >>> import keras, numpy as np
@@ -569,12 +424,10 @@ class FineTuner:
     def save(self, filepath: str | os.PathLike, *, overwrite: bool = True) -> None:
         """Saves the model and the tuner's settings to a `.keras` file, atomically.
 
-        `FineTuner.load(filepath)` gives back a tuner (backbone, head, freeze
-        policy, compile settings) ready to train again; the model alone loads
-        with `finetune_tf.load_model(filepath)` or plain
-        `keras.models.load_model(filepath)` after `import finetune_tf`; no
-        `custom_objects` needed. A model with a SavedModel or Hub backbone
-        stores the handle, which must still resolve when loading.
+        `FineTuner.load(filepath)` gives the tuner back, ready to train again;
+        `finetune_tf.load_model(filepath)` (or `keras.models.load_model` after `import
+        finetune_tf`) the model alone. A SavedModel or Hub backbone's handle must still resolve
+        when loading. See docs/usage.md.
         """
         self._config().save(
             self.model, filepath, chief=self._placement.is_chief(), overwrite=overwrite
@@ -592,18 +445,14 @@ class FineTuner:
     ) -> FineTuner:
         """A tuner saved with `FineTuner.save`, ready to `fit`, `fine_tune` or `report`.
 
-        The backbone, head, augmentation and weights come from the file; the
-        freeze policy, input settings, seed and the last `compile()` settings
-        from the tuner's saved settings. The optimizer starts afresh (its
-        state is not in the file); to continue an interrupted run exactly,
-        use `fit(checkpoint_dir=...)`.
+        Weights and settings come from the file; the optimizer starts afresh (docs/usage.md).
 
         Args:
             filepath: str or path. A `.keras` file written by `FineTuner.save`.
-            safe_mode: bool. Refuse files that would run Python code on load
-                (see `finetune_tf.load_model`). Defaults to True.
-            strategy, mixed_precision, memory_growth: as for `FineTuner`, for
-                where the restored tuner trains.
+            safe_mode: bool. Refuse files that would run Python code on load (see
+                `finetune_tf.load_model`). Defaults to True.
+            strategy, mixed_precision, memory_growth: as for `FineTuner`, for where the restored
+                tuner trains.
 
         Examples:
             >>> import os, tempfile, keras, numpy as np
@@ -622,27 +471,12 @@ class FineTuner:
             True
         """
         placement = Placement(strategy, mixed_precision, memory_growth)
-        strategy = placement.strategy  # the file's variables are made in its scope
-        model, config = TunerConfig.read(
-            filepath, safe_mode=safe_mode, strategy=strategy, precision=placement.precision
-        )
-        tuner = cls._from_config(
-            config,
-            safe_mode=safe_mode,
-            strategy=strategy,
-            mixed_precision=placement.precision,
-            memory_growth=None,
-        )
-        with tuner._scope():
-            copy_weights_by_layer_name(model, tuner.model)
-        return tuner
+        return TunerConfig.load(filepath, cls._from_config, placement, safe_mode=safe_mode)
 
     def get_config(self) -> dict:
-        """The tuner as plain data: the backbone's architecture (no weights), the head,
-        the freeze policy, the input settings, the seed and the last `compile()`
-        settings. `FineTuner.from_config` rebuilds it, as `keras.Model.from_config`
-        rebuilds a model: same architecture, fresh weights. Where the tuner trains
-        (strategy, mixed precision) is not part of it.
+        """The tuner as plain data, with the backbone's architecture but no weights.
+
+        `FineTuner.from_config` rebuilds it with fresh weights; docs/usage.md says what it holds.
 
         Examples:
             >>> import keras
@@ -657,22 +491,7 @@ class FineTuner:
         return self._config().get_config()
 
     def _config(self) -> TunerConfig:
-        """The tuner's settings, its backbone and its augmentation layer."""
-        backbone = self.backbone
-        settings = {
-            "head": self.head.get_config(),
-            "freeze": self.freeze.get_config(),
-            "freeze_chosen": self._freeze_chosen,
-            "input_shape": (
-                None if self.input_shape == backbone.input_shape else list(self.input_shape)
-            ),
-            "input_channels": self._input_channels,
-            "jit_compile": self._compiler.jit_compile,
-            "seed": self._seed,
-            "name": self.model.name,
-            "compile": self._compiler.get_config(),
-        }
-        return TunerConfig(settings, backbone, self._assembly.augmentation)
+        return TunerConfig.of(self._assembly, self._compiler, self._freeze_chosen, self._seed)
 
     @classmethod
     def from_config(cls, config: dict) -> FineTuner:
@@ -699,22 +518,16 @@ class FineTuner:
     ) -> str:
         """Exports for serving (`"saved_model"`) or for mobile (`"tflite"`); returns `path`.
 
-        The export needs no handle and no finetune_tf, and carries the class
-        names. A SavedModel directory: `tf.saved_model.load(path).serve(x)`
-        returns the predictions; its `serving_default` signature (what TF
-        Serving calls) takes `inputs` and returns `predictions`, plus
-        `class_id` and `label` for classification heads (`active` for
-        multi-label heads, whose names are in `assets/labels.txt`). A
-        `.tflite` file: the same signature in one flatbuffer, for
-        `tf.lite.Interpreter` / LiteRT.
+        It needs neither finetune_tf nor the backbone's handle; its `serving_default` signature
+        returns named outputs with the class names (docs/export.md).
 
         Args:
             path: a directory for `"saved_model"`, a file ending in `.tflite`.
             format: `"saved_model"` or `"tflite"`. Defaults to `"saved_model"`.
-            class_names: list of str, optional. The name of each class (or
-                label); defaults to "0", "1", ...
-            quantize: None or `"dynamic"`: TFLite weights in int8 (about 4x
-                smaller, outputs within about 1e-2). Defaults to None.
+            class_names: list of str, optional. The name of each class (or label); defaults to
+                "0", "1", ...
+            quantize: None or `"dynamic"`: TFLite weights in int8 (about 4x smaller, outputs
+                within about 1e-2). Defaults to None.
             overwrite: bool. Replace an existing export. Defaults to True.
 
         Examples:
@@ -729,17 +542,16 @@ class FineTuner:
             >>> bool(np.allclose(served.serve(x), tuner.predict(x, verbose=0), atol=1e-6))
             True
         """
-        with chief_path(self._placement.is_chief(), path) as target:
-            written = export_model(
-                self.model,
-                self.head,
-                target,
-                format=format,
-                class_names=class_names,
-                quantize=quantize,
-                overwrite=overwrite,
-            )
-        return written if target is path else os.path.abspath(os.fspath(path))
+        return export_model(
+            self.model,
+            self.head,
+            path,
+            format=format,
+            class_names=class_names,
+            quantize=quantize,
+            overwrite=overwrite,
+            chief=self._placement.is_chief(),
+        )
 
     def __repr__(self):
         return (

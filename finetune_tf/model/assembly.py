@@ -5,9 +5,11 @@ The flow of a fine-tuned model, in the order the layers run:
     raw inputs -> augmentation -> input adapter -> backbone preprocessing
                -> backbone (one `BackboneLayer`) -> head -> predictions
 
-`Assembly.build` wires it once; the parts that training needs later (the
-backbone layer whose BatchNorm mode a freeze policy sets, the backbone's
-features for the feature cache, the head alone) are its attributes.
+`resolve_parts` checks and resolves a FineTuner's arguments for it, and
+`Assembly.build` (or `build_placed`, under a tuner's `Placement`) wires it
+once; the parts that training needs later (the backbone layer whose BatchNorm
+mode a freeze policy sets, the backbone's features for the feature cache, the
+head alone) are its attributes.
 `check_inputs` and `check_targets` say, before any step, whether data fits
 this model and how to fix it when it does not.
 """
@@ -26,7 +28,7 @@ from finetune_tf.model.preprocessing import InputAdapter
 from finetune_tf.model.tuned_model import TunedModel
 from finetune_tf.training.data_checks import check_finite, shapes_compatible
 
-__all__ = ["Assembly", "first_array", "input_plan", "resolve_augmentation"]
+__all__ = ["Assembly", "first_array", "input_plan", "resolve_augmentation", "resolve_parts"]
 
 
 class Assembly:
@@ -40,12 +42,22 @@ class Assembly:
         features: the backbone's output tensor in `model`'s graph.
         feature_model: `keras.Model` from raw inputs to `features`.
         augmentation: the augmentation layer, or None.
+        input_channels: how an input adapter adapts channels (`InputAdapter`'s `channels`).
         freeze: the `FreezePolicy` applied last (`apply_freeze`).
         freeze_report: its `FreezeReport`.
     """
 
     def __init__(
-        self, model, backbone, head, backbone_layer, features, augmentation, freeze, report
+        self,
+        model,
+        backbone,
+        head,
+        backbone_layer,
+        features,
+        augmentation,
+        freeze,
+        report,
+        input_channels: str = "auto",
     ):
         self.model = model
         self.backbone = backbone
@@ -56,6 +68,7 @@ class Assembly:
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
         self.feature_model = keras.Model(inputs, features, name=f"{model.name}_features")
         self._head_model = None
+        self.input_channels = input_channels
         self.freeze = freeze
         self.freeze_report: FreezeReport = report
 
@@ -92,7 +105,20 @@ class Assembly:
         features = backbone_layer(x)
         outputs = head(features)
         model = TunedModel(inputs, outputs, name=name)
-        return cls(model, backbone, head, backbone_layer, features, augmentation, freeze, report)
+        parts = (model, backbone, head, backbone_layer, features, augmentation, freeze, report)
+        return cls(*parts, input_channels=input_channels)
+
+    @classmethod
+    def build_placed(cls, placement, seed: int | None, *, backbone: Backbone, **parts) -> Assembly:
+        """`build` in `placement`'s scope and precision (a `runtime.placement.Placement`), on
+        the backbone placed there (`Backbone.placed`); `parts` are `build`'s other arguments."""
+        with placement.building():
+            backbone = backbone.placed(placement.strategy, placement.precision)
+            if seed is not None:
+                # Copying the backbone into a strategy's scope draws from the generator; the
+                # head must start from the same weights with or without that copy.
+                keras.utils.set_random_seed(seed)
+            return cls.build(backbone, **parts)
 
     def apply_freeze(self, policy: FreezePolicy) -> FreezeReport:
         """Sets which backbone layers train, and BatchNorm's mode; the caller recompiles."""
@@ -207,6 +233,30 @@ class Assembly:
             self.head.check_targets(array, self.prediction_shape, argname, method)
         elif array.dtype.kind == "f":
             check_finite(array, argname, method)  # a NaN label poisons any loss
+
+
+def resolve_parts(backbone, head, freeze, input_shape, augmentation) -> dict:
+    """`FineTuner`'s model arguments checked, in order, and resolved into `build`'s: the
+    `Backbone` (`Backbone.load`), the head, the freeze policy (None: `FreezePolicy.all()`),
+    the model's input shape and whether to adapt to it, and the augmentation layer."""
+    backbone = Backbone.load(backbone)
+    if not isinstance(head, Head):
+        raise TypeError(
+            "`head` must be a finetune_tf.Head, e.g. Head.classifier(num_classes=5). "
+            f"Received: head={head!r} of type {type(head).__name__}."
+        )
+    freeze = FreezePolicy.all() if freeze is None else freeze
+    check_policy(freeze)
+    input_shape, adapt = input_plan(backbone, input_shape)
+    augmentation = resolve_augmentation(augmentation)
+    return {
+        "backbone": backbone,
+        "head": head,
+        "freeze": freeze,
+        "input_shape": input_shape,
+        "adapt": adapt,
+        "augmentation": augmentation,
+    }
 
 
 def check_policy(freeze) -> None:

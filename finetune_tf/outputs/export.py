@@ -15,7 +15,8 @@ neither finetune_tf nor the original handle:
   weights in int8 (dynamic-range quantisation, about 4x smaller).
 
 Every export is written under a temporary name and moved into place, so an
-interrupted export never leaves a half-written model.
+interrupted export never leaves a half-written model. Under several workers only
+the chief writes at `path` (`chief=`; see `runtime.chief.chief_path`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import tensorflow as tf
 
 from finetune_tf._checks import check_choice
 from finetune_tf._utils import as_str_path, atomic_file, require_parent_directory
+from finetune_tf.runtime.chief import chief_path
 from finetune_tf.runtime.progress import say
 
 __all__ = ["FORMATS", "LABELS_FILE", "QUANTIZATIONS", "export_model"]
@@ -47,8 +49,12 @@ def export_model(
     class_names: list | None = None,
     quantize: str | None = None,
     overwrite: bool = True,
+    chief: bool = True,
 ) -> str:
     """Writes `model` (with `head`'s named outputs) at `path`; returns `path`.
+
+    On a multi-worker that is not the chief (`chief=False`, `Placement.is_chief`), the
+    export goes to a throwaway copy (`chief_path`) and the absolute `path` is returned.
 
     Examples:
         >>> import os, tempfile, keras, numpy as np, tensorflow as tf
@@ -63,6 +69,13 @@ def export_model(
         >>> sorted(outputs), outputs["label"].shape
         (['class_id', 'label', 'predictions'], TensorShape([2]))
     """
+    with chief_path(chief, path) as target:
+        written = _export(model, head, target, format, class_names, quantize, overwrite)
+    return written if target is path else os.path.abspath(os.fspath(path))
+
+
+def _export(model, head, path, format, class_names, quantize, overwrite) -> str:
+    """`export_model` on the chief."""
     check_choice(
         format,
         "format",

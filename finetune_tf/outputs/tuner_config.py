@@ -4,10 +4,10 @@ What `FineTuner.get_config` returns and `FineTuner.from_config` rebuilds from (t
 backbone's architecture, the augmentation, the head, the freeze policy, the input
 settings, the seed and the last `compile()` settings), and what `FineTuner.save`
 writes beside the model in one `.keras` file (`TunedModel.tuner_config`), where the
-backbone and the augmentation are the model's own layers. `FineTuner.load` reads it
-back (`TunerConfig.read`) and takes the file's weights
-(`copy_weights_by_layer_name`). FineTuner gives its settings and builds itself from
-a `TunerConfig`; where a tuner trains (strategy, precision) is not part of it.
+backbone and the augmentation are the model's own layers. `FineTuner.load` is
+`TunerConfig.load`: it reads the file back (`TunerConfig.read`), has FineTuner build
+itself from the settings and gives it the file's weights (`copy_weights_by_layer_name`).
+Where a tuner trains (strategy, precision) is not part of it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.model.head import Head
 from finetune_tf.outputs.saving import load_model, save_model_atomically
 from finetune_tf.runtime.chief import chief_path
+from finetune_tf.runtime.placement import Placement
 from finetune_tf.training.compile import Compiler
 
 __all__ = ["TunerConfig", "copy_weights_by_layer_name"]
@@ -43,6 +44,24 @@ class TunerConfig:
         self.settings = settings
         self.backbone = backbone
         self.augmentation = augmentation
+
+    @classmethod
+    def of(cls, assembly, compiler, freeze_chosen: bool, seed) -> TunerConfig:
+        """The settings of a tuner with this `Assembly` and `Compiler`, whose freeze policy
+        was chosen or not, built with `seed`."""
+        backbone, input_shape = assembly.backbone, assembly.input_shape
+        settings = {
+            "head": assembly.head.get_config(),
+            "freeze": assembly.freeze.get_config(),
+            "freeze_chosen": freeze_chosen,
+            "input_shape": None if input_shape == backbone.input_shape else list(input_shape),
+            "input_channels": assembly.input_channels,
+            "jit_compile": compiler.jit_compile,
+            "seed": seed,
+            "name": assembly.model.name,
+            "compile": compiler.get_config(),
+        }
+        return cls(settings, backbone, assembly.augmentation)
 
     def get_config(self) -> dict:
         """The settings, the backbone's architecture (no weights) and the augmentation."""
@@ -116,6 +135,26 @@ class TunerConfig:
         with strategy.scope():  # the file's precision is not this tuner's: recast
             backbone = backbone.placed(strategy, precision, exact=True)
         return model, cls(settings, backbone, augmentation)
+
+    @classmethod
+    def load(cls, filepath, build, placement: Placement, *, safe_mode: bool):
+        """The tuner of a file `save` wrote, with its weights: `build(config, safe_mode=...,
+        strategy=..., mixed_precision=..., memory_growth=None)` makes it from the settings
+        (FineTuner's `_from_config`), where `placement` says."""
+        strategy = placement.strategy  # the file's variables are made in its scope
+        model, config = cls.read(
+            filepath, safe_mode=safe_mode, strategy=strategy, precision=placement.precision
+        )
+        tuner = build(
+            config,
+            safe_mode=safe_mode,
+            strategy=strategy,
+            mixed_precision=placement.precision,
+            memory_growth=None,
+        )
+        with tuner.placement.scope():
+            copy_weights_by_layer_name(model, tuner.model)
+        return tuner
 
 
 def _save_tuner_file(model, settings: dict, filepath, *, chief: bool, overwrite: bool) -> None:

@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import tensorflow as tf
 
@@ -23,7 +24,7 @@ from finetune_tf.runtime.devices import (
 from finetune_tf.runtime.multi_worker import multi_worker_compat
 from finetune_tf.runtime.precision import dtype_policy_scope, resolve_precision
 
-__all__ = ["Placement"]
+__all__ = ["Placement", "in_scope"]
 
 
 class Placement:
@@ -69,3 +70,15 @@ class Placement:
         """`scope()`, with new layers computing in `precision`."""
         with self.scope(), dtype_policy_scope(self.precision):
             yield
+
+
+def in_scope(method):
+    """Runs a method of an object with a `placement` (a FineTuner) in that `Placement`'s
+    `scope()`."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.placement.scope():
+            return method(self, *args, **kwargs)
+
+    return wrapper

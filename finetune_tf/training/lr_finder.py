@@ -18,6 +18,7 @@ import numpy as np
 from finetune_tf._checks import check_int
 from finetune_tf.outputs.plots import plot_lr_finder
 from finetune_tf.training.compile import fresh_optimizer
+from finetune_tf.training.fit_args import FitArgs
 
 __all__ = ["LRFinderResult", "SMOOTHING", "find_learning_rate"]
 
@@ -134,10 +135,10 @@ def _suggest(learning_rates, losses) -> tuple[float, str]:
 
 
 def find_learning_rate(
-    compiler, x, y, *, min_lr, max_lr, steps, batch_size, divergence, **fit_kwargs
+    compiler, x, y, min_lr, max_lr, steps, batch_size, divergence, args: FitArgs | None = None
 ) -> LRFinderResult:
     """Runs the sweep on the model of `compiler` (a `training.compile.Compiler`) with its
-    settings; see `FineTuner.find_learning_rate`."""
+    settings and `args`, fit's other checked arguments; see `FineTuner.find_learning_rate`."""
     if not (0 < min_lr < max_lr):
         raise ValueError(
             "`find_learning_rate` needs 0 < min_lr < max_lr. "
@@ -166,7 +167,13 @@ def find_learning_rate(
     sweep = _ExponentialSweep(min_lr, max_lr, steps, divergence)
     try:
         model.fit(
-            x, y, batch_size=batch_size, epochs=steps, callbacks=[sweep], verbose=0, **fit_kwargs
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=steps,
+            callbacks=[sweep],
+            verbose=0,
+            **(args.keras() if args is not None else {}),
         )
     finally:
         for variable, value in zip(model.weights, weights, strict=True):
