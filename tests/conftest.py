@@ -1,6 +1,8 @@
 """Shared fixtures: small models built in memory, never downloaded."""
 
+import json
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -69,29 +71,92 @@ def weights_of(model):
     return [w.numpy().copy() for w in model.weights]
 
 
-LOAD_IN_FRESH_PROCESS = textwrap.dedent(
+LOAD_SERVER = textwrap.dedent(
     """
-    import sys, numpy as np, keras
+    import json, os, sys, traceback
+    import numpy as np, keras
     import finetune_tf  # registers the layers; nothing else is needed
-    model = keras.models.load_model(sys.argv[1])
-    np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+    for line in sys.stdin:  # one load a line: [environment, model, x.npy, out.npy, log]
+        env, path, x_path, out_path, log_path = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # a child that has only imported: a fresh process for this one load
+            code = 0
+            try:
+                with open(log_path, "w") as log:
+                    os.dup2(log.fileno(), 1)  # stdout answers the test, not the child
+                    os.dup2(log.fileno(), 2)
+                    os.environ.clear()
+                    os.environ.update(env)  # the test's environment at this load
+                    model = keras.models.load_model(path)
+                    np.save(out_path, model.predict(np.load(x_path), verbose=0))
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
     """
 )
 
 
-def load_and_predict_elsewhere(path, x, tmp_path):
-    x_path, out_path = str(tmp_path / "x.npy"), str(tmp_path / "out.npy")
-    np.save(x_path, x)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, path, x_path, out_path],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return np.load(out_path)
+class FreshProcesses:
+    """Loads a model file in a fresh process and predicts with it there.
+
+    One Python imports numpy, keras and finetune_tf, then forks a child for every load:
+    the child has run nothing but those imports (what a new `python -c` would have done
+    before loading), and the seconds of importing TensorFlow are paid once a session.
+    """
+
+    TIMEOUT = 300
+
+    def __init__(self):
+        self.process = None
+
+    def load_and_predict(self, path, x, tmp_path):
+        x_path, out_path = str(tmp_path / "x.npy"), str(tmp_path / "out.npy")
+        log_path = str(tmp_path / "load.log")
+        np.save(x_path, x)
+        if self.process is None:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", LOAD_SERVER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            )
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        self.process.stdin.write(json.dumps([env, path, x_path, out_path, log_path]) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], self.TIMEOUT)
+        assert ready, f"no answer in {self.TIMEOUT} s"
+        line = self.process.stdout.readline()
+        assert line, "the loading process died"
+        with open(log_path) as log:
+            assert json.loads(line) == 0, log.read()[-3000:]
+        return np.load(out_path)
+
+    def close(self):
+        if self.process is not None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=self.TIMEOUT)
+            finally:
+                if self.process.poll() is None:
+                    self.process.kill()
+                    self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def load_and_predict_elsewhere():
+    """`load_and_predict_elsewhere(path, x, tmp_path)`: the predictions of the model file
+    at `path` for `x`, loaded with `keras.models.load_model` after `import finetune_tf`
+    in a fresh process."""
+    processes = FreshProcesses()
+    yield processes.load_and_predict
+    processes.close()
 
 
 def save_text_encoder(path):
@@ -158,3 +223,34 @@ def assert_round_trips(obj):
         assert type(revived) is type(obj)
         assert as_json(revived.get_config()) == config
     return again
+
+
+# The xdist workers get whole files (--dist loadfile) in collection order
+# (--no-loadscope-reorder); these files take longest, so they go first, longest first,
+# and the many short files fill in at the end, where a long one would leave the other
+# worker idle. Only the order changes: every file still runs, each test the same way.
+LONGEST_FILES_FIRST = (
+    "test_estimators.py",
+    "system/test_examples.py",
+    "system/test_notebook.py",
+    "outputs/test_saving.py",
+    "sources/test_hub_reference.py",
+    "training/test_checkpoint.py",
+    "system/test_long_sessions.py",
+    "system/test_crash.py",
+    "system/test_distribute.py",
+    "training/test_schedule.py",
+    "contracts/test_properties.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = os.path.dirname(os.path.abspath(__file__))
+
+    def rank(item):
+        path = os.path.relpath(str(item.path), tests).replace(os.sep, "/")
+        if path in LONGEST_FILES_FIRST:
+            return LONGEST_FILES_FIRST.index(path)
+        return len(LONGEST_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and among the other files, as collected

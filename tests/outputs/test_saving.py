@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import load_and_predict_elsewhere, small_cnn
+from conftest import small_cnn
 
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
@@ -28,7 +28,9 @@ def backbone_from(source, tmp_path, keras2_files):
 
 
 @pytest.mark.parametrize("source", ["model", "keras_file", "h5", "saved_model", "applications"])
-def test_fine_tuned_model_round_trips_in_a_fresh_process(source, tmp_path, keras2_files, labels):
+def test_fine_tuned_model_round_trips_in_a_fresh_process(
+    source, tmp_path, keras2_files, labels, load_and_predict_elsewhere
+):
     backbone = backbone_from(source, tmp_path, keras2_files)
     input_shape = (8, 8, 3) if source != "applications" else (8, 8, 1)
     tuner = FineTuner(

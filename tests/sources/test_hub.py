@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_and_predict_elsewhere, save_text_encoder
+from conftest import save_text_encoder
 
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, HubLayer
@@ -122,7 +122,9 @@ def test_signature_and_bad_arguments(keras2_files, images):
         HubLayer(42)
 
 
-def test_url_backbone_round_trips_with_its_fine_tuned_weights(hub_cache, tmp_path, images):
+def test_url_backbone_round_trips_with_its_fine_tuned_weights(
+    hub_cache, tmp_path, images, load_and_predict_elsewhere
+):
     tuner = FineTuner(Backbone.from_hub(URL), Head.classifier(3), freeze=FreezePolicy.none())
     tuner.compile(learning_rate=0.1)
     tuner.fit(images, np.arange(24) % 3, epochs=2, verbose=0)
@@ -138,7 +140,9 @@ def test_url_backbone_round_trips_with_its_fine_tuned_weights(hub_cache, tmp_pat
     np.testing.assert_allclose(restored.predict(images, verbose=0), expected, atol=1e-5)
 
 
-def test_text_encoder_with_string_inputs_fine_tunes_and_round_trips(tmp_path):
+def test_text_encoder_with_string_inputs_fine_tunes_and_round_trips(
+    tmp_path, load_and_predict_elsewhere
+):
     handle = save_text_encoder(str(tmp_path / "text_encoder"))
     backbone = Backbone.from_hub(handle, output_key="pooled_output")
     assert backbone.input_dtype == "string" and backbone.output_shape == (4,)

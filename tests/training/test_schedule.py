@@ -237,10 +237,11 @@ def stage_lengths(history):
 def test_fine_tune_sizes_stage_two_in_optimizer_steps():
     rng = np.random.default_rng(0)
     x, y = rng.random((40, 4), dtype=np.float32), np.arange(40) % 2
-    # 40 examples at batch 20 make 2 steps an epoch: 300 steps take 150 epochs, all of them
-    # run without validation data (no stopping on a noisy training loss).
-    history = dense_tuner().fine_tune(x, y, head_epochs=1, batch_size=20, verbose=0)
-    assert stage_lengths(history) == {"head": 1, "fine_tune": 150}
+    # 40 examples at batch 3 make 14 steps an epoch: 300 steps take 22 epochs (more than
+    # the least 10), all of them run without validation data (no stopping on a noisy
+    # training loss).
+    history = dense_tuner().fine_tune(x, y, head_epochs=1, batch_size=3, verbose=0)
+    assert stage_lengths(history) == {"head": 1, "fine_tune": 22}
     # Data of unknown length: 10 epochs.
     unknown = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(20)
     history = dense_tuner().fine_tune(unknown, head_epochs=1, verbose=0)
@@ -252,8 +253,8 @@ def test_fine_tune_sizes_the_head_stage_in_optimizer_steps():
     when stage 2 began. `head_epochs="auto"`: 30 epochs or 500 steps, at most 500 epochs."""
     rng = np.random.default_rng(0)
     x, y = rng.random((40, 4), dtype=np.float32), np.arange(40) % 2
-    history = dense_tuner().fine_tune(x, y, epochs=1, batch_size=20, verbose=0)
-    assert stage_lengths(history) == {"head": 250, "fine_tune": 1}  # 2 steps an epoch
+    history = dense_tuner().fine_tune(x, y, epochs=1, batch_size=3, verbose=0)
+    assert stage_lengths(history) == {"head": 36, "fine_tune": 1}  # 14 steps an epoch
     big = rng.random((2000, 4), dtype=np.float32)
     history = dense_tuner().fine_tune(big, np.arange(2000) % 2, epochs=1, verbose=0)
     assert stage_lengths(history) == {"head": 30, "fine_tune": 1}  # 63 steps an epoch
