@@ -152,7 +152,8 @@ def find_learning_rate(
         hint="Pass e.g. steps=100.",
         type_error=ValueError,
     )
-    its_own = sorted({"epochs", "verbose", "callbacks", "initial_epoch"} & set(fit_kwargs))
+    given = args.keras() if args is not None else {}
+    its_own = sorted({"epochs", "verbose", "callbacks", "initial_epoch"} & set(given))
     if its_own:
         raise TypeError(
             f"`find_learning_rate()` sets {', '.join(its_own)} itself (a silent sweep of "
