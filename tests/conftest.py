@@ -72,32 +72,24 @@ def weights_of(model):
 
 
 LOAD_SERVER = textwrap.dedent(
-    """
-    import json, os, sys, traceback
+    f"""
+    import json, os, sys
+    sys.path.insert(0, {os.path.join(os.path.dirname(__file__), "system", "workers")!r})
     import numpy as np, keras
     import finetune_tf  # registers the layers; nothing else is needed
+    from forking import run_forked
+
+    def load(env, path, x_path, out_path):
+        os.environ.clear()
+        os.environ.update(env)  # the test's environment at this load
+        model = keras.models.load_model(path)
+        np.save(out_path, model.predict(np.load(x_path), verbose=0))
+
     for line in sys.stdin:  # one load a line: [environment, model, x.npy, out.npy, log]
         env, path, x_path, out_path, log_path = json.loads(line)
-        pid = os.fork()
-        if pid == 0:  # a child that has only imported: a fresh process for this one load
-            code = 0
-            try:
-                with open(log_path, "w") as log:
-                    os.dup2(log.fileno(), 1)  # stdout answers the test, not the child
-                    os.dup2(log.fileno(), 2)
-                    os.environ.clear()
-                    os.environ.update(env)  # the test's environment at this load
-                    model = keras.models.load_model(path)
-                    np.save(out_path, model.predict(np.load(x_path), verbose=0))
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+        # A child that has only imported: a fresh process for this one load.
+        code = run_forked(log_path, lambda: load(env, path, x_path, out_path))
+        print(json.dumps(code), flush=True)
     """
 )
 

@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from forking import run_forked  # noqa: E402  (beside this script)
 
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head  # noqa: E402
 from finetune_tf.training import state_file  # noqa: E402
@@ -202,25 +203,8 @@ def kill_in_save(directory):
 def serve():
     for line in sys.stdin:
         job = json.loads(line)
-        pid = os.fork()
-        if pid == 0:  # the child: one run, then out without Python's clean-up
-            code = 0
-            try:
-                with open(os.path.join(job["directory"], "output.txt"), "w") as out:
-                    os.dup2(out.fileno(), 1)
-                    os.dup2(out.fileno(), 2)
-                    fine_tune(job["directory"], job["kill"])
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        output = os.path.join(job["directory"], "output.txt")
+        code = run_forked(output, lambda job=job: fine_tune(job["directory"], job["kill"]))
         print(json.dumps({"status": code}), flush=True)
 
 
