@@ -67,7 +67,7 @@ def check_finite(array, argname: str, method: str) -> None:
     raise ValueError(
         f"`FineTuner.{method}` got `{argname}` with {int(bad.sum())} NaN or inf values "
         f"(the first at index {where}). One would make the loss and then every weight NaN. "
-        "Clean or impute them first, e.g. x = np.nan_to_num(x), or drop those examples."
+        "Clean or impute them first (e.g. with np.nan_to_num), or drop those examples."
     )
 
 

@@ -165,6 +165,20 @@ def uncounted():
     return dataset(X, Y).unbatch().filter(lambda x, y: True).batch(4)
 
 
+def user_loss():
+    """A tuner compiled with a loss of the user's: its targets are its own business,
+    except NaN."""
+    t = tuner()
+    t.compile(loss="categorical_crossentropy")
+    return t
+
+
+def one_hot_with_nan():
+    y = np.eye(3, dtype=np.float32)[Y]
+    y[5, 1] = np.nan
+    return y
+
+
 # A directory no process can write in, root included (sysfs is read-only).
 UNWRITABLE = "/sys/finetune_tf_cannot_write_here"
 
@@ -626,6 +640,48 @@ CASES = [
         lambda d: compiled().find_learning_rate(X, Y, steps=5, epochs=2, verbose=0),
         TypeError,
         r"`find_learning_rate\(\)` sets epochs, verbose itself.*Remove epochs=, verbose=",
+    ),
+    (
+        "fit-shuffle",
+        lambda d: compiled().fit(X, Y, shuffle="yes"),
+        ValueError,
+        r"`FineTuner.fit\(shuffle\)` must be one of True, False or 'batch'.*shuffle='yes'",
+    ),
+    (
+        "fit-class-weight-key",
+        lambda d: compiled().fit(X, Y, class_weight={"cat": 2.0}),
+        TypeError,
+        r"Each entry of `FineTuner.fit\(class_weight\)` must be a whole number >= 0.*'cat'",
+    ),
+    (
+        "fit-validation-split-string",
+        lambda d: compiled().fit(X, Y, validation_split="0.2"),
+        TypeError,
+        r"`FineTuner.fit\(validation_split\)` must be a number in \[0, 1\).*'0.2' of type str",
+    ),
+    (
+        "fit-steps-per-epoch-float",
+        lambda d: compiled().fit(X, Y, steps_per_epoch=2.5),
+        TypeError,
+        r"`FineTuner.fit\(steps_per_epoch\)` must be a whole number.*2.5 of type float",
+    ),
+    (
+        "fit-initial-epoch-negative",
+        lambda d: compiled().fit(X, Y, epochs=2, initial_epoch=-1),
+        ValueError,
+        r"`FineTuner.fit\(initial_epoch\)` must be a whole number >= 0.*initial_epoch=-1",
+    ),
+    (
+        "fit-user-loss-nan-labels",
+        lambda d: user_loss().fit(X, one_hot_with_nan()),
+        ValueError,
+        r"`FineTuner.fit` got `y` with 1 NaN or inf values",
+    ),
+    (
+        "schedule-stage-optimizer-type",
+        lambda d: tuner().fit(X, Y, schedule=[Stage(1, optimizer=3)]),
+        TypeError,
+        r"Stage 'stage_1' \(stage 1 of 1\): `optimizer` must be a name such as 'adam'",
     ),
     (
         "feature-cache-directory-type",
