@@ -141,7 +141,10 @@ class _FineTunerEstimator(BaseEstimator):
         check_is_fitted(self, "model_")
         if hasattr(self, "classes_"):
             kwargs.setdefault("class_names", [str(c) for c in self.classes_])
-        return export_model(self.model_, self.head_, path, **kwargs)
+        # Under several workers only the chief writes at `path` (as FineTuner.export).
+        tuner = getattr(self, "tuner_", None)  # not after unpickling: then one process
+        chief = tuner.placement.is_chief() if tuner is not None else True
+        return export_model(self.model_, self.head_, path, chief=chief, **kwargs)
 
     def _predict_raw(self, X):
         check_is_fitted(self, "model_")

@@ -345,6 +345,24 @@ def test_exported_names():
         assert name in finetune_tf.__all__
 
 
+def test_only_the_chief_worker_exports_at_the_path(tmp_path, monkeypatch):
+    """As FineTuner.export: under several workers the others write a throwaway copy, so
+    they do not race the chief for the same files."""
+    import tempfile
+
+    x = np.random.default_rng(0).random((20, 4)).astype("float32")
+    clf = FineTunerClassifier(set_encoder(), head_epochs=1, epochs=1, random_state=0)
+    clf.fit(x, np.arange(20) % 2)
+    monkeypatch.setattr(clf.tuner_.placement, "is_chief", lambda: False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "worker_tmp"))
+    (tmp_path / "worker_tmp").mkdir()
+    clf.export(tmp_path / "served")
+    assert not (tmp_path / "served").exists()
+    monkeypatch.undo()
+    clf.export(tmp_path / "served")
+    assert (tmp_path / "served" / "saved_model.pb").exists()
+
+
 def test_a_failed_refit_leaves_the_previous_fit_whole():
     x = np.random.default_rng(0).random((20, 4)).astype("float32")
     clf = FineTunerClassifier(set_encoder(), head_epochs=2, epochs=1, random_state=0)
