@@ -53,6 +53,19 @@ def _closure(roots, functions) -> set:
     return seen
 
 
+def _object_graph_functions(object_graph) -> set:
+    """The library functions a loaded SavedModel's objects can call (its `tf.function`
+    methods and bare concrete functions)."""
+    names = set(object_graph.concrete_functions)
+    for node in object_graph.nodes:
+        kind = node.WhichOneof("kind")
+        if kind == "function":
+            names.update(node.function.concrete_functions)
+        elif kind == "bare_concrete_function":
+            names.add(node.bare_concrete_function.concrete_function_name)
+    return names
+
+
 def _meta_graph_problems(meta_graph) -> set:
     graph = meta_graph.graph_def
     functions = {fn.signature.name: fn for fn in graph.library.function}
@@ -99,6 +112,10 @@ def _meta_graph_problems(meta_graph) -> set:
             check(fn.node_def, SAVER_OPS["save"], True)
         else:
             check(fn.node_def, (), False)
+    # Nor may the object graph make one of them a method of the loaded object (`__call__`
+    # bound to the save function would write on every call).
+    for name in _object_graph_functions(meta_graph.object_graph_def) & saver_fns:
+        found.add(f"the checkpoint function {name} exposed as a callable")
     if save_node:  # nothing a loader runs may fetch the checkpoint-writing node
         fetched = [t.name for s in meta_graph.signature_def.values() for t in s.outputs.values()]
         for collection in meta_graph.collection_def.values():
@@ -113,7 +130,8 @@ def unsafe_ops(path: str) -> list[str]:
     of its library (initializers included), without loading it: nothing in it runs.
 
     Also reported: `PrintV2` to a file, and any use of the SavedModel's checkpoint
-    functions (the only place `SaveV2`/`RestoreV2` may appear) from elsewhere.
+    functions (the only place `SaveV2`/`RestoreV2` may appear) from elsewhere, its object
+    graph (the loaded object's methods) included.
 
     Examples:
         >>> import tempfile, tensorflow as tf

@@ -351,6 +351,42 @@ def test_print_to_a_file_is_refused_and_to_stderr_allowed(tmp_path):
         assert bool(unsafe_ops(path)) is found, unsafe_ops(path)
 
 
+def test_a_checkpoint_function_exposed_as_a_method_is_refused(tmp_path):
+    """The save function may hold SaveV2 (with a path of the file's choosing, as a
+    constant); bound by the object graph to `__call__`, every call would write. A file
+    edited that way is refused; the file as TensorFlow wrote it is not."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    class Scaled(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.v = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x):
+            return x * self.v
+
+    path = str(tmp_path / "scaled")
+    tf.saved_model.save(Scaled(), path)
+    assert unsafe_ops(path) == []
+    pb = os.path.join(path, "saved_model.pb")
+    saved = saved_model_pb2.SavedModel()
+    with open(pb, "rb") as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0]
+    save_fn = next(
+        fn.signature.name
+        for fn in graph.graph_def.library.function
+        if "traced_save" in fn.signature.name
+    )
+    for node in graph.object_graph_def.nodes:
+        if node.WhichOneof("kind") == "bare_concrete_function":
+            node.bare_concrete_function.concrete_function_name = save_fn
+    with open(pb, "wb") as f:
+        f.write(saved.SerializeToString())
+    assert unsafe_ops(path) == [f"the checkpoint function {save_fn} exposed as a callable"]
+
+
 class HubStyle(tf.Module):
     """What tfhub.dev modules hold: `training`, BatchNorm-like state, dropout, einsum, gelu,
     a vocabulary file read into a table, regularization losses."""
