@@ -66,6 +66,40 @@ def _object_graph_functions(object_graph) -> set:
     return names
 
 
+# Ops that read a file named by their input (`filename`, input 1): allowed on the
+# SavedModel's own assets only, so a file cannot read, say, ~/.ssh/id_rsa into a table
+# that its outputs then reveal.
+_FILE_READERS = frozenset({"InitializeTableFromTextFile", "InitializeTableFromTextFileV2"})
+
+
+def _file_reads_outside_assets(meta_graph, functions) -> set:
+    """File reads whose file name is not one of the SavedModel's assets: in a function, the
+    name must be a captured input bound to an `asset` of the object graph; in the graph
+    (TF1), a tensor of `asset_file_def`."""
+    found = set()
+    objects = meta_graph.object_graph_def
+    assets = {_node_name(a.tensor_info.name) for a in meta_graph.asset_file_def}
+    for node in meta_graph.graph_def.node:
+        if node.op in _FILE_READERS and _node_name(node.input[1]) not in assets:
+            found.add(f"{node.op} reading a file that is not one of the SavedModel's assets")
+    for name, fn in functions.items():
+        args = [arg.name for arg in fn.signature.input_arg]
+        bound = (
+            list(objects.concrete_functions[name].bound_inputs)
+            if name in (objects.concrete_functions)
+            else []
+        )
+        for node in fn.node_def:
+            if node.op not in _FILE_READERS:
+                continue
+            source = _node_name(node.input[1])
+            index = args.index(source) - (len(args) - len(bound)) if source in args else -1
+            kind = objects.nodes[bound[index]].WhichOneof("kind") if index >= 0 else None
+            if kind != "asset":
+                found.add(f"{node.op} reading a file that is not one of the SavedModel's assets")
+    return found
+
+
 def _meta_graph_problems(meta_graph) -> set:
     graph = meta_graph.graph_def
     functions = {fn.signature.name: fn for fn in graph.library.function}
@@ -112,6 +146,7 @@ def _meta_graph_problems(meta_graph) -> set:
             check(fn.node_def, SAVER_OPS["save"], True)
         else:
             check(fn.node_def, (), False)
+    found |= _file_reads_outside_assets(meta_graph, functions)
     # Nor may the object graph make one of them a method of the loaded object (`__call__`
     # bound to the save function would write on every call).
     for name in _object_graph_functions(meta_graph.object_graph_def) & saver_fns:

@@ -387,6 +387,54 @@ def test_a_checkpoint_function_exposed_as_a_method_is_refused(tmp_path):
     assert unsafe_ops(path) == [f"the checkpoint function {save_fn} exposed as a callable"]
 
 
+class Vocabulary(tf.Module):
+    """A table read from a vocabulary file, as Hub text models hold one (an asset)."""
+
+    def __init__(self, vocab_file):
+        super().__init__()
+        init = tf.lookup.TextFileInitializer(
+            vocab_file,
+            tf.string,
+            tf.lookup.TextFileIndex.WHOLE_LINE,
+            tf.int64,
+            tf.lookup.TextFileIndex.LINE_NUMBER,
+        )
+        self.table = tf.lookup.StaticHashTable(init, -1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, words):
+        return self.table.lookup(words)
+
+
+def test_a_table_may_read_its_own_assets_only(tmp_path):
+    """A vocabulary file among the SavedModel's assets is read; the same table bound to a
+    file name that is not an asset (any path the file chose: ~/.ssh/id_rsa read into a
+    table whose lookups reveal it) is refused."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("a\nb\nc\n")
+    path = str(tmp_path / "vocabulary")
+    tf.saved_model.save(Vocabulary(str(vocab)), path)
+    assert unsafe_ops(path) == []
+    pb = os.path.join(path, "saved_model.pb")
+    saved = saved_model_pb2.SavedModel()
+    with open(pb, "rb") as f:
+        saved.ParseFromString(f.read())
+    objects = saved.meta_graphs[0].object_graph_def
+    kinds = [node.WhichOneof("kind") for node in objects.nodes]
+    not_an_asset = kinds.index("constant")
+    for function in objects.concrete_functions.values():
+        for i, node_id in enumerate(function.bound_inputs):
+            if kinds[node_id] == "asset":
+                function.bound_inputs[i] = not_an_asset
+    with open(pb, "wb") as f:
+        f.write(saved.SerializeToString())
+    assert unsafe_ops(path) == [
+        "InitializeTableFromTextFileV2 reading a file that is not one of the SavedModel's assets"
+    ]
+
+
 class HubStyle(tf.Module):
     """What tfhub.dev modules hold: `training`, BatchNorm-like state, dropout, einsum, gelu,
     a vocabulary file read into a table, regularization losses."""
