@@ -258,3 +258,28 @@ def test_tasks_decide_reports_and_serving_outputs():
     active = Head.multilabel(2).serving_outputs(tf.constant([[0.4, 0.6]]), None)["active"]
     assert active.numpy().tolist() == [[False, True]]
     assert Head.regressor().serving_outputs(scores, None) == {}
+
+
+@pytest.mark.parametrize(
+    "head, encodings",
+    [
+        (Head.classifier(3), lambda y: [y, y[:, None], np.eye(3, dtype="float32")[y], y]),
+        (Head.binary(), lambda y: [y % 2, (y % 2)[:, None], np.eye(2)[y % 2], (y % 2) * 0.8]),
+    ],
+    ids=["classifier", "binary"],
+)
+def test_labels_may_change_rank_between_fits(head, encodings):
+    """A notebook fits with ids, then with ids as a column, then one-hot rows: Keras traces
+    the step again with a label of unknown rank, which the loss and the metric take."""
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="features")])
+    tuner = FineTuner(Backbone.from_model(backbone), head)
+    tuner.compile()
+    x = np.random.default_rng(0).random((16, 4), dtype=np.float32)
+    y = np.arange(16) % 3
+    for labels in encodings(y):
+        history = tuner.fit(x, labels, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+    # The same model, the same labels in three encodings: one loss, one accuracy.
+    results = [tuner.evaluate(x, labels, verbose=0) for labels in encodings(y)[:3]]
+    np.testing.assert_allclose(results, [results[0]] * 3, rtol=1e-5)

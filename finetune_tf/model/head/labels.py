@@ -4,6 +4,7 @@ and for sigmoid heads."""
 
 from __future__ import annotations
 
+import tensorflow as tf
 from keras import ops
 
 
@@ -35,3 +36,38 @@ def sparse_targets(y_true, y_pred):
     if len(y_true.shape) == len(y_pred.shape):
         y_true = ops.squeeze(y_true, axis=-1)
     return y_true
+
+
+def known_rank(y_true, y_pred):
+    """`y_true` with a static rank. When one model's labels change rank between `fit`
+    calls (ids `(n,)`, then `(n, 1)`, then one-hot rows), Keras traces its step again with
+    a label of unknown rank; then the labels are brought, at run time, to `y_pred`'s shape:
+    rows over the classes (ids one-hot), or a sigmoid head's class-1 target."""
+    if y_true.shape.rank is not None:
+        return y_true
+    classes = y_pred.shape[-1]
+    y_true = tf.cast(y_true, y_pred.dtype)
+    row_width = 2 if classes == 1 else classes
+    rows = tf.logical_and(
+        tf.equal(tf.rank(y_true), tf.rank(y_pred)), tf.equal(tf.shape(y_true)[-1], row_width)
+    )
+    if classes == 1:  # a sigmoid head: rows over two classes, or the target of class 1
+
+        def from_rows():
+            return tf.reshape(y_true[..., 1:], tf.shape(y_pred))
+
+        def from_targets():
+            return tf.reshape(y_true, tf.shape(y_pred))
+
+    else:
+
+        def from_rows():
+            return tf.reshape(y_true, tf.shape(y_pred))
+
+        def from_targets():
+            ids = tf.cast(tf.reshape(y_true, tf.shape(y_pred)[:-1]), "int32")
+            return tf.one_hot(ids, classes, dtype=y_pred.dtype)
+
+    labels = tf.cond(rows, from_rows, from_targets)
+    labels.set_shape(y_pred.shape)
+    return labels

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from finetune_tf.model.head.labels import binary_targets, is_class_rows, sparse_targets
+from finetune_tf.model.head.labels import binary_targets, is_class_rows, known_rank, sparse_targets
 
 __all__ = ["LabelCrossentropy"]
 
@@ -57,7 +57,7 @@ class LabelCrossentropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.convert_to_tensor(y_true)
+        y_true = known_rank(ops.convert_to_tensor(y_true), y_pred)
         if y_pred.shape[-1] == 1:
             losses = keras.losses.binary_crossentropy(
                 binary_targets(y_true, y_pred), y_pred, from_logits=self.from_logits

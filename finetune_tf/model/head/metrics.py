@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from finetune_tf.model.head.labels import binary_targets, sparse_targets
+from finetune_tf.model.head.labels import binary_targets, known_rank, sparse_targets
 
 __all__ = ["LabelAccuracy", "label_accuracy"]
 
@@ -18,7 +18,7 @@ def label_accuracy(y_true, y_pred, from_logits=False):
     argmax, or class 1 when a sigmoid head's target is above 0.5.
     """
     y_pred = ops.convert_to_tensor(y_pred)
-    y_true = ops.convert_to_tensor(y_true)
+    y_true = known_rank(ops.convert_to_tensor(y_true), y_pred)
     if y_pred.shape[-1] == 1:
         threshold = 0.0 if from_logits else 0.5
         predicted = ops.cast(y_pred > threshold, "float32")
