@@ -49,8 +49,8 @@ def check_plan(assembly, compiler, x, args: FitArgs, schedule) -> list[Stage] | 
     if schedule is None:
         return None
     stages = [schedule] if isinstance(schedule, Stage) else schedule
-    if isinstance(stages, (list, tuple)):
-        stages = list(stages)
+    if isinstance(stages, collections.abc.Iterable) and not isinstance(stages, (str, bytes)):
+        stages = list(stages)  # a tuple or a generator of stages too
     if (
         not isinstance(stages, list)
         or not stages

@@ -198,3 +198,10 @@ def test_a_numpy_float_learning_rate_is_a_python_float():
     )
     assert len(history.history["loss"]) == 2
     make_tuner().fit(X, Y, schedule=[stage], verbose=0)
+
+
+def test_a_schedule_may_be_any_iterable_of_stages():
+    """A tuple or a generator of stages, as before the plan was checked first."""
+    stages = (Stage(1, FreezePolicy.all(), name=f"s{i}") for i in range(2))
+    history = make_tuner().fit(X, Y, schedule=stages, verbose=0)
+    assert history.history["stage"] == ["s0", "s1"]
