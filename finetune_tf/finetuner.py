@@ -11,6 +11,7 @@ from finetune_tf.model.assembly import Assembly, resolve_parts
 from finetune_tf.model.backbone import Backbone
 from finetune_tf.model.freeze import FreezePolicy, FreezeReport
 from finetune_tf.model.head import Head
+from finetune_tf.model.head.widening import check_class_names, classes_to_add, widened_assembly
 from finetune_tf.model.tuned_model import TunedModel
 from finetune_tf.outputs.export import export_model
 from finetune_tf.outputs.report import Report, predict_with_labels
@@ -20,6 +21,7 @@ from finetune_tf.training.compile import Compiler, check_jit_compile
 from finetune_tf.training.data_checks import DataGate
 from finetune_tf.training.feature_cache import FeatureCache
 from finetune_tf.training.fit_args import FitArgs
+from finetune_tf.training.growing import DISTILLATION_WEIGHT, MEMORY_PER_CLASS, TEMPERATURE, Growth
 from finetune_tf.training.loop import Loop
 from finetune_tf.training.lr_finder import LRFinderResult, find_learning_rate
 from finetune_tf.training.recipes import fine_tune_schedule
@@ -61,6 +63,8 @@ class FineTuner:
         seed: int, optional. Repeatable training: seeds Python, NumPy and TensorFlow before
             building and orders each epoch's shuffle of array data by `(seed, epoch)`
             (docs/robustness.md). Defaults to None.
+        class_names: list of str, optional. The name of each class (or label), kept with
+            the tuner: the default of `report` and `export` (see `class_names`).
         name: str. The model's name. Defaults to `"fine_tuner"`.
 
     Attributes:
@@ -95,6 +99,7 @@ class FineTuner:
         jit_compile="auto",
         memory_growth: bool | None = True,
         seed: int | None = None,
+        class_names: list | None = None,
         name: str = "fine_tuner",
     ):
         self._seed = check_seed(seed)
@@ -108,10 +113,19 @@ class FineTuner:
         self._assembly = Assembly.build_placed(
             self._placement, self._seed, **parts, input_channels=input_channels, name=name
         )
-        self.model: TunedModel = self._assembly.model
-        self._compiler = Compiler(self.model, self.backbone, head, self._placement, jit_compile)
-        self._loop = Loop(self._assembly, self._compiler, self._placement, self._seed)
-        self._data = DataGate(self._assembly, self._compiler)
+        self._compiler = Compiler(
+            self._assembly.model, self.backbone, head, self._placement, jit_compile
+        )
+        self._wire(self._assembly)
+        self._growth = Growth()  # what add_classes and fit_new_classes remember
+        self.class_names = class_names
+
+    def _wire(self, assembly: Assembly) -> None:
+        """Trains, checks data for and compiles `assembly`'s model (a new one: `add_classes`)."""
+        self._assembly = assembly
+        self.model: TunedModel = assembly.model
+        self._loop = Loop(assembly, self._compiler, self._placement, self._seed)
+        self._data = DataGate(assembly, self._compiler)
 
     # --- Properties -------------------------------------------------------
 
@@ -163,6 +177,27 @@ class FineTuner:
     def input_shape(self) -> tuple:
         """The shape of raw inputs the model takes, without the batch axis."""
         return self._assembly.input_shape
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The name of each class (or label), or None: `report` and `export` use them, and
+        `save` keeps them. Assign a list of str (one per class) to set them.
+
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> tuner = FineTuner(Backbone.from_model(
+            ...     keras.Model(inputs, keras.layers.Dense(3)(inputs))), Head.classifier(3))
+            >>> tuner.class_names = ["cat", "dog", "fox"]
+            >>> tuner.class_names
+            ['cat', 'dog', 'fox']
+        """
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names: list | None):
+        self._class_names = None if names is None else check_class_names(self.head, names)
 
     def set_freeze(self, policy: FreezePolicy) -> FreezeReport:
         """Applies a new freeze policy and returns its `FreezeReport`; if compiled, compiles
@@ -335,6 +370,90 @@ class FineTuner:
         )
         return self.fit(x, y, schedule=schedule, **kwargs)
 
+    # --- Growing -----------------------------------------------------------
+
+    @in_scope
+    def add_classes(self, new: int | list[str]) -> None:
+        """Widens the head with new classes, keeping what it learned (docs/growing.md).
+
+        The predictions layer keeps its old rows exactly (old logits unchanged); a binary head
+        becomes a softmax classifier of 2 + n classes, a multi-label head gains sigmoid units,
+        a regression head is refused. If compiled, compiles again (same settings, fresh
+        optimizer). Train the new classes with `fit_new_classes`.
+
+        Args:
+            new: int or list of str. How many classes to add, or their names (required when
+                the tuner has `class_names`).
+
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> tuner = FineTuner(Backbone.from_model(keras.Model(
+            ...     inputs, keras.layers.Dense(8)(inputs))), Head.classifier(3),
+            ...     class_names=["a", "b", "c"])
+            >>> tuner.add_classes(["d", "e"])
+            >>> tuner.head.num_classes, tuner.class_names
+            (5, ['a', 'b', 'c', 'd', 'e'])
+        """
+        count, names = classes_to_add(new, self.head, self.class_names)
+        old_count = len(self.head.label_names())
+        uses_head_loss = self._compiler.uses_head_loss
+        self._wire(widened_assembly(self._assembly, self._placement, count))
+        self._compiler.model, self._compiler.head = self.model, self.head
+        if uses_head_loss and self._compiler.compiled:
+            self._compiler.spec.loss = self.head.default_loss()
+        self._compiler.refresh()
+        self._class_names = names
+        self._growth = Growth(old_classes=old_count)
+
+    @in_scope
+    def fit_new_classes(
+        self,
+        x,
+        y,
+        *,
+        memory: tuple | None = None,
+        memory_per_class: int = MEMORY_PER_CLASS,
+        temperature: float = TEMPERATURE,
+        distillation: float = DISTILLATION_WEIGHT,
+        **kwargs,
+    ) -> keras.callbacks.History:
+        """Learns the classes `add_classes` added without forgetting the old ones.
+
+        Trains with `fine_tune`'s recipe on `x`, `y` (arrays; class ids in the grown range)
+        plus, with `memory=(x_old, y_old)`, a seeded exemplar set of `memory_per_class` old
+        examples a class (rehearsal; kept for later calls), every class weighing the same;
+        the loss adds distillation of the model's old-class responses recorded before
+        training (Learning without Forgetting, at `temperature`, weighted `distillation`).
+        Takes `fine_tune`'s arguments (`epochs`, `learning_rate`, `validation_data`,
+        `callbacks`, ...) and returns its `History`; the compile settings come back after.
+        See docs/growing.md for what each remedy keeps.
+
+        Examples:
+            >>> import keras, numpy as np
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> tuner = FineTuner(Backbone.from_model(keras.Model(
+            ...     inputs, keras.layers.Dense(8)(inputs))), Head.classifier(3), seed=0)
+            >>> x_old, y_old = np.random.rand(30, 4), np.arange(30) % 3
+            >>> tuner.add_classes(1)
+            >>> history = tuner.fit_new_classes(np.random.rand(10, 4), np.full(10, 3),
+            ...     memory=(x_old, y_old), head_epochs=2, epochs=1, verbose=0)
+            >>> history.history["stage"]
+            ['head', 'head', 'fine_tune']
+        """
+        return self._growth.fit(
+            self,
+            x,
+            y,
+            memory=memory,
+            memory_per_class=memory_per_class,
+            temperature=temperature,
+            distillation=distillation,
+            **kwargs,
+        )
+
     @in_scope
     def find_learning_rate(
         self,
@@ -395,10 +514,11 @@ class FineTuner:
                 `keras.utils.PyDataset` of `(inputs, labels)` batches.
             y: labels in any format `fit` takes. None when `x` is a dataset.
             class_names: list of str, optional. Names for classes 0..k-1 (or for the labels of a
-                multi-label head).
+                multi-label head). Defaults to the tuner's `class_names`.
             batch_size: int, optional. Batch size for prediction.
 
-        Returns a `Report`: a dict that prints as a table (docs/reports.md).
+        Returns a `Report`: a dict that prints as a table (docs/reports.md). After
+        `add_classes`, it also shows the old and the new classes apart (`report["groups"]`).
 
         Examples:
             >>> import keras, numpy as np
@@ -411,11 +531,12 @@ class FineTuner:
             >>> sorted(report["per_class"]), len(report["confusion_matrix"])
             (['a', 'b', 'c'], 3)
         """
+        class_names = self.class_names if class_names is None else class_names
         self.head.label_names(class_names)  # checked before predicting
         if not isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
             x = self._data.check(x, y, "report")
         predictions, y = predict_with_labels(self.model, x, y, batch_size)
-        return self.head.report(predictions, y, class_names)
+        return self._growth.grouped(self.head.report(predictions, y, class_names))
 
     def summary(self, **kwargs):
         """Prints the model summary (`keras.Model.summary`)."""
@@ -491,7 +612,9 @@ class FineTuner:
         return self._config().get_config()
 
     def _config(self) -> TunerConfig:
-        return TunerConfig.of(self._assembly, self._compiler, self._freeze_chosen, self._seed)
+        config = TunerConfig.of(self._assembly, self._compiler, self._freeze_chosen, self._seed)
+        config.settings.update(self._growth.settings(self.class_names))
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> FineTuner:
@@ -502,6 +625,7 @@ class FineTuner:
     def _from_config(cls, config: TunerConfig, safe_mode: bool = True, **placement) -> FineTuner:
         tuner = cls(**config.tuner_arguments(), **placement)
         tuner._freeze_chosen = config.freeze_chosen
+        tuner._class_names, tuner._growth = Growth.from_settings(config.settings)
         compiled = config.compile_arguments(safe_mode)
         if compiled is not None:
             tuner.compile(**compiled)
@@ -525,7 +649,7 @@ class FineTuner:
             path: a directory for `"saved_model"`, a file ending in `.tflite`.
             format: `"saved_model"` or `"tflite"`. Defaults to `"saved_model"`.
             class_names: list of str, optional. The name of each class (or label); defaults to
-                "0", "1", ...
+                the tuner's `class_names`, else "0", "1", ...
             quantize: None or `"dynamic"`: TFLite weights in int8 (about 4x smaller, outputs
                 within about 1e-2). Defaults to None.
             overwrite: bool. Replace an existing export. Defaults to True.
@@ -547,7 +671,7 @@ class FineTuner:
             self.head,
             path,
             format=format,
-            class_names=class_names,
+            class_names=self.class_names if class_names is None else class_names,
             quantize=quantize,
             overwrite=overwrite,
             chief=self._placement.is_chief(),

@@ -106,6 +106,42 @@ class Report(dict):
         super().__init__()
         self.task = task
 
+    def with_groups(self, groups: dict) -> Report:
+        """This report with `"groups"`: for each named group of class ids (e.g. the old and
+        the new classes of a grown tuner), the `accuracy` on its examples (for a multi-label
+        report, the mean accuracy of its labels), its `support` and its class names; the
+        table shows them under the per-class rows.
+
+        Examples:
+            >>> from finetune_tf.outputs.report import Report
+            >>> report = Report.for_classes([0, 1, 2, 2], [0, 2, 2, 2])
+            >>> grouped = report.with_groups({"old": [0, 1], "new": [2]})
+            >>> grouped["groups"]["old"]["accuracy"], grouped["groups"]["new"]["support"]
+            (0.5, 2)
+        """
+        names = self["class_names"]
+        matrix = np.asarray(self["confusion_matrix"])
+        table = {}
+        for group, ids in groups.items():
+            ids = list(ids)
+            if self.task == "classification":
+                support = int(matrix[ids].sum())
+                right = int(matrix[ids, ids].sum())
+                accuracy = right / support if support else 0.0
+            else:  # one 2x2 matrix per label: (tn + tp) / n, averaged
+                cells = matrix[ids]
+                support = int(cells[:, 1].sum())
+                accuracy = float(np.mean([(m[0, 0] + m[1, 1]) / m.sum() for m in cells]))
+            table[group] = {
+                "accuracy": float(accuracy),
+                "support": support,
+                "classes": [names[i] for i in ids],
+            }
+        report = type(self)(self.task)
+        report.update(self)
+        report["groups"] = table
+        return report
+
     def plot_confusion_matrix(self, *, normalize: bool = False, path=None):
         """The confusion matrix as a figure (see `plot_confusion_matrix`); classification only."""
         if self.task != "classification":
@@ -145,6 +181,12 @@ class Report(dict):
         ]
         lines.append(_table_row("macro avg", self["macro avg"], width))
         lines.append(_table_row("weighted avg", self["weighted avg"], width))
+        for group, row in self.get("groups", {}).items():
+            label = f"{group} classes"
+            lines.append(
+                f"{label:<{width}}   {'':>9}   {'':>6}   {row['accuracy']:8.3f}   "
+                f"{row['support']:7d}   ({_span(row['classes'])})"
+            )
         if self.task == "classification":
             lines += ["", "confusion matrix (rows: true, columns: predicted)"]
             column = max(4, *(len(n) + 1 for n in names))
@@ -155,6 +197,13 @@ class Report(dict):
 
     def _repr_pretty_(self, printer, cycle):  # IPython shows the table
         printer.text(str(self))
+
+
+def _span(names: list) -> str:
+    """'a, b, c' for a few names, 'a .. z' (with the count) for many."""
+    if len(names) <= 4:
+        return ", ".join(names)
+    return f"{names[0]} .. {names[-1]}, {len(names)} classes"
 
 
 def _class_count(y_true, y_pred, class_names) -> int:

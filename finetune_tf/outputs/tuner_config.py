@@ -192,12 +192,13 @@ def _read_tuner_file(filepath, *, safe_mode: bool, strategy) -> tuple[keras.Mode
     return model, settings
 
 
-def copy_weights_by_layer_name(source: keras.Model, target: keras.Model) -> None:
+def copy_weights_by_layer_name(source: keras.Model, target: keras.Model, skip=()) -> None:
     """Each weighted layer of `target` takes the weights of `source`'s layer of the same
-    name (layers they share are skipped); a ValueError names a layer `source` lacks."""
+    name (layers they share, and those named in `skip`, are skipped); a ValueError names a
+    layer `source` lacks."""
     names = {layer.name for layer in source.layers}
     for layer in target.layers:
-        if not layer.weights:
+        if not layer.weights or layer.name in skip:
             continue
         if layer.name not in names:
             raise ValueError(
