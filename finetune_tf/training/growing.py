@@ -29,6 +29,7 @@ import dataclasses
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from finetune_tf._checks import check_int, check_number
@@ -49,6 +50,7 @@ __all__ = [
 MEMORY_PER_CLASS = 20  # old examples kept a class for rehearsal
 TEMPERATURE = 2.0  # softening of the distilled old-class responses (Li & Hoiem use 2)
 DISTILLATION_WEIGHT = 1.0  # the distillation term's weight beside the cross-entropy
+_TINY = float(np.finfo("float32").tiny)  # the least normal float32 probability
 
 
 @keras.saving.register_keras_serializable(package="finetune_tf")
@@ -106,9 +108,7 @@ class GrowthLoss(keras.losses.Loss):
         loss = keras.losses.categorical_crossentropy(labels, y_pred, from_logits=self.from_logits)
         if not self.weight:
             return loss
-        old = y_pred[:, : self.old_classes]
-        if not self.from_logits:  # log-probabilities are logits up to a constant
-            old = ops.log(ops.clip(old, 1e-7, 1.0))
+        old = (y_pred if self.from_logits else _logits_of(y_pred))[:, : self.old_classes]
         student = ops.log_softmax(old / self.temperature, axis=-1)
         distilled = -ops.sum(recorded * student, axis=-1) * self.temperature**2
         return loss + self.weight * distilled
@@ -122,6 +122,20 @@ class GrowthLoss(keras.losses.Loss):
             "weight": self.weight,
             "from_logits": self.from_logits,
         }
+
+
+def _logits_of(probabilities):
+    """The logits of a softmax's output (up to a constant): the softmax's input where Keras
+    kept it (as its own cross-entropy does), else the log of the probabilities. An old
+    class's probability on new data falls far below 1e-7, where clipping as Keras' losses
+    do would erase the old classes' relative scores that distillation keeps."""
+    logits = getattr(probabilities, "_keras_logits", None)
+    if logits is not None:
+        return logits
+    op = getattr(probabilities, "op", None) if not tf.executing_eagerly() else None
+    if op is not None and op.type == "Softmax" and len(op.inputs) == 1:
+        return op.inputs[0]
+    return ops.log(ops.maximum(probabilities, _TINY))
 
 
 def growth_accuracy(classes: int):
@@ -164,7 +178,7 @@ def old_class_responses(
     """
     old = np.asarray(predictions, "float64")[:, :old_classes]
     if not from_logits:
-        old = np.log(np.clip(old, 1e-7, 1.0))
+        old = np.log(np.maximum(old, _TINY))
     scaled = old / temperature
     scaled -= scaled.max(axis=1, keepdims=True)
     soft = np.exp(scaled)
