@@ -136,6 +136,13 @@ def weights_only(tmp):
     return path
 
 
+def grown():
+    """A compiled 3-class tuner grown by one class (class 3)."""
+    t = compiled()
+    t.add_classes(1)
+    return t
+
+
 def dataset(x, y, batch_size=4):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
 
@@ -733,6 +740,66 @@ CASES = [
         lambda d: Backbone.from_model(two_outputs()),
         ValueError,
         r"2 outputs.*output_layer='hidden'",
+    ),
+    (
+        "grow-regression-head",
+        lambda d: regressor(1).add_classes(2),
+        ValueError,
+        r"widens classification.*no classes.*Head.regressor",
+    ),
+    (
+        "grow-no-class",
+        lambda d: tuner().add_classes(0),
+        ValueError,
+        r"at least one class.*new=0",
+    ),
+    (
+        "grow-duplicate-names",
+        lambda d: tuner().add_classes(["cat", "cat"]),
+        ValueError,
+        r"`FineTuner.add_classes\(new\)` names 'cat' more than once",
+    ),
+    (
+        "grow-name-taken",
+        lambda d: tuner(class_names=["a", "b", "c"]).add_classes(["b"]),
+        ValueError,
+        r"'b', which is already a class",
+    ),
+    (
+        "grow-count-for-named-tuner",
+        lambda d: tuner(class_names=["a", "b", "c"]).add_classes(2),
+        ValueError,
+        r"got a count.*Pass the new classes' names",
+    ),
+    (
+        "class-names-count",
+        lambda d: tuner(class_names=["a", "b"]),
+        ValueError,
+        r"`class_names` has 2 names, but the head has 3 classes",
+    ),
+    (
+        "fit-new-classes-not-grown",
+        lambda d: compiled().fit_new_classes(X, Y),
+        ValueError,
+        r"has not grown.*add_classes",
+    ),
+    (
+        "fit-new-classes-label-range",
+        lambda d: grown().fit_new_classes(X, Y + 2),
+        ValueError,
+        r"`y` with class ids outside 0..3",
+    ),
+    (
+        "fit-new-classes-memory-new-class",
+        lambda d: grown().fit_new_classes(X[:2], [3, 3], memory=(X, Y + 1)),
+        ValueError,
+        r"`memory\[1\]` with class ids outside 0..2",
+    ),
+    (
+        "fit-new-classes-sample-weight",
+        lambda d: grown().fit_new_classes(X[:2], [3, 3], sample_weight=np.ones(2)),
+        ValueError,
+        r"weighs the examples itself.*no `sample_weight`",
     ),
     (
         "export-over-other-directory",
