@@ -273,9 +273,14 @@ class Growth:
             raise ValueError(
                 f"`FineTuner.fit_new_classes` got `{argname}` with class ids outside "
                 f"{low}..{high - 1} (e.g. {argname}[{int(np.flatnonzero(bad)[0])}] = "
-                f"{array[bad][0]!r}); the grown head has {classes} classes, of which "
-                f"0..{self.old_classes - 1} are the old ones. Check the labels, or call "
-                "add_classes() with the number of new classes first."
+                f"{array[bad][0].item()!r}); the grown head has {classes} classes, of which "
+                f"0..{self.old_classes - 1} are the old ones. "
+                + (
+                    "`memory` holds examples of the old classes only."
+                    if argname.startswith("memory")
+                    else "Check the labels, or call add_classes() with the number of new "
+                    "classes first."
+                )
             )
         return array.astype(int)
 

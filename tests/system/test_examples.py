@@ -101,3 +101,13 @@ def test_image_folder_refuses_weights_without_a_backbone(monkeypatch, capsys):
         runpy.run_path(script, run_name="__main__")
     assert exit_info.value.code == 2
     assert "--backbone MobileNetV3Small --weights imagenet" in capsys.readouterr().err
+
+
+def test_growing_classes_example_grows_a_named_tuner(tmp_path, capsys):
+    result = load_example("growing_classes").main(
+        head_epochs=2, epochs=1, pretrain_epochs=1, workdir=str(tmp_path)
+    )
+    out = capsys.readouterr().out
+    assert "old classes" in out and "new classes" in out and "nine" in out
+    assert result["class_names"][-1] == "nine" and len(result["class_names"]) == 10
+    assert (tmp_path / "digits_0-9.keras").exists() and (tmp_path / "serving").is_dir()
