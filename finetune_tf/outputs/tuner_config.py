@@ -2,7 +2,8 @@
 
 What `FineTuner.get_config` returns and `FineTuner.from_config` rebuilds from (the
 backbone's architecture, the augmentation, the head, the freeze policy, the input
-settings, the seed and the last `compile()` settings), and what `FineTuner.save`
+settings, the seed, the last `compile()` settings, and the class names and old-class
+count that `training.growing.Growth.settings` adds), and what `FineTuner.save`
 writes beside the model in one `.keras` file (`TunedModel.tuner_config`), where the
 backbone and the augmentation are the model's own layers. `FineTuner.load` is
 `TunerConfig.load`: it reads the file back (`TunerConfig.read`), has FineTuner build
