@@ -287,6 +287,16 @@ class Growth:
     def training_data(self, x, y, memory, memory_per_class: int, classes: int, seed):
         """The examples to train on (new, then exemplars), their labels and balancing
         weights, shuffled by `seed`; the exemplars are kept for the next call."""
+        for name, value in (("x", x), ("memory", None if memory is None else memory[0])):
+            if isinstance(value, (tf.data.Dataset, keras.utils.PyDataset)) or callable(
+                getattr(value, "__next__", None)
+            ):
+                raise TypeError(
+                    f"`FineTuner.fit_new_classes` takes `{name}` as an array (it picks "
+                    f"exemplars, weighs classes and records answers per example). Received: "
+                    f"{type(value).__name__}. Collect the examples first, e.g. x = "
+                    "np.concatenate([batch for batch, _ in dataset])."
+                )
         labels = self.check_labels(y, classes, "y")
         if memory is not None:
             if not isinstance(memory, (tuple, list)) or len(memory) != 2:

@@ -796,6 +796,12 @@ CASES = [
         r"`memory\[1\]` with class ids outside 0..2",
     ),
     (
+        "fit-new-classes-dataset",
+        lambda d: grown().fit_new_classes(dataset(X, Y), None),
+        TypeError,
+        r"takes `x` as an array.*Received: _BatchDataset",
+    ),
+    (
         "fit-new-classes-sample-weight",
         lambda d: grown().fit_new_classes(X[:2], [3, 3], sample_weight=np.ones(2)),
         ValueError,
