@@ -20,6 +20,7 @@ from finetune_tf import (
     Stage,
     TunedModel,
 )
+from finetune_tf.training.growing import GrowthLoss
 from finetune_tf.training.layerwise import ScaledSchedule
 from finetune_tf.training.stages import stage_learning_rate
 
@@ -53,6 +54,7 @@ MAKERS = {
     "finetune_tf>ApplicationPreprocessing": lambda tmp: ApplicationPreprocessing("resnet50"),
     "finetune_tf>BackboneLayer": lambda tmp: BackboneLayer(backbone_model(), False),
     "finetune_tf>HubLayer": hub_layer,
+    "finetune_tf>GrowthLoss": lambda tmp: GrowthLoss(5, 3, temperature=3.0, weight=0.5),
     "finetune_tf>InputAdapter": lambda tmp: InputAdapter((16, 16, 3), channels="repeat"),
     "finetune_tf>LabelAccuracy": lambda tmp: LabelAccuracy(from_logits=True),
     "finetune_tf>LabelCrossentropy": lambda tmp: LabelCrossentropy(from_logits=True),
