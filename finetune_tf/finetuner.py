@@ -346,8 +346,8 @@ class FineTuner:
             layerwise_lr_decay=layerwise_lr_decay,
             early_stopping=early_stopping,
         )
-        self._compiler.set_penalty(backbone_l2, backbone_l1, where="FineTuner.fine_tune")
-        return self.fit(x, y, schedule=schedule, **kwargs)
+        with self._compiler.penalties(backbone_l2, backbone_l1, where="FineTuner.fine_tune"):
+            return self.fit(x, y, schedule=schedule, **kwargs)
 
     @in_scope
     def find_learning_rate(

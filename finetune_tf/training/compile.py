@@ -12,6 +12,7 @@ optimizer, what a strategy needs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -121,14 +122,20 @@ class Compiler:
         self.apply()
         self.remember()
 
-    def set_penalty(self, backbone_l2=None, backbone_l1=None, where: str = "") -> None:
-        """Sets the backbone penalties of the current settings (None: keeps that one), as
-        the user's (`remember`), for the next compile (`FineTuner.fine_tune` compiles each
-        stage). Without earlier settings: `"adam"` and the head's loss, as `recompile`."""
+    @contextlib.contextmanager
+    def penalties(self, backbone_l2=None, backbone_l1=None, where: str = ""):
+        """Within: the backbone penalties of the current settings set (None keeps that one)
+        and recorded as the user's (`remember`), for the compiles of a run
+        (`FineTuner.fine_tune` compiles each stage). Without earlier settings: `"adam"` and
+        the head's loss, as `recompile`. They stay once the run ends; if it raises, the
+        settings before go back, so nothing is left half-set (e.g. by a plan refused before
+        the first step)."""
         backbone_l2 = check_penalty(backbone_l2, "backbone_l2", where=where, allow_none=True)
         backbone_l1 = check_penalty(backbone_l1, "backbone_l1", where=where, allow_none=True)
         if backbone_l2 is None and backbone_l1 is None:
+            yield
             return
+        before = (copy.copy(self.spec), self.compiled_config, self.count)
         if self.spec is None:
             self.spec = CompileSpec(next_optimizer(None), self.head.default_loss())
         if backbone_l2 is not None:
@@ -136,6 +143,15 @@ class Compiler:
         if backbone_l1 is not None:
             self.spec.backbone_l1 = backbone_l1
         self.remember()
+        try:
+            yield
+        except BaseException:
+            spec, self.compiled_config, count = before
+            if self.count != count:  # compiled with the penalties: compile without them
+                self.restore(spec)
+            else:
+                self.spec = spec
+            raise
 
     def remember(self) -> None:
         """Records the current settings as the user's (`compiled_config`): what a run's

@@ -141,10 +141,26 @@ def test_a_stage_that_unfreezes_a_layer_adds_its_penalty_and_fine_tune_sets_it()
         verbose=0,
     )
     assert Penalties.seen == [0, 1]
-    np.testing.assert_allclose(penalty_of(tuner), by_hand([layer(tuner, "top").kernel], l1=0))
+    top_only = by_hand([layer(tuner, "top").kernel], l1=0)
+    np.testing.assert_allclose(penalty_of(tuner), top_only, rtol=1e-5)
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if self.model.losses:
+                raise RuntimeError("stopped where the penalty appears")
+
+    # A run that fails gives the settings from before it back, its penalties too
+    with pytest.raises(RuntimeError, match="stopped"):
+        tuner.fine_tune(X, Y, head_epochs=1, epochs=1, backbone_l2=0.5, callbacks=[Stop()])
+    np.testing.assert_allclose(penalty_of(tuner), top_only, rtol=1e-5)
+    assert tuner.get_config()["compile"]["backbone_l2"] == L2
 
     Penalties.seen = []
     tuner = FineTuner(functional_backbone(), Head.classifier(3))  # not compiled
+    with pytest.raises(ValueError, match="generator"):  # refused before the first step
+        tuner.fine_tune((batch for batch in [(X, Y)]), backbone_l2=L2)
+    with pytest.raises(RuntimeError, match="before `compile"):  # and left as it was
+        tuner.fit(X, Y)
     tuner.fine_tune(
         X, Y, head_epochs=1, epochs=1, backbone_l1=L1, callbacks=[Penalties()], verbose=0
     )
