@@ -6,7 +6,8 @@ split per seed, side by side: the digits tasks of `benchmarks/quality.py` (a sma
 pretrained on scikit-learn's digits 0-4; the task is digits 5-9 with 5 or 50 labels per
 class, tested on the other 5-9 images).
 
-Prints test accuracy per seed, and mean +- std over the seeds, per task and `l2`.
+Prints test accuracy and the sum of squares of the backbone's kernels after training per
+seed, and the accuracy's mean +- std over the seeds, per task and `l2`.
 
 Run: python benchmarks/regularization.py [--seeds 3] [--tasks digits-5,digits-50]
      [--l2 0,1e-4,1e-3] [--workdir DIR]
@@ -26,13 +27,16 @@ import numpy as np  # noqa: E402
 import quality  # noqa: E402  (the tasks, the pretrained CNN, the accuracy)
 
 from finetune_tf import FineTuner, Head  # noqa: E402
+from finetune_tf.training.regularization import BackbonePenalty  # noqa: E402
 
 
-def fine_tune_accuracy(task: quality.Task, seed: int, l2: float) -> float:
+def fine_tune_accuracy(task: quality.Task, seed: int, l2: float) -> tuple[float, float]:
+    """Test accuracy, and the sum of squares of the backbone's kernels after training."""
     keras.utils.set_random_seed(seed)
     tuner = FineTuner(task.backbone(), Head.classifier(task.classes))
     tuner.fine_tune(task.x, task.y, backbone_l2=l2, verbose=0)
-    return quality._accuracy(tuner, task)
+    squares = sum(float(np.sum(v.numpy() ** 2)) for v in BackbonePenalty(tuner.backbone).kernels)
+    return quality._accuracy(tuner, task), squares
 
 
 def main(seeds: int, tasks: list[str], penalties: list[float], workdir: str | None) -> dict:
@@ -45,10 +49,11 @@ def main(seeds: int, tasks: list[str], penalties: list[float], workdir: str | No
                 task = quality.TASKS[name](seed, workdir)
                 for l2 in penalties:  # interleaved: each seed runs every l2 in turn
                     start = time.perf_counter()
-                    accuracy = fine_tune_accuracy(task, seed, l2)
+                    accuracy, squares = fine_tune_accuracy(task, seed, l2)
                     results.setdefault((name, l2), []).append(accuracy)
                     print(
-                        f"{name} seed {seed} backbone_l2={l2:g}: {100 * accuracy:.1f}% "
+                        f"{name} seed {seed} backbone_l2={l2:g}: {100 * accuracy:.1f}%, "
+                        f"sum of squared backbone kernels {squares:.1f} "
                         f"({time.perf_counter() - start:.0f} s)",
                         flush=True,
                     )
