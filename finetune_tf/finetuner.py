@@ -228,6 +228,8 @@ class FineTuner:
         *,
         learning_rate: float | None = None,
         layerwise_lr_decay: float | None = None,
+        backbone_l2: float = 0.0,
+        backbone_l1: float = 0.0,
         **kwargs,
     ) -> None:
         """Configures training, like `keras.Model.compile`.
@@ -242,6 +244,11 @@ class FineTuner:
                 head trains at `learning_rate`, each trained backbone layer at
                 `layerwise_lr_decay` times the one above (`LayerwiseOptimizer`, any Keras
                 optimizer; docs/recipes.md).
+            backbone_l2, backbone_l1: float >= 0. L2 and L1 penalties on the kernels of the
+                backbone layers that train (not biases, norms or embeddings; frozen layers
+                add nothing), added to the loss: `backbone_l2 * sum(w**2) + backbone_l1 *
+                sum(|w|)` (`training.regularization`, docs/usage.md). Kept by `recompile`, stages,
+                `set_freeze` and `FineTuner.save`/`load`. Default to 0 (none).
             **kwargs: passed to `keras.Model.compile` (e.g. `loss_weights`, `run_eagerly`,
                 `jit_compile`, `steps_per_execution`).
         """
@@ -251,6 +258,8 @@ class FineTuner:
             metrics,
             learning_rate=learning_rate,
             layerwise_lr_decay=layerwise_lr_decay,
+            backbone_l2=backbone_l2,
+            backbone_l1=backbone_l1,
             **kwargs,
         )
 
@@ -329,6 +338,8 @@ class FineTuner:
         fine_tune_learning_rate: float = 3e-4,
         layerwise_lr_decay: float | None = 0.8,
         early_stopping: int | str | None = "auto",
+        backbone_l2: float | None = None,
+        backbone_l1: float | None = None,
         **kwargs,
     ) -> keras.callbacks.History:
         """The default two-stage recipe: train the head, then fine-tune gently.
@@ -338,6 +349,8 @@ class FineTuner:
         backbone layer at `layerwise_lr_decay` times the one above (None: one rate). `"auto"`
         sizes both stages in optimizer steps and stops stage 2 once `val_loss` stops improving
         (`early_stopping`: a patience, or None). See docs/recipes.md for the numbers and why.
+        `backbone_l2`/`backbone_l1` set the backbone's weight penalties as `compile` does (and
+        keep them for later fits); None keeps those of the last `compile()` (none by default).
 
         Takes what `fit` takes (`validation_data`, `callbacks`, `checkpoint_dir`,
         `feature_cache`, ...) and returns one `History` for both stages.
@@ -368,7 +381,8 @@ class FineTuner:
             layerwise_lr_decay=layerwise_lr_decay,
             early_stopping=early_stopping,
         )
-        return self.fit(x, y, schedule=schedule, **kwargs)
+        with self._compiler.penalties(backbone_l2, backbone_l1, where="FineTuner.fine_tune"):
+            return self.fit(x, y, schedule=schedule, **kwargs)
 
     # --- Growing -----------------------------------------------------------
 

@@ -83,6 +83,16 @@ class TunedModel(keras.Model):
         # Kept as JSON text: Keras tracks (and wraps) dicts set on a model.
         self._tuner_json = None if config is None else json.dumps(config)
 
+    @property
+    def losses(self):
+        """Keras' losses (`add_loss`, regularizers) and, when `FineTuner.compile` set one, the
+        backbone's weight penalty (`training.regularization.BackbonePenalty`). The penalty is
+        not saved: a loaded model has none until a `FineTuner` compiles it again."""
+        losses = super().losses
+        penalty = getattr(self, "_weight_penalty", None)
+        term = None if penalty is None else penalty(self)
+        return losses if term is None else [*losses, term]
+
     def get_config(self):
         config = super().get_config()
         if self.tuner_config is not None:

@@ -1,7 +1,8 @@
 """`Compiler`: the compile settings of one model, and every compile made from them.
 
 `FineTuner.compile` records a `CompileSpec` (optimizer, loss, metrics, the
-other `keras.Model.compile` arguments, layer-wise decay) and compiles; a
+other `keras.Model.compile` arguments, layer-wise decay, the backbone's weight
+penalty) and compiles; a
 stage, a new freeze policy or the learning-rate finder compiles again from
 the same spec with a fresh optimizer (its slots belonged to other variables),
 and the model keeps its weights. The rules live here once: how an optimizer
@@ -11,6 +12,7 @@ optimizer, what a strategy needs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -26,6 +28,7 @@ from finetune_tf.training.layerwise import (
     check_layerwise_lr_decay,
     layerwise_multipliers,
 )
+from finetune_tf.training.regularization import check_penalty, set_backbone_penalty
 
 __all__ = [
     "CompileSpec",
@@ -46,13 +49,16 @@ def fresh_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.O
 class CompileSpec:
     """What `FineTuner.compile` was given, resolved: an optimizer object, a loss
     object or name, metrics (`"auto"`: the head's), the other compile arguments,
-    and the layer-wise learning-rate decay (None: one rate)."""
+    the layer-wise learning-rate decay (None: one rate), and the L2 and L1 penalties
+    on the backbone's trained kernels (`training.regularization`)."""
 
     optimizer: keras.optimizers.Optimizer
     loss: object
     metrics: object = "auto"
     kwargs: dict = dataclasses.field(default_factory=dict)
     layerwise_lr_decay: float | None = None
+    backbone_l2: float = 0.0
+    backbone_l1: float = 0.0
 
 
 class Compiler:
@@ -92,16 +98,60 @@ class Compiler:
     # === Compiling ===
 
     def compile(
-        self, optimizer, loss, metrics, *, learning_rate=None, layerwise_lr_decay=None, **kwargs
+        self,
+        optimizer,
+        loss,
+        metrics,
+        *,
+        learning_rate=None,
+        layerwise_lr_decay=None,
+        backbone_l2=0.0,
+        backbone_l1=0.0,
+        **kwargs,
     ) -> None:
         """Records the settings (see `FineTuner.compile`) and compiles."""
         learning_rate = check_learning_rate(learning_rate)
         check_layerwise_lr_decay(layerwise_lr_decay)
+        backbone_l2 = check_penalty(backbone_l2, "backbone_l2", where="FineTuner.compile")
+        backbone_l1 = check_penalty(backbone_l1, "backbone_l1", where="FineTuner.compile")
         optimizer = resolve_optimizer(optimizer, learning_rate)
         loss = self.head.default_loss() if _is_auto(loss) else resolve_loss(loss)
-        self.spec = CompileSpec(optimizer, loss, metrics, kwargs, layerwise_lr_decay)
+        self.spec = CompileSpec(
+            optimizer, loss, metrics, kwargs, layerwise_lr_decay, backbone_l2, backbone_l1
+        )
         self.apply()
         self.remember()
+
+    @contextlib.contextmanager
+    def penalties(self, backbone_l2=None, backbone_l1=None, where: str = ""):
+        """Within: the backbone penalties of the current settings set (None keeps that one)
+        and recorded as the user's (`remember`), for the compiles of a run
+        (`FineTuner.fine_tune` compiles each stage). Without earlier settings: `"adam"` and
+        the head's loss, as `recompile`. They stay once the run ends; if it raises, the
+        settings before go back, so nothing is left half-set (e.g. by a plan refused before
+        the first step)."""
+        backbone_l2 = check_penalty(backbone_l2, "backbone_l2", where=where, allow_none=True)
+        backbone_l1 = check_penalty(backbone_l1, "backbone_l1", where=where, allow_none=True)
+        if backbone_l2 is None and backbone_l1 is None:
+            yield
+            return
+        before = (copy.copy(self.spec), self.compiled_config, self.count)
+        if self.spec is None:
+            self.spec = CompileSpec(next_optimizer(None), self.head.default_loss())
+        if backbone_l2 is not None:
+            self.spec.backbone_l2 = backbone_l2
+        if backbone_l1 is not None:
+            self.spec.backbone_l1 = backbone_l1
+        self.remember()
+        try:
+            yield
+        except BaseException:
+            spec, self.compiled_config, count = before
+            if self.count != count:  # compiled with the penalties: compile without them
+                self.restore(spec)
+            else:
+                self.spec = spec
+            raise
 
     def remember(self) -> None:
         """Records the current settings as the user's (`compiled_config`): what a run's
@@ -128,6 +178,8 @@ class Compiler:
         if spec is not None:
             spec.optimizer = fresh_optimizer(spec.optimizer)
             self.apply()
+        else:
+            set_backbone_penalty(self.model, self.backbone)  # none
 
     def refresh(self) -> None:
         """Compiles again with a fresh optimizer, if compiled (e.g. after freezing)."""
@@ -137,6 +189,8 @@ class Compiler:
 
     def apply(self, layerwise_lr_decay: float | None = None) -> None:
         """Compiles the model from the current settings (the optimizer as it is)."""
+        spec = self.spec
+        set_backbone_penalty(self.model, self.backbone, spec.backbone_l2, spec.backbone_l1)
         self.model.compile(**self.keras_args(layerwise_lr_decay))
         self.count += 1
 
@@ -187,6 +241,8 @@ class Compiler:
         return {
             "arguments": saved,
             "layerwise_lr_decay": spec.layerwise_lr_decay,
+            "backbone_l2": spec.backbone_l2,
+            "backbone_l1": spec.backbone_l1,
             "not_saved": not_saved,
         }
 
@@ -213,7 +269,13 @@ class Compiler:
             return value
 
         arguments = {key: revive(value) for key, value in config["arguments"].items()}
-        return {**arguments, "layerwise_lr_decay": config.get("layerwise_lr_decay")}
+        return {
+            **arguments,
+            "layerwise_lr_decay": config.get("layerwise_lr_decay"),
+            # Files written before the penalties existed have none.
+            "backbone_l2": config.get("backbone_l2", 0.0),
+            "backbone_l1": config.get("backbone_l1", 0.0),
+        }
 
     def require(self, method: str) -> None:
         """A RuntimeError when `FineTuner.<method>` needs a `compile()` first."""

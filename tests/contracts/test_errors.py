@@ -327,6 +327,18 @@ CASES = [
         r"learning_rate.*0",
     ),
     (
+        "compile-backbone-l2",
+        lambda d: tuner().compile(backbone_l2=-1e-4),
+        ValueError,
+        r"`FineTuner.compile\(backbone_l2\)` must be a finite number >= 0.*backbone_l2=-0.0001",
+    ),
+    (
+        "compile-backbone-l1-type",
+        lambda d: tuner().compile(backbone_l1="1e-5"),
+        TypeError,
+        r"`FineTuner.compile\(backbone_l1\)` must be a finite number >= 0.*'1e-5' of type str",
+    ),
+    (
         "fit-before-compile",
         lambda d: tuner().fit(X, Y),
         RuntimeError,
@@ -623,6 +635,12 @@ CASES = [
         lambda d: tuner().fine_tune(X, Y, fine_tune_learning_rate="1e-4"),
         ValueError,
         r"`FineTuner.fine_tune\(fine_tune_learning_rate\)` must be a finite number > 0",
+    ),
+    (
+        "fine-tune-backbone-l2",
+        lambda d: tuner().fine_tune(X, Y, backbone_l2=-1),
+        ValueError,
+        r"`FineTuner.fine_tune\(backbone_l2\)` must be a finite number >= 0 or None",
     ),
     (
         "fine-tune-generator",

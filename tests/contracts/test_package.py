@@ -72,6 +72,7 @@ MODULES = [
     "training.plan",
     "training.lr_finder",
     "training.recipes",
+    "training.regularization",
     "training.run_fingerprint",
     "training.run_state",
     "training.seeding",
