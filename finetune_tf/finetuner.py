@@ -412,12 +412,8 @@ class FineTuner:
         """
         count, names = classes_to_add(new, self.head, self.class_names)
         old_count = len(self.head.label_names())
-        uses_head_loss = self._compiler.uses_head_loss
         self._wire(widened_assembly(self._assembly, self._placement, count))
-        self._compiler.model, self._compiler.head = self.model, self.head
-        if uses_head_loss and self._compiler.compiled:
-            self._compiler.spec.loss = self.head.default_loss()
-        self._compiler.refresh()
+        self._compiler.retarget(self.model, self.head)
         self._class_names = names
         self._growth = Growth(old_classes=old_count)
 
