@@ -73,6 +73,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--encoder", choices=("conv", "mlp"), default="conv")
     parser.add_argument("--method", default="denoising")
+    parser.add_argument("--noise", default="auto", type=lambda v: v if v == "auto" else float(v))
     args = parser.parse_args()
     results = {"pretrained": [], "scratch": []}
     start = time.perf_counter()
@@ -81,7 +82,7 @@ def main():
         keras.utils.set_random_seed(seed)
         scratch = Backbone.from_model(encoder(args.encoder))
         pretrained = scratch.copy()  # the same initial weights on both sides
-        pretrained.pretrain(x_all, method=args.method, seed=seed, verbose=0)
+        pretrained.pretrain(x_all, method=args.method, noise=args.noise, seed=seed, verbose=0)
         results["pretrained"].append(accuracy(pretrained, x_few, y_few, x_test, y_test, seed))
         results["scratch"].append(accuracy(scratch, x_few, y_few, x_test, y_test, seed))
         print(

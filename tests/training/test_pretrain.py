@@ -1,0 +1,130 @@
+"""Unsupervised pre-training (`Pretrainer`, `Backbone.pretrain`): it learns to reconstruct,
+the backbone it returns carries the trained weights into a FineTuner, from arrays,
+tf.data and image folders, repeatably with a seed."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+from finetune_tf import Backbone, FineTuner, Head, Pretrainer
+from tests.conftest import weights_of
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """300 digits, 8x8x1 in [0, 1]."""
+    return (load_digits().images[:300] / 16.0).astype("float32")[..., None]
+
+
+def conv_encoder(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv"),
+            keras.layers.MaxPooling2D(name="pool"),
+        ],
+        name="conv_encoder",
+    )
+
+
+def reconstruction_error(pretrainer, x):
+    return float(np.mean((pretrainer.model.predict(x, verbose=0) - x) ** 2))
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits):
+    """A Sequential conv backbone, before and after 20 epochs of denoising pre-training."""
+    backbone = Backbone.from_model(conv_encoder())
+    before = weights_of(backbone.model)
+    pretrainer = Pretrainer(backbone, seed=1)
+    untrained_error = reconstruction_error(pretrainer, digits)
+    history = pretrainer.fit(digits, epochs=20, batch_size=32, verbose=0)
+    return {
+        "backbone": backbone,
+        "pretrainer": pretrainer,
+        "before": before,
+        "history": history,
+        "untrained_error": untrained_error,
+    }
+
+
+def test_pretraining_learns_to_reconstruct_and_returns_the_trained_backbone(pretrained, digits):
+    pretrainer, history = pretrained["pretrainer"], pretrained["history"]
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0]
+    # Clean digits come back far better than before training, and than their mean image.
+    error = reconstruction_error(pretrainer, digits)
+    assert error < 0.4 * pretrained["untrained_error"]
+    assert error < 0.5 * float(np.mean((digits - digits.mean(axis=0)) ** 2))
+    # The backbone given is the one trained, in place, in float32.
+    backbone = pretrainer.backbone
+    assert backbone is pretrained["backbone"]
+    after = weights_of(backbone.model)
+    assert all(not np.allclose(a, b) for a, b in zip(after, pretrained["before"]))
+    assert all(w.dtype == "float32" for w in backbone.model.weights)
+    assert backbone.input_shape == (8, 8, 1) and backbone.output_shape == (4, 4, 8)
+
+
+def test_the_pretrained_backbone_fine_tunes_from_its_trained_weights(pretrained, digits):
+    backbone = pretrained["backbone"].copy()
+    tuner = FineTuner(backbone, Head.classifier(10), seed=0)
+    inner = tuner.backbone.model.get_layer("conv").get_weights()[0]
+    np.testing.assert_array_equal(inner, pretrained["backbone"].model.get_layer("conv").kernel)
+    tuner.compile(learning_rate=1e-2)
+    history = tuner.fit(digits, load_digits().target[:300], epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_a_seed_gives_the_same_weights_twice_with_or_without_checkpoints(digits, tmp_path):
+    x = digits[:64]
+    runs = []
+    for checkpoint_dir in (None, tmp_path):
+        backbone = Backbone.from_model(conv_encoder(seed=3))
+        pretrainer = Pretrainer(backbone, method="masked", seed=7)
+        pretrainer.fit(x, epochs=2, batch_size=16, checkpoint_dir=checkpoint_dir, verbose=0)
+        runs.append(weights_of(backbone.model))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tf_data_drops_labels_and_a_vector_backbone_gets_a_dense_decoder(digits):
+    x = digits.reshape(-1, 64)
+    inputs = keras.Input((64,))
+    features = keras.layers.Dense(16, activation="relu", name="features")(inputs)
+    keras.utils.set_random_seed(0)
+    backbone = Backbone.from_model(keras.Model(inputs, features))
+    labels = np.zeros(len(x), "int64")
+    dataset = tf.data.Dataset.from_tensor_slices((x, labels)).batch(32)
+    pretrainer = Pretrainer(backbone, method="autoencoder", seed=0)
+    assert pretrainer.model.output_shape == (None, 64)
+    history = pretrainer.fit(dataset, epochs=8, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    assert pretrainer.model.get_layer("decoder_dense") is not None
+
+
+def test_an_image_folder_and_a_decoder_of_the_users(digits, tmp_path):
+    for i, image in enumerate(digits[:48]):
+        keras.utils.save_img(tmp_path / f"{i}.png", image * 255, scale=False)
+    decoder = keras.Sequential(
+        [keras.layers.UpSampling2D(), keras.layers.Conv2D(1, 3, padding="same")], name="mine"
+    )
+    backbone = Backbone.from_model(conv_encoder(), preprocessing=keras.layers.Rescaling(1 / 255))
+    before = weights_of(backbone.model)
+    pretrainer = Pretrainer(backbone, decoder=decoder, seed=0)
+    history = pretrainer.fit(str(tmp_path), epochs=4, batch_size=16, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert pretrainer.model.get_layer("mine") is decoder
+    assert not np.allclose(weights_of(backbone.model)[0], before[0])
+
+
+def test_domain_adaptive_pretraining_of_a_saved_model_backbone(keras2_files, images):
+    backbone = Backbone.from_file(keras2_files["saved_model"])
+    before = weights_of(backbone.model)
+    trained = backbone.pretrain(images, epochs=3, batch_size=8, seed=0, verbose=0)
+    assert trained is backbone
+    changed = [not np.allclose(a, b) for a, b in zip(weights_of(backbone.model), before)]
+    assert any(changed)
+    assert FineTuner(trained, Head.classifier(3)).predict(images, verbose=0).shape == (24, 3)
