@@ -35,8 +35,9 @@ class Corruption(keras.layers.Layer):
 
     Args:
         method: str. `"autoencoder"`, `"denoising"` or `"masked"`.
-        rate: float in [0, 1). The noise level (denoising: the noise's relative
-            standard deviation; masked: the fraction masked). Defaults to 0.5.
+        rate: float >= 0. The noise level: for denoising the noise's standard
+            deviation relative to the batch's, for masked the fraction masked (below 1).
+            Defaults to 0.5.
         patch_size: int. The side of a masked image patch, in pixels. Defaults to 2.
         seed: int, optional. Seeds the random draws.
 
@@ -64,7 +65,7 @@ class Corruption(keras.layers.Layer):
             rate,
             "rate",
             low=0,
-            high=1,
+            high=1 if self.method == "masked" else None,
             high_inclusive=False,
             where="Corruption",
             meaning="the noise level (denoising) or the fraction masked (masked)",

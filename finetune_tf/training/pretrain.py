@@ -95,16 +95,22 @@ class Pretrainer:
         if noise == "auto":
             noise = DEFAULT_RATE[method]
         else:
+            masked = method == "masked"
             noise = check_number(
                 noise,
                 "noise",
                 low=0,
-                high=1,
+                high=1 if masked else None,
                 high_inclusive=False,
                 also='"auto"',
                 where="Pretrainer",
-                meaning="the noise level (denoising) or the fraction masked (masked)",
-                hint='"auto" picks 0.5.',
+                meaning=(
+                    f"the fraction masked, for method={method!r}"
+                    if masked
+                    else f"the noise's standard deviation relative to the data's, for "
+                    f"method={method!r}"
+                ),
+                hint=f'"auto" picks {DEFAULT_RATE[method]}.',
                 type_error=ValueError,
             )
         self._original = Backbone.load(backbone)

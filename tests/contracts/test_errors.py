@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import finetune_tf
-from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Stage
+from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Pretrainer, Stage
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "robustness.md")
 
@@ -733,6 +733,42 @@ CASES = [
         lambda d: Backbone.from_model(two_outputs()),
         ValueError,
         r"2 outputs.*output_layer='hidden'",
+    ),
+    (
+        "pretrain-method",
+        lambda d: Pretrainer(backbone(), method="mae"),
+        ValueError,
+        r"`Pretrainer\(method\)`.*'autoencoder'.*method='mae'",
+    ),
+    (
+        "pretrain-noise",
+        lambda d: Pretrainer(backbone(), method="masked", noise=1.5),
+        ValueError,
+        r"`Pretrainer\(noise\)`.*noise=1\.5",
+    ),
+    (
+        "pretrain-labels",
+        lambda d: Pretrainer(backbone()).fit(X, Y),
+        ValueError,
+        r"without labels.*pretrainer\.fit\(x\)",
+    ),
+    (
+        "pretrain-pair",
+        lambda d: Pretrainer(backbone()).fit((X, Y)),
+        ValueError,
+        r"`x` as a pair of arrays.*fit\(x_train\)",
+    ),
+    (
+        "pretrain-decoder-shape",
+        lambda d: Pretrainer(backbone(), decoder=keras.layers.Dense(3)),
+        ValueError,
+        r"`decoder` maps.*\(3,\).*\(6,\)",
+    ),
+    (
+        "pretrain-folder-missing",
+        lambda d: Pretrainer(backbone()).fit(f"{d}/no_images"),
+        FileNotFoundError,
+        r"`x`=.*no_images.*not a folder",
     ),
     (
         "export-over-other-directory",
