@@ -35,16 +35,16 @@ def encoder(kind: str) -> keras.Model:
             ],
             name="mlp_encoder",
         )
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-        ],
-        name="conv_encoder",
-    )
+    layers = [
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+    ]
+    if kind == "convdense":
+        layers += [keras.layers.Flatten(), keras.layers.Dense(64, activation="relu")]
+    return keras.Sequential(layers, name="conv_encoder")
 
 
 def data(kind: str, labels: int, seed: int):
@@ -71,7 +71,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, default=5, help="labeled images per class")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--encoder", choices=("conv", "mlp"), default="conv")
+    parser.add_argument("--encoder", choices=("conv", "convdense", "mlp"), default="conv")
     parser.add_argument("--method", default="denoising")
     parser.add_argument("--noise", default="auto", type=lambda v: v if v == "auto" else float(v))
     args = parser.parse_args()

@@ -210,8 +210,9 @@ class Backbone:
 
         The backbone learns to reconstruct `x` through a decoder built from its output
         shape (or `decoder`): see `Pretrainer`, which this calls. Keyword arguments are
-        `Pretrainer`'s (`seed`, `strategy`, `mixed_precision`, ...) and its `fit`'s
-        (`epochs`, `batch_size`, `checkpoint_dir`, `validation_data`, ...). Pre-train a
+        `Pretrainer`'s (`seed`, `strategy`, `mixed_precision`, ...), `learning_rate` (Adam's,
+        1e-3 by default) and its `fit`'s (`epochs`, `batch_size`, `checkpoint_dir`,
+        `validation_data`, ...). Pre-train a
         `copy()` to keep the weights as they were (docs/pretraining.md).
 
         Examples:
@@ -229,6 +230,7 @@ class Backbone:
         settings += ("patch_size", "name")
         built = {key: kwargs.pop(key) for key in settings if key in kwargs}
         pretrainer = Pretrainer(self, method=method, decoder=decoder, noise=noise, **built)
+        pretrainer.compile(learning_rate=kwargs.pop("learning_rate", 1e-3))
         pretrainer.fit(x, **kwargs)
         return pretrainer.backbone
 

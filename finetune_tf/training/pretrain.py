@@ -29,7 +29,7 @@ from finetune_tf.training.fit_args import FitArgs
 
 __all__ = ["PRETRAIN_MAX_EPOCHS", "PRETRAIN_MIN_EPOCHS", "PRETRAIN_STEPS", "Pretrainer"]
 
-# `epochs="auto"`: at least this many optimizer steps, within these epochs (see docs/pretraining.md).
+# `epochs="auto"`: at least this many optimizer steps, within these epochs (docs/pretraining.md).
 PRETRAIN_STEPS = 2000
 PRETRAIN_MIN_EPOCHS = 5
 PRETRAIN_MAX_EPOCHS = 200

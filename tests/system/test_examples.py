@@ -101,3 +101,11 @@ def test_image_folder_refuses_weights_without_a_backbone(monkeypatch, capsys):
         runpy.run_path(script, run_name="__main__")
     assert exit_info.value.code == 2
     assert "--backbone MobileNetV3Small --weights imagenet" in capsys.readouterr().err
+
+
+def test_pretraining_example_pretrains_and_fine_tunes_both(capsys):
+    result = load_example("pretraining").main(labels=2, pretrain_epochs=2, head_epochs=2, epochs=1)
+    out = capsys.readouterr().out
+    assert "pre-trained on" in out and "from scratch" in out
+    assert set(result) == {"pretrained", "scratch"}
+    assert all(0.0 <= value <= 1.0 for value in result.values())

@@ -63,7 +63,7 @@ def test_pretraining_learns_to_reconstruct_and_returns_the_trained_backbone(pret
     backbone = pretrainer.backbone
     assert backbone is pretrained["backbone"]
     after = weights_of(backbone.model)
-    assert all(not np.allclose(a, b) for a, b in zip(after, pretrained["before"]))
+    assert all(not np.allclose(a, b) for a, b in zip(after, pretrained["before"], strict=True))
     assert all(w.dtype == "float32" for w in backbone.model.weights)
     assert backbone.input_shape == (8, 8, 1) and backbone.output_shape == (4, 4, 8)
 
@@ -86,7 +86,7 @@ def test_a_seed_gives_the_same_weights_twice_with_or_without_checkpoints(digits,
         pretrainer = Pretrainer(backbone, method="masked", seed=7)
         pretrainer.fit(x, epochs=2, batch_size=16, checkpoint_dir=checkpoint_dir, verbose=0)
         runs.append(weights_of(backbone.model))
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -125,6 +125,7 @@ def test_domain_adaptive_pretraining_of_a_saved_model_backbone(keras2_files, ima
     before = weights_of(backbone.model)
     trained = backbone.pretrain(images, epochs=3, batch_size=8, seed=0, verbose=0)
     assert trained is backbone
-    changed = [not np.allclose(a, b) for a, b in zip(weights_of(backbone.model), before)]
+    after = weights_of(backbone.model)
+    changed = [not np.allclose(a, b) for a, b in zip(after, before, strict=True)]
     assert any(changed)
     assert FineTuner(trained, Head.classifier(3)).predict(images, verbose=0).shape == (24, 3)
