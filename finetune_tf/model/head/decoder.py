@@ -9,9 +9,10 @@ The decoder is built from the backbone's output shape:
 
 - vectors `(d,)`: `Dense(hidden, relu)` then a linear `Dense` to every input value,
   reshaped to the input shape;
-- feature maps `(h, w, c)`, for images `(H, W, C)`: one stride-2 `Conv2DTranspose`
-  per doubling from `h` to `H`, a 3x3 `Conv2D` to `C` channels, and a `Resizing`
-  when the sizes do not divide evenly;
+- feature maps `(h, w, c)`, for images `(H, W, C)`: the features averaged over
+  positions (as the default head pools them), a `Dense` layer to an `(h, w, 32)` grid,
+  one stride-2 `Conv2DTranspose` per doubling from `h` to `H`, a 3x3 `Conv2D` to `C`
+  channels, and a `Resizing` when the sizes do not divide evenly;
 - anything else: flattened, then the vector decoder.
 
 A decoder of the user's (a Keras layer or model from features to inputs) is
@@ -27,7 +28,9 @@ import keras
 from finetune_tf._utils import shape_tuple
 from finetune_tf.model.head.head import Head
 
-__all__ = ["DecoderHead", "build_decoder"]
+__all__ = ["SEED_CHANNELS", "DecoderHead", "build_decoder"]
+
+SEED_CHANNELS = 32  # channels of the grid the image decoder starts from
 
 
 class DecoderHead(Head):
@@ -116,13 +119,23 @@ def build_decoder(features, target_shape: tuple, hidden_units: int = 256):
     shape = shape_tuple(features.shape[1:])
     x = features
     if len(shape) == 3 and len(target_shape) == 3 and None not in shape:
-        height, width, channels = shape
+        height, width, _ = shape
+        # The features as the default head reads them: averaged over positions. A decoder
+        # that sees only that vector makes it describe the whole image (docs/pretraining.md).
+        x = keras.layers.GlobalAveragePooling2D(name="decoder_pooling")(x)
+        x = keras.layers.Dense(
+            height * width * SEED_CHANNELS, activation="relu", name="decoder_seed"
+        )(x)
+        x = keras.layers.Reshape((height, width, SEED_CHANNELS), name="decoder_grid")(x)
         steps = max(0, math.ceil(math.log2(max(target_shape[0] / height, target_shape[1] / width))))
-        filters = channels
         for i in range(1, steps + 1):
-            filters = max(16, filters // 2)
             x = keras.layers.Conv2DTranspose(
-                filters, 3, strides=2, padding="same", activation="relu", name=f"decoder_up_{i}"
+                max(16, 2 * SEED_CHANNELS >> i),
+                3,
+                strides=2,
+                padding="same",
+                activation="relu",
+                name=f"decoder_up_{i}",
             )(x)
         x = keras.layers.Conv2D(target_shape[2], 3, padding="same", name="decoder_conv")(x)
         if shape_tuple(x.shape[1:3]) != target_shape[:2]:
