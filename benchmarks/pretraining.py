@@ -42,8 +42,6 @@ def encoder(kind: str) -> keras.Model:
         keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
         keras.layers.MaxPooling2D(),
     ]
-    if kind == "convdense":
-        layers += [keras.layers.Flatten(), keras.layers.Dense(64, activation="relu")]
     return keras.Sequential(layers, name="conv_encoder")
 
 
@@ -71,7 +69,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, default=5, help="labeled images per class")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--encoder", choices=("conv", "convdense", "mlp"), default="conv")
+    parser.add_argument("--encoder", choices=("conv", "mlp"), default="conv")
     parser.add_argument("--method", default="denoising")
     parser.add_argument("--noise", default="auto", type=lambda v: v if v == "auto" else float(v))
     args = parser.parse_args()

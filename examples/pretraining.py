@@ -80,7 +80,7 @@ if __name__ == "__main__":
         "--pretrain-epochs",
         type=epochs_or_auto,
         default="auto",
-        help='epochs of pre-training ("auto": at least 2000 optimizer steps)',
+        help='epochs of pre-training ("auto": at least 5000 optimizer steps)',
     )
     parser.add_argument("--head-epochs", type=epochs_or_auto, default="auto")
     parser.add_argument("--epochs", type=epochs_or_auto, default="auto")

@@ -30,9 +30,9 @@ from finetune_tf.training.fit_args import FitArgs
 __all__ = ["PRETRAIN_MAX_EPOCHS", "PRETRAIN_MIN_EPOCHS", "PRETRAIN_STEPS", "Pretrainer"]
 
 # `epochs="auto"`: at least this many optimizer steps, within these epochs (docs/pretraining.md).
-PRETRAIN_STEPS = 2000
+PRETRAIN_STEPS = 5000
 PRETRAIN_MIN_EPOCHS = 5
-PRETRAIN_MAX_EPOCHS = 200
+PRETRAIN_MAX_EPOCHS = 500
 DEFAULT_RATE = {"autoencoder": 0.0, "denoising": 0.5, "masked": 0.5}
 
 
@@ -177,8 +177,8 @@ class Pretrainer:
                 folder of images (read with `keras.utils.image_dataset_from_directory`,
                 sized to the backbone's input).
             y: must be None: pre-training uses no labels.
-            epochs: int or `"auto"`: enough epochs for about 2000 optimizer steps
-                (between 5 and 200). Defaults to `"auto"`.
+            epochs: int or `"auto"`: enough epochs for about 5000 optimizer steps
+                (between 5 and 500). Defaults to `"auto"`.
             checkpoint_dir: as for `FineTuner.fit`: resume the same call after a crash.
             **kwargs: what `keras.Model.fit` takes (`batch_size`, `callbacks`,
                 `validation_split`, `validation_data` of unlabeled inputs, ...).

@@ -97,7 +97,7 @@ def test_tf_data_drops_labels_and_a_seed_repeats_with_or_without_checkpoints(dig
         np.testing.assert_array_equal(a, b)
 
 
-def test_an_image_folder_and_a_decoder_of_the_users(digits, tmp_path):
+def test_an_image_folder_a_users_decoder_a_strategy_and_mixed_precision(digits, tmp_path):
     for i, image in enumerate(digits[:48]):
         keras.utils.save_img(tmp_path / f"{i}.png", image * 255, scale=False)
     decoder = keras.Sequential(
@@ -105,11 +105,25 @@ def test_an_image_folder_and_a_decoder_of_the_users(digits, tmp_path):
     )
     backbone = Backbone.from_model(conv_encoder(), preprocessing=keras.layers.Rescaling(1 / 255))
     before = weights_of(backbone.model)
-    pretrainer = Pretrainer(backbone, method="masked", decoder=decoder, seed=0)
+    pretrainer = Pretrainer(
+        backbone,
+        method="masked",
+        decoder=decoder,
+        strategy=tf.distribute.MirroredStrategy(["/cpu:0"]),
+        mixed_precision="mixed_bfloat16",
+        seed=0,
+    )
+    assert pretrainer.tuner.backbone is not backbone  # trained on a placed copy
     history = pretrainer.fit(str(tmp_path), epochs=4, batch_size=16, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert pretrainer.model.get_layer("mine") is decoder
+    # The backbone handed back is the user's, in float32, with the copy's trained weights.
+    assert pretrainer.backbone is backbone
+    trained = [w.numpy() for w in pretrainer.tuner.backbone.model.weights]
+    for mine, copy in zip(weights_of(backbone.model), trained, strict=True):
+        np.testing.assert_array_equal(mine, copy)
     assert not np.allclose(weights_of(backbone.model)[0], before[0])
+    assert all(w.dtype == "float32" for w in backbone.model.weights)
 
 
 def test_domain_adaptive_pretraining_of_a_saved_model_backbone(keras2_files, images):
