@@ -67,8 +67,13 @@ def main(
         accuracy[name] = float(tuner.report(x[test], y[test])["accuracy"])
 
     print(f"Digits with {labels} labels per class, tested on {len(test)} images:")
-    print(f"  pre-trained on {len(train)} unlabeled images: {accuracy['pretrained']:.1%} accuracy")
-    print(f"  same network from scratch:              {accuracy['scratch']:.1%} accuracy")
+    rows = {
+        "pretrained": f"pre-trained on {len(train)} unlabeled images:",
+        "scratch": "same network from scratch:",
+    }
+    width = max(map(len, rows.values()))
+    for name, text in rows.items():
+        print(f"  {text:<{width}} {accuracy[name]:.1%} accuracy")
     return accuracy
 
 
