@@ -7,7 +7,11 @@ defaults; B is the same network from scratch with the same `fine_tune`. Both are
 the test half, over `--seeds` seeds. `--encoder mlp` uses a Dense encoder on the 64 pixels
 as a vector instead (the second setting of docs/benchmarks.md).
 
+`--method contrastive` pre-trains with SimCLR instead of reconstruction; `--epochs` sets the
+pre-training epochs (default: `"auto"`, about 5000 steps).
+
 Usage: python benchmarks/pretraining.py [--labels 5] [--seeds 3] [--encoder conv|mlp]
+    [--method denoising|masked|autoencoder|contrastive] [--epochs auto|N]
 """
 
 import argparse
@@ -72,6 +76,7 @@ def main():
     parser.add_argument("--encoder", choices=("conv", "mlp"), default="conv")
     parser.add_argument("--method", default="denoising")
     parser.add_argument("--noise", default="auto", type=lambda v: v if v == "auto" else float(v))
+    parser.add_argument("--epochs", default="auto", type=lambda v: v if v == "auto" else int(v))
     args = parser.parse_args()
     results = {"pretrained": [], "scratch": []}
     start = time.perf_counter()
@@ -80,7 +85,9 @@ def main():
         keras.utils.set_random_seed(seed)
         scratch = Backbone.from_model(encoder(args.encoder))
         pretrained = scratch.copy()  # the same initial weights on both sides
-        pretrained.pretrain(x_all, method=args.method, noise=args.noise, seed=seed, verbose=0)
+        pretrained.pretrain(
+            x_all, method=args.method, noise=args.noise, epochs=args.epochs, seed=seed, verbose=0
+        )
         results["pretrained"].append(accuracy(pretrained, x_few, y_few, x_test, y_test, seed))
         results["scratch"].append(accuracy(scratch, x_few, y_few, x_test, y_test, seed))
         print(
@@ -91,7 +98,7 @@ def main():
     mean = {name: statistics.mean(values) for name, values in results.items()}
     print(
         f"digits, {args.encoder} encoder, {args.labels} labels per class, {args.seeds} seeds, "
-        f"method={args.method}: pretrained {mean['pretrained']:.3f}, scratch "
+        f"method={args.method}, epochs={args.epochs}: pretrained {mean['pretrained']:.3f}, scratch "
         f"{mean['scratch']:.3f}, difference {100 * (mean['pretrained'] - mean['scratch']):+.1f} "
         f"points ({time.perf_counter() - start:.0f} s)"
     )

@@ -25,19 +25,32 @@ from finetune_tf.model.backbone import Backbone
 from finetune_tf.model.corruption import METHODS, Corruption
 from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.model.head.decoder import DecoderHead
+from finetune_tf.model.head.projection import ProjectionHead
+from finetune_tf.model.views import TwoViews
 from finetune_tf.training.fit_args import FitArgs
 
-__all__ = ["PRETRAIN_MAX_EPOCHS", "PRETRAIN_MIN_EPOCHS", "PRETRAIN_STEPS", "Pretrainer"]
+__all__ = [
+    "CONTRASTIVE_BATCH_SIZE",
+    "PRETRAIN_MAX_EPOCHS",
+    "PRETRAIN_METHODS",
+    "PRETRAIN_MIN_EPOCHS",
+    "PRETRAIN_STEPS",
+    "Pretrainer",
+]
 
 # `epochs="auto"`: at least this many optimizer steps, within these epochs (docs/pretraining.md).
 PRETRAIN_STEPS = 5000
 PRETRAIN_MIN_EPOCHS = 5
 PRETRAIN_MAX_EPOCHS = 500
-DEFAULT_RATE = {"autoencoder": 0.0, "denoising": 0.5, "masked": 0.5}
+DEFAULT_RATE = {"autoencoder": 0.0, "denoising": 0.5, "masked": 0.5, "contrastive": 0.1}
+# The reconstruction methods (`Corruption`) and SimCLR's (`TwoViews`, `ProjectionHead`).
+PRETRAIN_METHODS = (*METHODS, "contrastive")
+# Contrastive learning compares each input with the rest of its batch: a large default batch.
+CONTRASTIVE_BATCH_SIZE = 256
 
 
 class Pretrainer:
-    """Pre-trains a `Backbone` without labels, by reconstructing its inputs.
+    """Pre-trains a `Backbone` without labels: by reconstructing its inputs, or contrastively.
 
     The backbone's weights train in place, like a `FineTuner`'s; `fit` returns the
     `History`, and `backbone` is then ready for `FineTuner(backbone, head)`. A
@@ -48,14 +61,19 @@ class Pretrainer:
         backbone: `Backbone`, or anything `Backbone.load` accepts.
         method: str. `"denoising"` (reconstruct inputs from noisy ones), `"masked"`
             (from inputs with patches or features zeroed) or `"autoencoder"` (plain
-            reconstruction). Defaults to `"denoising"`.
+            reconstruction), or `"contrastive"` (SimCLR: the pooled features of two random
+            views of an input, through a projection MLP, agree and differ from the other
+            inputs', by the `NTXent` loss; the views are `TwoViews`). Defaults to
+            `"denoising"`.
         decoder: Keras layer or model, optional. Maps the backbone's features to the
             inputs; by default one is built from the backbone's output shape (a Dense
             decoder for vectors, transposed convolutions for image feature maps; see
             `DecoderHead`).
         noise: float in [0, 1) or `"auto"`. The noise's standard deviation relative to
-            the data's (denoising), or the fraction masked (masked). `"auto"`: 0.5.
+            the data's (denoising, and on top of the views for contrastive), or the
+            fraction masked (masked). `"auto"`: 0.5 (0.1 for contrastive).
         patch_size: int. The side of a masked image patch in pixels. Defaults to 2.
+        temperature: float > 0. The contrastive loss's temperature. Defaults to 0.2.
         strategy, mixed_precision, jit_compile, memory_growth, seed: as for `FineTuner`.
         name: str. The model's name. Defaults to `"pretrainer"`.
 
@@ -84,6 +102,7 @@ class Pretrainer:
         decoder=None,
         noise: float | str = "auto",
         patch_size: int = 2,
+        temperature: float = 0.2,
         strategy="auto",
         mixed_precision="auto",
         jit_compile="auto",
@@ -91,7 +110,7 @@ class Pretrainer:
         seed: int | None = None,
         name: str = "pretrainer",
     ):
-        method = check_choice(method, "method", METHODS, where="Pretrainer")
+        method = check_choice(method, "method", PRETRAIN_METHODS, where="Pretrainer")
         if noise == "auto":
             noise = DEFAULT_RATE[method]
         else:
@@ -107,7 +126,7 @@ class Pretrainer:
                 meaning=(
                     f"the fraction masked, for method={method!r}"
                     if masked
-                    else f"the noise's standard deviation relative to the data's, for "
+                    else "the noise's standard deviation relative to the data's, for "
                     f"method={method!r}"
                 ),
                 hint=f'"auto" picks {DEFAULT_RATE[method]}.',
@@ -122,8 +141,18 @@ class Pretrainer:
             )
         self.method = method
         self.noise = float(noise)
-        corruption = Corruption(method, self.noise, patch_size, seed=seed, name="corruption")
-        head = DecoderHead(self._original.input_shape, decoder)
+        if method == "contrastive":
+            if decoder is not None:
+                raise ValueError(
+                    "`decoder` applies to the reconstruction methods; method='contrastive' "
+                    f"trains a projection head instead. Received: decoder={decoder!r}. Leave "
+                    "decoder=None, or pick method='denoising', 'masked' or 'autoencoder'."
+                )
+            corruption = TwoViews(noise=self.noise, seed=seed, name="views")
+            head = ProjectionHead(temperature=temperature)
+        else:
+            corruption = Corruption(method, self.noise, patch_size, seed=seed, name="corruption")
+            head = DecoderHead(self._original.input_shape, decoder)
         self.tuner = FineTuner(
             self._original,
             head,
@@ -192,6 +221,8 @@ class Pretrainer:
             )
         if epochs != "auto":
             kwargs["epochs"] = epochs
+        if self.method == "contrastive" and not isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("batch_size", CONTRASTIVE_BATCH_SIZE)
         args = FitArgs.checked(kwargs, where=where)
         x = self._unlabeled(x, "x", args.batch_size)
         targets = None if isinstance(x, tf.data.Dataset) else x
@@ -208,7 +239,7 @@ class Pretrainer:
                 if not steps
                 else min(PRETRAIN_MAX_EPOCHS, max(PRETRAIN_MIN_EPOCHS, -(-PRETRAIN_STEPS // steps)))
             )
-        if not self.tuner._compiler.compiled:
+        if not self.tuner.compiled:
             self.compile()
         return self.tuner.fit(x, targets, checkpoint_dir=checkpoint_dir, **kwargs)
 
@@ -254,7 +285,7 @@ class Pretrainer:
             color_mode=mode,
             image_size=shape[:2],
             batch_size=batch_size,
-            seed=self.tuner._seed,
+            seed=self.tuner.seed,
         )
 
     def __repr__(self):

@@ -765,6 +765,12 @@ CASES = [
         r"`decoder` maps.*\(3,\).*\(6,\)",
     ),
     (
+        "pretrain-contrastive-decoder",
+        lambda d: Pretrainer(backbone(), method="contrastive", decoder=keras.layers.Dense(6)),
+        ValueError,
+        r"`decoder`.*method='contrastive'.*projection head.*decoder=None",
+    ),
+    (
         "pretrain-folder-missing",
         lambda d: Pretrainer(backbone()).fit(f"{d}/no_images"),
         FileNotFoundError,
