@@ -11,7 +11,7 @@ as a vector instead (the second setting of docs/benchmarks.md).
 pre-training epochs (default: `"auto"`, about 5000 steps).
 
 Usage: python benchmarks/pretraining.py [--labels 5] [--seeds 3] [--encoder conv|mlp]
-    [--method denoising|masked|autoencoder|contrastive] [--epochs auto|N]
+    [--method denoising|masked|autoencoder|contrastive] [--epochs auto|N] [--temperature 0.2]
 """
 
 import argparse
@@ -76,6 +76,7 @@ def main():
     parser.add_argument("--encoder", choices=("conv", "mlp"), default="conv")
     parser.add_argument("--method", default="denoising")
     parser.add_argument("--noise", default="auto", type=lambda v: v if v == "auto" else float(v))
+    parser.add_argument("--temperature", type=float, default=0.2, help="contrastive only")
     parser.add_argument("--epochs", default="auto", type=lambda v: v if v == "auto" else int(v))
     args = parser.parse_args()
     results = {"pretrained": [], "scratch": []}
@@ -86,7 +87,13 @@ def main():
         scratch = Backbone.from_model(encoder(args.encoder))
         pretrained = scratch.copy()  # the same initial weights on both sides
         pretrained.pretrain(
-            x_all, method=args.method, noise=args.noise, epochs=args.epochs, seed=seed, verbose=0
+            x_all,
+            method=args.method,
+            noise=args.noise,
+            epochs=args.epochs,
+            seed=seed,
+            verbose=0,
+            **({"temperature": args.temperature} if args.method == "contrastive" else {}),
         )
         results["pretrained"].append(accuracy(pretrained, x_few, y_few, x_test, y_test, seed))
         results["scratch"].append(accuracy(scratch, x_few, y_few, x_test, y_test, seed))
@@ -96,9 +103,11 @@ def main():
             flush=True,
         )
     mean = {name: statistics.mean(values) for name, values in results.items()}
+    temperature = f", temperature={args.temperature}" if args.method == "contrastive" else ""
     print(
         f"digits, {args.encoder} encoder, {args.labels} labels per class, {args.seeds} seeds, "
-        f"method={args.method}, epochs={args.epochs}: pretrained {mean['pretrained']:.3f}, scratch "
+        f"method={args.method}, epochs={args.epochs}{temperature}: pretrained "
+        f"{mean['pretrained']:.3f}, scratch "
         f"{mean['scratch']:.3f}, difference {100 * (mean['pretrained'] - mean['scratch']):+.1f} "
         f"points ({time.perf_counter() - start:.0f} s)"
     )

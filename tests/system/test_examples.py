@@ -104,7 +104,7 @@ def test_image_folder_refuses_weights_without_a_backbone(monkeypatch, capsys):
 
 
 def test_pretraining_example_pretrains_and_fine_tunes_both(capsys):
-    result = load_example("pretraining").main(labels=2, pretrain_epochs=2, head_epochs=2, epochs=1)
+    result = load_example("pretraining").main(labels=2, pretrain_epochs=1, head_epochs=1, epochs=1)
     out = capsys.readouterr().out
     assert "pre-trained on" in out and "from scratch" in out
     assert set(result) == {"pretrained", "scratch"}

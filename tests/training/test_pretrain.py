@@ -40,12 +40,12 @@ def reconstruction_error(pretrainer, x):
 
 @pytest.fixture(scope="module")
 def pretrained(digits):
-    """A Sequential conv backbone, before and after 12 epochs of denoising pre-training."""
+    """A Sequential conv backbone, before and after 8 epochs of denoising pre-training."""
     backbone = Backbone.from_model(conv_encoder())
     before = weights_of(backbone.model)
     pretrainer = Pretrainer(backbone, seed=1)
     untrained_error = reconstruction_error(pretrainer, digits)
-    history = pretrainer.fit(digits, epochs=12, batch_size=16, verbose=0)
+    history = pretrainer.fit(digits, epochs=8, batch_size=16, verbose=0)
     return {
         "backbone": backbone,
         "pretrainer": pretrainer,
@@ -94,15 +94,15 @@ def test_tf_data_drops_labels_a_seed_repeats_and_checkpoint_dir_resumes_a_crash(
         )
 
     reference = pretrainer_of_a_fresh_process()
-    expected = reference.fit(dataset, epochs=6, verbose=0)
+    expected = reference.fit(dataset, epochs=4, verbose=0)
     crashed = pretrainer_of_a_fresh_process()
     with pytest.raises(Crash):
-        crashed.fit(dataset, epochs=6, checkpoint_dir=tmp_path, callbacks=[CrashAt(3)], verbose=0)
+        crashed.fit(dataset, epochs=4, checkpoint_dir=tmp_path, callbacks=[CrashAt(2)], verbose=0)
     resumed = pretrainer_of_a_fresh_process()
     ran = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: ran.append(epoch))
-    history = resumed.fit(dataset, epochs=6, checkpoint_dir=tmp_path, callbacks=[record], verbose=0)
-    assert ran == [3, 4, 5]  # only the interrupted epoch and those after it ran again
+    history = resumed.fit(dataset, epochs=4, checkpoint_dir=tmp_path, callbacks=[record], verbose=0)
+    assert ran == [2, 3]  # only the interrupted epoch and those after it ran again
     np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-6)
     for a, b in zip(
         weights_of(resumed.backbone.model), weights_of(reference.backbone.model), strict=True
@@ -146,7 +146,7 @@ def test_contrastive_pretraining_learns_features_that_separate_unseen_classes():
 
 
 def test_an_image_folder_a_users_decoder_a_strategy_and_mixed_precision(digits, tmp_path):
-    for i, image in enumerate(digits[:48]):
+    for i, image in enumerate(digits[:32]):
         keras.utils.save_img(tmp_path / f"{i}.png", image * 255, scale=False)
     decoder = keras.Sequential(
         [keras.layers.UpSampling2D(), keras.layers.Conv2D(1, 3, padding="same")], name="mine"
@@ -162,7 +162,7 @@ def test_an_image_folder_a_users_decoder_a_strategy_and_mixed_precision(digits, 
         seed=0,
     )
     assert pretrainer.tuner.backbone is not backbone  # trained on a placed copy
-    history = pretrainer.fit(str(tmp_path), epochs=4, batch_size=16, verbose=0)
+    history = pretrainer.fit(str(tmp_path), epochs=3, batch_size=16, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert pretrainer.model.get_layer("mine") is decoder
     # The backbone handed back is the user's, in float32, with the copy's trained weights.
@@ -177,7 +177,7 @@ def test_an_image_folder_a_users_decoder_a_strategy_and_mixed_precision(digits, 
 def test_domain_adaptive_pretraining_of_a_saved_model_backbone(keras2_files, images):
     backbone = Backbone.from_file(keras2_files["saved_model"])
     before = weights_of(backbone.model)
-    trained = backbone.pretrain(images, epochs=3, batch_size=8, seed=0, verbose=0)
+    trained = backbone.pretrain(images, epochs=1, batch_size=8, seed=0, verbose=0)
     assert trained is backbone
     after = weights_of(backbone.model)
     changed = [not np.allclose(a, b) for a, b in zip(after, before, strict=True)]
