@@ -26,6 +26,7 @@ from finetune_tf.sources.hub import HubLayer
 from finetune_tf.training.feature_cache import FeatureCache
 from finetune_tf.training.layerwise import LayerwiseOptimizer
 from finetune_tf.training.lr_finder import LRFinderResult
+from finetune_tf.training.pretrain import Pretrainer
 from finetune_tf.training.stages import Stage, gradual_unfreezing
 
 __version__ = "0.2.0"
@@ -55,6 +56,7 @@ __all__ = [
     "LabelCrossentropy",
     "LayerwiseOptimizer",
     "LRFinderResult",
+    "Pretrainer",
     "Report",
     "Stage",
     "TunedModel",

@@ -169,6 +169,37 @@ class FineTuner:
         return self._assembly.augmentation
 
     @property
+    def compiled(self) -> bool:
+        """Whether `compile` (or a method that compiles, like `fine_tune`) has run.
+
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)))
+            >>> tuner = FineTuner(backbone, Head.classifier(2))
+            >>> before = tuner.compiled
+            >>> tuner.compile()
+            >>> before, tuner.compiled
+            (False, True)
+        """
+        return self._compiler.compiled
+
+    @property
+    def seed(self) -> int | None:
+        """The `seed` given (checked), which seeds initial weights, shuffling and augmentation.
+
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((4,))
+            >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)))
+            >>> FineTuner(backbone, Head.classifier(2), seed=7).seed
+            7
+        """
+        return self._seed
+
+    @property
     def assembly(self) -> Assembly:
         """The wired model and its parts, for code that builds on a FineTuner."""
         return self._assembly

@@ -203,6 +203,38 @@ class Backbone:
         """
         return self._copy(None)
 
+    def pretrain(
+        self, x, *, method: str = "denoising", decoder=None, noise: float | str = "auto", **kwargs
+    ) -> Backbone:
+        """Pre-trains this backbone on unlabeled inputs `x`, in place, and returns it.
+
+        The backbone learns to reconstruct `x` through a decoder built from its output
+        shape (or `decoder`), or with `method="contrastive"` to tell random views of its
+        inputs apart (SimCLR): see `Pretrainer`, which this calls. Keyword arguments are
+        `Pretrainer`'s (`seed`, `strategy`, `mixed_precision`, ...), `learning_rate` (Adam's,
+        1e-3 by default) and its `fit`'s (`epochs`, `batch_size`, `checkpoint_dir`,
+        `validation_data`, ...). Pre-train a
+        `copy()` to keep the weights as they were (docs/pretraining.md).
+
+        Examples:
+            >>> import keras, numpy as np
+            >>> from finetune_tf import Backbone, FineTuner, Head
+            >>> inputs = keras.Input((16,))
+            >>> backbone = Backbone.from_model(
+            ...     keras.Model(inputs, keras.layers.Dense(8, activation="relu")(inputs)))
+            >>> backbone = backbone.pretrain(np.random.rand(64, 16), epochs=2, verbose=0)
+            >>> tuner = FineTuner(backbone, Head.classifier(3))
+        """
+        from finetune_tf.training.pretrain import Pretrainer  # it builds on FineTuner
+
+        settings = ("strategy", "mixed_precision", "jit_compile", "memory_growth", "seed")
+        settings += ("patch_size", "temperature", "name")
+        built = {key: kwargs.pop(key) for key in settings if key in kwargs}
+        pretrainer = Pretrainer(self, method=method, decoder=decoder, noise=noise, **built)
+        pretrainer.compile(learning_rate=kwargs.pop("learning_rate", 1e-3))
+        pretrainer.fit(x, **kwargs)
+        return pretrainer.backbone
+
     def __deepcopy__(self, memo) -> Backbone:
         return self.copy()
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import finetune_tf
-from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Stage
+from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Pretrainer, Stage
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "robustness.md")
 
@@ -824,6 +824,46 @@ CASES = [
         lambda d: grown().fit_new_classes(X[:2], [3, 3], sample_weight=np.ones(2)),
         ValueError,
         r"weighs the examples itself.*no `sample_weight`",
+        "pretrain-method",
+        lambda d: Pretrainer(backbone(), method="mae"),
+        ValueError,
+        r"`Pretrainer\(method\)`.*'autoencoder'.*method='mae'",
+    ),
+    (
+        "pretrain-noise",
+        lambda d: Pretrainer(backbone(), method="masked", noise=1.5),
+        ValueError,
+        r"`Pretrainer\(noise\)`.*noise=1\.5",
+    ),
+    (
+        "pretrain-labels",
+        lambda d: Pretrainer(backbone()).fit(X, Y),
+        ValueError,
+        r"without labels.*pretrainer\.fit\(x\)",
+    ),
+    (
+        "pretrain-pair",
+        lambda d: Pretrainer(backbone()).fit((X, Y)),
+        ValueError,
+        r"`x` as a pair of arrays.*fit\(x_train\)",
+    ),
+    (
+        "pretrain-decoder-shape",
+        lambda d: Pretrainer(backbone(), decoder=keras.layers.Dense(3)),
+        ValueError,
+        r"`decoder` maps.*\(3,\).*\(6,\)",
+    ),
+    (
+        "pretrain-contrastive-decoder",
+        lambda d: Pretrainer(backbone(), method="contrastive", decoder=keras.layers.Dense(6)),
+        ValueError,
+        r"`decoder`.*method='contrastive'.*projection head.*decoder=None",
+    ),
+    (
+        "pretrain-folder-missing",
+        lambda d: Pretrainer(backbone()).fit(f"{d}/no_images"),
+        FileNotFoundError,
+        r"`x`=.*no_images.*not a folder",
     ),
     (
         "export-over-other-directory",

@@ -111,3 +111,11 @@ def test_growing_classes_example_grows_a_named_tuner(tmp_path, capsys):
     assert "old classes" in out and "new classes" in out and "nine" in out
     assert result["class_names"][-1] == "nine" and len(result["class_names"]) == 10
     assert (tmp_path / "digits_0-9.keras").exists() and (tmp_path / "serving").is_dir()
+
+
+def test_pretraining_example_pretrains_and_fine_tunes_both(capsys):
+    result = load_example("pretraining").main(labels=2, pretrain_epochs=1, head_epochs=1, epochs=1)
+    out = capsys.readouterr().out
+    assert "pre-trained on" in out and "from scratch" in out
+    assert set(result) == {"pretrained", "scratch"}
+    assert all(0.0 <= value <= 1.0 for value in result.values())
