@@ -486,6 +486,7 @@ class FineTuner:
         """
         return self._growth.fit(
             self,
+            self._compiler,
             x,
             y,
             memory=memory,

@@ -323,6 +323,7 @@ class Growth:
     def fit(
         self,
         tuner,
+        compiler,
         x,
         y,
         *,
@@ -332,8 +333,9 @@ class Growth:
         distillation: float,
         **kwargs,
     ) -> keras.callbacks.History:
-        """`FineTuner.fit_new_classes` for `tuner`: checks, records the old-class responses,
-        trains with `tuner.fine_tune(**kwargs)` under `GrowthLoss`, and compiles back."""
+        """`FineTuner.fit_new_classes` for `tuner` (whose `compiler` it is): checks, records
+        the old-class responses, trains with `tuner.fine_tune(**kwargs)` under `GrowthLoss`,
+        and compiles back."""
         if self.old_classes is None:
             raise ValueError(
                 "`FineTuner.fit_new_classes` trains the classes that `add_classes` added, but "
@@ -354,9 +356,7 @@ class Growth:
                 )
         check_growth_settings(memory_per_class, temperature, distillation)
         classes = tuner.head.num_classes
-        x, labels, weights = self.training_data(
-            x, y, memory, memory_per_class, classes, tuner._seed
-        )
+        x, labels, weights = self.training_data(x, y, memory, memory_per_class, classes, tuner.seed)
         logits = tuner.head.logits
 
         def targets(inputs, ids):
@@ -376,18 +376,26 @@ class Growth:
             kwargs["validation_data"] = (validation[0], targets(validation[0], ids))
         y = targets(x, labels)
         loss = GrowthLoss(classes, self.old_classes, temperature, distillation, logits)
-        with self.compiled_for_growth(tuner._compiler, loss):
+        with self.compiled_for_growth(compiler, loss):
             return tuner.fine_tune(x, y, sample_weight=weights, **kwargs)
 
     @contextlib.contextmanager
     def compiled_for_growth(self, compiler, loss: GrowthLoss):
         """Within: `compiler` compiles with `loss` and accuracy on packed targets (its
-        optimizer kept); after: the user's settings again (`Compiler.restore`)."""
+        optimizer and backbone penalties kept); after: the user's settings again
+        (`Compiler.restore`)."""
         user = compiler.spec
         optimizer = fresh_optimizer(user.optimizer) if user is not None else "adam"
         optimizer = keras.optimizers.get(optimizer) if isinstance(optimizer, str) else optimizer
         kwargs = {k: v for k, v in (user.kwargs if user else {}).items() if k != "loss_weights"}
-        compiler.spec = CompileSpec(optimizer, loss, [growth_accuracy(loss.classes)], kwargs)
+        penalties = (
+            {}
+            if user is None
+            else {"backbone_l2": user.backbone_l2, "backbone_l1": user.backbone_l1}
+        )
+        compiler.spec = CompileSpec(
+            optimizer, loss, [growth_accuracy(loss.classes)], kwargs, **penalties
+        )
         try:
             yield
         finally:

@@ -149,3 +149,28 @@ def test_binary_and_multilabel_heads_grow_with_the_same_old_predictions():
     new = labels.predict(x, verbose=0)
     np.testing.assert_array_equal(new[:, :2], old)
     assert labels.head.units == 3 and (new[:, 2] < 0.5).all()  # a new label starts off
+
+
+def test_fit_new_classes_keeps_the_backbone_penalty_of_compile_while_it_trains():
+    x, y = blobs(8, range(4), seed=5)
+    tuner = FineTuner(sequential_backbone(), Head.classifier(3), seed=0)
+    tuner.compile(learning_rate=1e-2, backbone_l2=1e-3)
+    tuner.add_classes(1)
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(len(self.model.losses))
+
+    tuner.fit_new_classes(
+        x[y == 3],
+        y[y == 3],
+        memory=(x[y < 3], y[y < 3]),
+        head_epochs=1,
+        epochs=1,
+        callbacks=[Probe()],
+        verbose=0,
+    )
+    # The head stage trains no backbone kernel; the fine-tune stage trains them all,
+    # under the penalty of compile().
+    assert seen == [0, 1]
