@@ -8,6 +8,7 @@ import types
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
@@ -96,6 +97,11 @@ def test_scikit_learn_estimator_checks(estimator, check, monkeypatch):
     # whenever the two hashes straddle a second (seen on a slow machine).
     from keras.src.saving import saving_lib
 
+    # A check expected to fail is reported as xfail without running: a non-strict xfail
+    # passes whatever the check does, so running it (seconds of fits) checks nothing.
+    name = getattr(check, "func", check).__name__
+    if name in expected_failures(estimator):
+        pytest.xfail(expected_failures(estimator)[name])
     clock = types.SimpleNamespace(now=lambda: datetime.datetime(2026, 1, 1))
     monkeypatch.setattr(saving_lib, "datetime", types.SimpleNamespace(datetime=clock))
     check(estimator)
@@ -180,10 +186,11 @@ def test_regressor_multi_output_and_score():
     x = rng.random((200, 6)).astype("float32")
     # Targets the set encoder can express: it sees the features as a set.
     y = np.stack([x.sum(axis=1), (x**2).mean(axis=1)], axis=1)
-    reg = FineTunerRegressor(
+    reg = FineTunerRegressor(  # both stages, shapes only: a short fine-tuning stage
         set_encoder(),
         freeze=FreezePolicy.none(),
         head_epochs=60,
+        epochs=2,
         learning_rate=3e-2,
         random_state=0,
     )
@@ -406,25 +413,37 @@ def test_default_classifier_learns_iris_as_well_as_a_hand_written_head():
         model.compile(
             keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["acc"]
         )
-        model.fit(X[train], y[train], epochs=200, verbose=0)
+        # 200 shuffled passes in batches of 32, as `fit(epochs=200)`, but as one Keras
+        # epoch: the per-epoch overhead of 200 `fit` epochs cost most of this test.
+        passes = tf.data.Dataset.from_tensor_slices((X[train], y[train]))
+        passes = passes.shuffle(len(train), seed=0, reshuffle_each_iteration=True)
+        model.fit(passes.batch(32).repeat(200), epochs=1, shuffle=False, verbose=0)
         by_hand.append(model.evaluate(X[test], y[test], verbose=0)[1])
-    assert scores.mean() >= np.mean(by_hand) - 0.02 and scores.mean() > 0.8, (scores, by_hand)
+    # The bar is never below the issue's hand-written 0.88: the reference's own score moves
+    # by a few points with the order of its batches (0.84 in one pass order, 0.89 in another).
+    bar = max(np.mean(by_hand), 0.88) - 0.02
+    assert scores.mean() >= bar and scores.mean() > 0.8, (scores, by_hand)
 
 
 def test_default_classifier_standardises_raw_units():
     """Wine's columns are in raw units (proline in the hundreds): into a backbone without
     normalisation, the default standardises them inside the model."""
     from sklearn.datasets import load_wine
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, cross_validate
 
     X, y = load_wine(return_X_y=True)
-    folds = StratifiedKFold(3, shuffle=True, random_state=0)
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
     quick = {"random_state": 0}  # the defaults
-    scaled = cross_val_score(FineTunerClassifier(small_mlp(13), **quick), X, y, cv=folds)
+    scaled = cross_validate(
+        FineTunerClassifier(small_mlp(13), **quick), X, y, cv=folds, return_estimator=True
+    )
     raw = cross_val_score(FineTunerClassifier(small_mlp(13), scale=False, **quick), X, y, cv=folds)
-    assert scaled.mean() > 0.9 and scaled.mean() > raw.mean() + 0.1, (scaled, raw)
-    scaler = FineTunerClassifier(small_mlp(13), **quick).fit(X, y).model_.get_layer("input_scaler")
-    np.testing.assert_allclose(np.ravel(scaler.mean), X.mean(axis=0), rtol=1e-4)
+    score = scaled["test_score"].mean()
+    assert score > 0.9 and score > raw.mean() + 0.1, (scaled["test_score"], raw)
+    # The scaler inside each fitted model holds the statistics of the columns it was fit on.
+    for estimator, (train, _) in zip(scaled["estimator"], folds, strict=True):
+        scaler = estimator.model_.get_layer("input_scaler")
+        np.testing.assert_allclose(np.ravel(scaler.mean), X[train].mean(axis=0), rtol=1e-4)
 
 
 def test_scale_is_auto_true_or_false_and_travels_with_the_model():
@@ -467,7 +486,7 @@ def test_scale_true_refuses_images():
 
 def test_default_estimator_fine_tunes_the_backbone_and_freeze_all_does_not(digits, pretrained):
     x, _, y, _ = digits
-    x, y = x[:64], y[:64]
+    x, y = x[:512], y[:512]  # 16 steps an epoch: "auto" gives few epochs of many steps
     before = pretrained.model.get_layer("features").get_weights()[0]
     tuned = FineTunerClassifier(pretrained, epochs=2, random_state=0).fit(x, y)
     assert tuned.history_["stage"][-1] == "fine_tune"
@@ -477,7 +496,7 @@ def test_default_estimator_fine_tunes_the_backbone_and_freeze_all_does_not(digit
     frozen = FineTunerClassifier(
         pretrained, freeze=FreezePolicy.all(batchnorm="freeze"), random_state=0
     ).fit(x, y)
-    assert len(frozen.history_["loss"]) == 250  # the head stage alone: 500 steps of 2 a epoch
+    assert len(frozen.history_["loss"]) == 32  # the head stage alone: 500 steps, 16 an epoch
     np.testing.assert_array_equal(
         frozen.tuner_.backbone.model.get_layer("features").get_weights()[0], before
     )

@@ -6,6 +6,7 @@ SIGKILL of a real process is in test_crash.py.
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -191,6 +192,15 @@ def crashed_fine_tune(directory, epoch, batch=0, **changes):
         )
 
 
+@pytest.fixture(scope="module")
+def crashed_at_epoch_4(tmp_path_factory):
+    """The checkpoint_dir of `crashed_fine_tune(directory, 4)`, made once a module: each
+    test resumes from its own copy (the same files a crash of its own would leave)."""
+    directory = tmp_path_factory.mktemp("crashed_at_epoch_4")
+    crashed_fine_tune(directory, 4)
+    return directory
+
+
 @pytest.mark.parametrize(
     "change, words",
     [
@@ -205,8 +215,10 @@ def crashed_fine_tune(directory, epoch, batch=0, **changes):
         (dict(fit=True), r"epochs.*schedule"),  # a second training sharing the directory
     ],
 )
-def test_resuming_another_run_is_refused_naming_what_changed(tmp_path, change, words):
-    crashed_fine_tune(tmp_path, 4)
+def test_resuming_another_run_is_refused_naming_what_changed(
+    tmp_path, change, words, crashed_at_epoch_4
+):
+    shutil.copytree(crashed_at_epoch_4, tmp_path, dirs_exist_ok=True)
     x, y = data()
     kwargs = {**FINE_TUNE, "early_stopping": 2}
     tuner = make_tuner(seed=change.pop("seed", 7))
