@@ -20,6 +20,9 @@ from finetune_tf import (
     Stage,
     TunedModel,
 )
+from finetune_tf.model.corruption import Corruption
+from finetune_tf.model.head.projection import NTXent
+from finetune_tf.model.views import TwoViews
 from finetune_tf.training.growing import GrowthLoss
 from finetune_tf.training.layerwise import ScaledSchedule
 from finetune_tf.training.stages import stage_learning_rate
@@ -53,11 +56,13 @@ def backbone_model():
 MAKERS = {
     "finetune_tf>ApplicationPreprocessing": lambda tmp: ApplicationPreprocessing("resnet50"),
     "finetune_tf>BackboneLayer": lambda tmp: BackboneLayer(backbone_model(), False),
+    "finetune_tf>Corruption": lambda tmp: Corruption("masked", rate=0.3, patch_size=3, seed=1),
     "finetune_tf>HubLayer": hub_layer,
     "finetune_tf>GrowthLoss": lambda tmp: GrowthLoss(5, 3, temperature=3.0, weight=0.5),
     "finetune_tf>InputAdapter": lambda tmp: InputAdapter((16, 16, 3), channels="repeat"),
     "finetune_tf>LabelAccuracy": lambda tmp: LabelAccuracy(from_logits=True),
     "finetune_tf>LabelCrossentropy": lambda tmp: LabelCrossentropy(from_logits=True),
+    "finetune_tf>NTXent": lambda tmp: NTXent(temperature=0.5),
     "finetune_tf>LayerwiseOptimizer": lambda tmp: LayerwiseOptimizer(
         keras.optimizers.SGD(0.1, momentum=0.9), [("bb/features/kernel", 0.5)]
     ),
@@ -65,6 +70,7 @@ MAKERS = {
         keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5), 0.25
     ),
     "finetune_tf>TunedModel": lambda tmp: tuned_model(),
+    "finetune_tf>TwoViews": lambda tmp: TwoViews(noise=0.2, shift=0.1, rotation=0.0, seed=2),
     "finetune_tf>_LinearWarmup": lambda tmp: stage_learning_rate(
         Stage(4, warmup_epochs=1), 1e-3, 10
     ),

@@ -824,6 +824,8 @@ CASES = [
         lambda d: grown().fit_new_classes(X[:2], [3, 3], sample_weight=np.ones(2)),
         ValueError,
         r"weighs the examples itself.*no `sample_weight`",
+    ),
+    (
         "pretrain-method",
         lambda d: Pretrainer(backbone(), method="mae"),
         ValueError,
