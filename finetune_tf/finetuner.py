@@ -442,11 +442,18 @@ class FineTuner:
             (5, ['a', 'b', 'c', 'd', 'e'])
         """
         count, names = classes_to_add(new, self.head, self.class_names)
+        if self.head.task == "binary" and not self._compiler.uses_head_loss:
+            raise ValueError(
+                "`FineTuner.add_classes` turns this binary head into a softmax classifier, but "
+                f"compile() was given a loss of its own ({self._compiler.spec.loss!r}) that "
+                'would not fit it. Compile with the head\'s loss first: tuner.compile(loss="auto", '
+                'metrics="auto"), then add the classes.'
+            )
         old_count = len(self.head.label_names())
         self._wire(widened_assembly(self._assembly, self._placement, count))
         self._compiler.retarget(self.model, self.head)
         self._class_names = names
-        self._growth = Growth(old_classes=old_count)
+        self._growth = self._growth.grown(old_count)
 
     @in_scope
     def fit_new_classes(

@@ -127,7 +127,7 @@ class Report(dict):
             if self.task == "classification":
                 support = int(matrix[ids].sum())
                 right = int(matrix[ids, ids].sum())
-                accuracy = right / support if support else 0.0
+                accuracy = right / support if support else float("nan")
             else:  # one 2x2 matrix per label: (tn + tp) / n, averaged
                 cells = matrix[ids]
                 support = int(cells[:, 1].sum())

@@ -248,11 +248,19 @@ class Compiler:
                 saved[key] = value if _is_auto(value) else _serialize(value)
             except Exception:  # whatever Keras raises for an object it cannot revive
                 not_saved.append(key)
+        # The penalties only when set: a run of 0.2 (which had none) stays the same run.
+        penalties = {
+            name: value
+            for name, value in (
+                ("backbone_l2", spec.backbone_l2),
+                ("backbone_l1", spec.backbone_l1),
+            )
+            if value
+        }
         return {
             "arguments": saved,
             "layerwise_lr_decay": spec.layerwise_lr_decay,
-            "backbone_l2": spec.backbone_l2,
-            "backbone_l1": spec.backbone_l1,
+            **penalties,
             "not_saved": not_saved,
         }
 

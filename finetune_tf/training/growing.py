@@ -232,6 +232,24 @@ class Growth:
 
     old_classes: int | None = None
     memory: tuple | None = None
+    trained: bool = False  # whether fit_new_classes has trained the classes last added
+    learned: tuple | None = None  # exemplars of the new classes, kept once they are trained
+
+    def grown(self, old_classes: int) -> Growth:
+        """The `Growth` after another `add_classes` on a tuner of `old_classes` classes:
+        classes added before and not trained yet stay new; the memory is kept."""
+        if self.old_classes is not None and not self.trained:
+            old_classes = self.old_classes
+        return Growth(old_classes=old_classes, memory=self.memory)
+
+    def remember_learned(self) -> None:
+        """After training: the new classes are learned, and their exemplars join the memory
+        (for the next growth's rehearsal)."""
+        self.trained = True
+        if self.learned is not None:
+            parts = [self.learned] if self.memory is None else [self.memory, self.learned]
+            self.memory = tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        self.learned = None
 
     def settings(self, class_names: list | None) -> dict:
         """What a tuner's config keeps of it (with the tuner's class names)."""
@@ -313,7 +331,20 @@ class Growth:
                 )
             self.memory = select_exemplars(x_old, y_old, memory_per_class, seed)
         x = np.asarray(x)
+        if len(x) != len(labels) or not len(x):
+            raise ValueError(
+                f"`FineTuner.fit_new_classes` takes one label in `y` per example in `x`, at "
+                f"least one. Received: {len(x)} examples and {len(labels)} labels. Pass x and "
+                "y of the same length (the new classes' examples)."
+            )
+        self.learned = select_exemplars(x, labels, memory_per_class, seed)
         if self.memory is not None:
+            if self.memory[0].shape[1:] != x.shape[1:]:
+                raise ValueError(
+                    f"`FineTuner.fit_new_classes` got `x` of examples shaped {x.shape[1:]}, "
+                    f"but the memory's are shaped {self.memory[0].shape[1:]}. Pass new "
+                    "examples shaped like the old ones."
+                )
             x = np.concatenate([x, self.memory[0]])
             labels = np.concatenate([labels, self.memory[1]])
         order = np.random.default_rng(seed).permutation(len(labels))
@@ -377,7 +408,9 @@ class Growth:
         y = targets(x, labels)
         loss = GrowthLoss(classes, self.old_classes, temperature, distillation, logits)
         with self.compiled_for_growth(compiler, loss):
-            return tuner.fine_tune(x, y, sample_weight=weights, **kwargs)
+            history = tuner.fine_tune(x, y, sample_weight=weights, **kwargs)
+        self.remember_learned()
+        return history
 
     @contextlib.contextmanager
     def compiled_for_growth(self, compiler, loss: GrowthLoss):

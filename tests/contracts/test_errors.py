@@ -143,6 +143,12 @@ def grown():
     return t
 
 
+def binary_with_loss():
+    t = FineTuner(backbone(), Head.binary())
+    t.compile(loss="binary_crossentropy", metrics=["binary_accuracy"])
+    return t
+
+
 def dataset(x, y, batch_size=4):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
 
@@ -824,6 +830,18 @@ CASES = [
         lambda d: grown().fit_new_classes(X[:2], [3, 3], sample_weight=np.ones(2)),
         ValueError,
         r"weighs the examples itself.*no `sample_weight`",
+    ),
+    (
+        "fit-new-classes-length",
+        lambda d: grown().fit_new_classes(X[:5], [3, 3]),
+        ValueError,
+        r"one label in `y` per example in `x`.*Received: 5 examples and 2 labels",
+    ),
+    (
+        "grow-binary-own-loss",
+        lambda d: binary_with_loss().add_classes(1),
+        ValueError,
+        r"turns this binary head into a softmax.*loss of its own.*loss=\"auto\"",
     ),
     (
         "pretrain-method",

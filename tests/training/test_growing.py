@@ -86,9 +86,10 @@ def test_rehearsal_learns_the_new_classes_and_keeps_the_old_where_naive_training
     assert accuracy(rehearsed, test_new, test_y_new) >= 0.9
     assert accuracy(naive, test_new, test_y_new) >= 0.9
     assert accuracy(naive, test_old, test_y_old) <= 0.5  # forgot: what rehearsal prevents
-    # The exemplars are seeded, 10 a class, kept for the next call.
+    # The exemplars are seeded, 10 a class, kept for the next call,
+    # and, once trained, the new classes' too (for the next growth).
     kept_x, kept_y = rehearsed._growth.memory
-    assert np.bincount(kept_y).tolist() == [10, 10, 10] and kept_x.shape == (30, 8)
+    assert np.bincount(kept_y).tolist() == [10] * 5 and kept_x.shape == (50, 8)
 
     # report() shows the old and the new classes apart, by name.
     x = np.concatenate([test_old, test_new])
@@ -174,3 +175,46 @@ def test_fit_new_classes_keeps_the_backbone_penalty_of_compile_while_it_trains()
     # The head stage trains no backbone kernel; the fine-tune stage trains them all,
     # under the penalty of compile().
     assert seen == [0, 1]
+
+
+def test_growth_under_mixed_precision_keeps_the_placed_backbone_and_its_penalty():
+    tuner = FineTuner(
+        sequential_backbone(),
+        Head.classifier(3),
+        freeze=FreezePolicy.none(),
+        mixed_precision="mixed_bfloat16",
+        seed=0,
+    )
+    tuner.compile(backbone_l2=1e-2, layerwise_lr_decay=0.5)
+    backbone = tuner.backbone
+    assert len(tuner.model.losses) == 1
+    tuner.add_classes(1)
+    # The widened model is built on the backbone as placed (not a second copy), so the
+    # compile settings that name its variables (penalty, layer-wise rates) still apply.
+    assert tuner.backbone is backbone and len(tuner.model.losses) == 1
+    assert tuner.model.get_layer("predictions").dtype_policy.name == "float32"
+
+
+def test_growing_twice_keeps_untrained_classes_new_and_the_memory_across_rounds():
+    x, y = blobs(12, range(5), seed=6)
+    tuner = FineTuner(sequential_backbone(), Head.classifier(3), seed=0)
+    tuner.compile(learning_rate=1e-2)
+    tuner.add_classes(1)
+    tuner.add_classes(1)  # no training between: both added classes are new
+    assert tuner.report(x, y)["groups"]["new"]["classes"] == ["3", "4"]
+    new = y >= 3
+    tuner.fit_new_classes(
+        x[new],
+        y[new],
+        memory=(x[~new], y[~new]),
+        memory_per_class=4,
+        head_epochs=1,
+        epochs=1,
+        verbose=0,
+    )
+    tuner.add_classes(1)  # a second round: 0-4 are old now, and all are remembered
+    assert tuner.report(x, y)["groups"]["old"]["classes"] == ["0", "1", "2", "3", "4"]
+    x6, y6 = blobs(6, [4], seed=7)[0], np.full(6, 5)  # (blobs has five centres)
+    tuner.fit_new_classes(x6, y6, memory_per_class=4, head_epochs=1, epochs=1, verbose=0)
+    kept_x, kept_y = tuner._growth.memory
+    assert np.bincount(kept_y).tolist() == [4, 4, 4, 4, 4, 4] and kept_x.shape == (24, 8)

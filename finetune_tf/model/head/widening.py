@@ -191,19 +191,17 @@ def widened_assembly(assembly, placement, count: int):
 
     head = grown_head(assembly.head, count)
     old = assembly.model
-    grown = Assembly.build_placed(
-        placement,
-        None,
-        backbone=assembly.backbone,
-        head=head,
-        freeze=assembly.freeze,
-        input_shape=assembly.input_shape,
-        adapt=any(layer.name == "input_adapter" for layer in old.layers),
-        input_channels=assembly.input_channels,
-        augmentation=assembly.augmentation,
-        name=old.name,
-    )
-    with placement.scope():
+    with placement.building():  # on the backbone as placed already: the same object
+        grown = Assembly.build(
+            assembly.backbone,
+            head=head,
+            freeze=assembly.freeze,
+            input_shape=assembly.input_shape,
+            adapt=any(layer.name == "input_adapter" for layer in old.layers),
+            input_channels=assembly.input_channels,
+            augmentation=assembly.augmentation,
+            name=old.name,
+        )
         copy_weights_by_layer_name(old, grown.model, skip=("predictions",))
         widen_predictions(
             old.get_layer("predictions"), grown.model.get_layer("predictions"), assembly.head.task
