@@ -429,10 +429,12 @@ class Growth:
         compiler.spec = CompileSpec(
             optimizer, loss, [growth_accuracy(loss.classes)], kwargs, **penalties
         )
+        remembered = compiler.compiled_config  # what a run's fingerprint holds: the user's
         try:
             yield
         finally:
             compiler.restore(user)
+            compiler.compiled_config = remembered
 
 
 def check_growth_settings(memory_per_class, temperature, distillation) -> None:
