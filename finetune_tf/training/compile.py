@@ -153,6 +153,30 @@ class Compiler:
                 self.spec = spec
             raise
 
+    @contextlib.contextmanager
+    def using(self, loss, metrics, drop: tuple = ()):
+        """Within: compiles with `loss` and `metrics` in place of the user's (a fresh copy of
+        their optimizer, their other arguments but those named in `drop`, their backbone
+        penalties; one learning rate); after: the user's settings again, also as those a
+        run's fingerprint holds (`compiled_config`). `FineTuner.fit_new_classes` trains so."""
+        user, remembered = self.spec, self.compiled_config
+        if user is None:
+            self.spec = CompileSpec(keras.optimizers.get("adam"), loss, metrics)
+        else:
+            self.spec = dataclasses.replace(
+                user,
+                optimizer=fresh_optimizer(user.optimizer),
+                loss=loss,
+                metrics=metrics,
+                kwargs={k: v for k, v in user.kwargs.items() if k not in drop},
+                layerwise_lr_decay=None,
+            )
+        try:
+            yield
+        finally:
+            self.restore(user)
+            self.compiled_config = remembered
+
     def remember(self) -> None:
         """Records the current settings as the user's (`compiled_config`): what a run's
         fingerprint holds. Stages compile too, and callbacks change a live optimizer's

@@ -24,7 +24,6 @@ responses packed in one row per example (`packed_targets`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import keras
@@ -33,7 +32,6 @@ import tensorflow as tf
 from keras import ops
 
 from finetune_tf._checks import check_int, check_number
-from finetune_tf.training.compile import CompileSpec, fresh_optimizer
 
 __all__ = [
     "DISTILLATION_WEIGHT",
@@ -407,34 +405,11 @@ class Growth:
             kwargs["validation_data"] = (validation[0], targets(validation[0], ids))
         y = targets(x, labels)
         loss = GrowthLoss(classes, self.old_classes, temperature, distillation, logits)
-        with self.compiled_for_growth(compiler, loss):
+        # Its loss and accuracy read packed targets; loss_weights name the user's outputs.
+        with compiler.using(loss, [growth_accuracy(loss.classes)], drop=("loss_weights",)):
             history = tuner.fine_tune(x, y, sample_weight=weights, **kwargs)
         self.remember_learned()
         return history
-
-    @contextlib.contextmanager
-    def compiled_for_growth(self, compiler, loss: GrowthLoss):
-        """Within: `compiler` compiles with `loss` and accuracy on packed targets (its
-        optimizer and backbone penalties kept); after: the user's settings again
-        (`Compiler.restore`)."""
-        user = compiler.spec
-        optimizer = fresh_optimizer(user.optimizer) if user is not None else "adam"
-        optimizer = keras.optimizers.get(optimizer) if isinstance(optimizer, str) else optimizer
-        kwargs = {k: v for k, v in (user.kwargs if user else {}).items() if k != "loss_weights"}
-        penalties = (
-            {}
-            if user is None
-            else {"backbone_l2": user.backbone_l2, "backbone_l1": user.backbone_l1}
-        )
-        compiler.spec = CompileSpec(
-            optimizer, loss, [growth_accuracy(loss.classes)], kwargs, **penalties
-        )
-        remembered = compiler.compiled_config  # what a run's fingerprint holds: the user's
-        try:
-            yield
-        finally:
-            compiler.restore(user)
-            compiler.compiled_config = remembered
 
 
 def check_growth_settings(memory_per_class, temperature, distillation) -> None:
