@@ -83,14 +83,15 @@ class TunedModel(keras.Model):
         # Kept as JSON text: Keras tracks (and wraps) dicts set on a model.
         self._tuner_json = None if config is None else json.dumps(config)
 
+    weight_penalty = None  # a callable of the model giving a loss term, or None (compile sets it)
+
     @property
     def losses(self):
         """Keras' losses (`add_loss`, regularizers) and, when `FineTuner.compile` set one, the
         backbone's weight penalty (`training.regularization.BackbonePenalty`). The penalty is
         not saved: a loaded model has none until a `FineTuner` compiles it again."""
         losses = super().losses
-        penalty = getattr(self, "_weight_penalty", None)
-        term = None if penalty is None else penalty(self)
+        term = None if self.weight_penalty is None else self.weight_penalty(self)
         return losses if term is None else [*losses, term]
 
     def get_config(self):

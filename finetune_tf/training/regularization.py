@@ -141,4 +141,4 @@ def set_backbone_penalty(model, backbone, l2: float = 0.0, l1: float = 0.0) -> N
     """Makes `model` (a `TunedModel` holding `backbone`) add the penalty to its `losses`,
     or no penalty when both are 0. Takes effect at the model's next compile, like a change
     of `trainable`."""
-    model._weight_penalty = BackbonePenalty(backbone, l2, l1) if (l2 or l1) else None
+    model.weight_penalty = BackbonePenalty(backbone, l2, l1) if (l2 or l1) else None

@@ -51,7 +51,7 @@ def layer(tuner, name):
 
 def penalty_of(tuner) -> float:
     """Our term of `model.losses` (the last one), 0.0 when there is none."""
-    penalty = tuner.model._weight_penalty
+    penalty = tuner.model.weight_penalty
     term = None if penalty is None else penalty(tuner.model)
     return 0.0 if term is None else float(term)
 
@@ -75,7 +75,7 @@ def test_the_penalty_is_l2_and_l1_over_the_trained_kernels_and_is_in_the_loss(se
     tuner.compile("sgd", learning_rate=0.1, backbone_l2=L2, backbone_l1=L1)
     d1, d2 = layer(tuner, "d1").kernel, layer(tuner, "d2").kernel
     # top(2) trains d2 and ln: d2's kernel only (not its bias, not ln's gamma and beta)
-    assert [v.path for v in tuner.model._weight_penalty.variables(tuner.model)] == [d2.path]
+    assert [v.path for v in tuner.model.weight_penalty.variables(tuner.model)] == [d2.path]
     expected = by_hand([d2])
     assert len(tuner.model.losses) == 1
     assert tuner.model.losses[0].dtype == tf.float32
@@ -94,7 +94,7 @@ def test_the_penalty_is_l2_and_l1_over_the_trained_kernels_and_is_in_the_loss(se
     assert tuner.get_config()["compile"]["backbone_l2"] == L2
 
     tuner.compile("sgd")  # a compile without them: no penalty
-    assert penalty_of(tuner) == 0.0 and tuner.model._weight_penalty is None
+    assert penalty_of(tuner) == 0.0 and tuner.model.weight_penalty is None
 
 
 def test_sgd_steps_shrink_the_trained_kernels_exactly_as_the_penalty_says():
@@ -196,7 +196,7 @@ def test_hub_kernels_are_penalised_and_precision_stays_float32(tmp_path):
         mixed_precision="mixed_bfloat16",
     )
     tuner.compile(backbone_l2=L2, backbone_l1=L1)
-    kernels = tuner.model._weight_penalty.variables(tuner.model)
+    kernels = tuner.model.weight_penalty.variables(tuner.model)
     assert [v.name for v in kernels] == ["dense_kernel"]  # not its bias, not bn's gamma, beta
     term = tuner.model.losses[-1]
     assert term.dtype == tf.float32
