@@ -1,17 +1,20 @@
 """Unsupervised pre-training: does it help when labels are few?
 
 Digits (sklearn's `load_digits`, 8x8 grayscale in [0, 1]), split in half: A pre-trains a
-small conv encoder on all training images without labels (`Backbone.pretrain` with its
-defaults), then `FineTuner(...).fine_tune` on `--labels` labeled images per class with its
-defaults; B is the same network from scratch with the same `fine_tune`. Both are scored on
-the test half, over `--seeds` seeds. `--encoder mlp` uses a Dense encoder on the 64 pixels
-as a vector instead (the second setting of docs/benchmarks.md).
+small conv encoder on all training images without labels (`Backbone.pretrain(x,
+method="contrastive")` with its defaults), then `FineTuner(...).fine_tune` on `--labels`
+labeled images per class with its defaults; B is the same network from scratch with the
+same `fine_tune`. Both are scored on the test half, over `--seeds` seeds. `--encoder mlp`
+uses a Dense encoder on the 64 pixels as a vector instead (the second setting of
+docs/benchmarks.md).
 
-`--method contrastive` pre-trains with SimCLR instead of reconstruction; `--epochs` sets the
-pre-training epochs (default: `"auto"`, about 5000 steps).
+`--method denoising` (or masked, autoencoder) pre-trains by reconstruction instead;
+`--epochs` sets the pre-training epochs (default: `"auto"`); `--neighbors 0` makes the
+contrastive pairs two views of one input (plain SimCLR) instead of an input and a neighbour.
 
 Usage: python benchmarks/pretraining.py [--labels 5] [--seeds 3] [--encoder conv|mlp]
-    [--method denoising|masked|autoencoder|contrastive] [--epochs auto|N] [--temperature 0.2]
+    [--method contrastive|denoising|masked|autoencoder] [--epochs auto|N] [--temperature T]
+    [--neighbors auto|K]
 """
 
 import argparse
@@ -74,11 +77,18 @@ def main():
     parser.add_argument("--labels", type=int, default=5, help="labeled images per class")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--encoder", choices=("conv", "mlp"), default="conv")
-    parser.add_argument("--method", default="denoising")
+    parser.add_argument("--method", default="contrastive")
     parser.add_argument("--noise", default="auto", type=lambda v: v if v == "auto" else float(v))
-    parser.add_argument("--temperature", type=float, default=0.2, help="contrastive only")
+    parser.add_argument("--temperature", type=float, default=None, help="contrastive only")
+    auto_or_int = lambda v: v if v == "auto" else int(v)  # noqa: E731
+    parser.add_argument("--neighbors", default="auto", type=auto_or_int, help="contrastive only")
     parser.add_argument("--epochs", default="auto", type=lambda v: v if v == "auto" else int(v))
     args = parser.parse_args()
+    contrastive = {}
+    if args.method == "contrastive":
+        contrastive["neighbors"] = args.neighbors
+        if args.temperature is not None:
+            contrastive["temperature"] = args.temperature
     results = {"pretrained": [], "scratch": []}
     start = time.perf_counter()
     for seed in range(args.seeds):
@@ -93,7 +103,7 @@ def main():
             epochs=args.epochs,
             seed=seed,
             verbose=0,
-            **({"temperature": args.temperature} if args.method == "contrastive" else {}),
+            **contrastive,
         )
         results["pretrained"].append(accuracy(pretrained, x_few, y_few, x_test, y_test, seed))
         results["scratch"].append(accuracy(scratch, x_few, y_few, x_test, y_test, seed))
@@ -103,10 +113,10 @@ def main():
             flush=True,
         )
     mean = {name: statistics.mean(values) for name, values in results.items()}
-    temperature = f", temperature={args.temperature}" if args.method == "contrastive" else ""
+    settings = "".join(f", {key}={value}" for key, value in contrastive.items())
     print(
         f"digits, {args.encoder} encoder, {args.labels} labels per class, {args.seeds} seeds, "
-        f"method={args.method}, epochs={args.epochs}{temperature}: pretrained "
+        f"method={args.method}, epochs={args.epochs}{settings}: pretrained "
         f"{mean['pretrained']:.3f}, scratch "
         f"{mean['scratch']:.3f}, difference {100 * (mean['pretrained'] - mean['scratch']):+.1f} "
         f"points ({time.perf_counter() - start:.0f} s)"

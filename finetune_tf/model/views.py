@@ -4,8 +4,11 @@ A contrastive method (SimCLR) learns features that agree on two random
 augmentations of the same input and differ between inputs. `TwoViews` makes those
 views as a Keras layer that acts in training only (as an augmentation layer does):
 a batch of `n` inputs becomes `2n`, the first view of each input then the second,
-so input `i` and input `i + n` are a positive pair (`NTXent`). At inference inputs
-pass unchanged, so the model's features are the backbone's on clean inputs.
+so input `i` and input `i + n` are a positive pair (`NTXent`). With `paired=True`
+the batch holds the pairs already (an input and one of its nearest neighbours,
+interleaved: `Pretrainer` makes such batches), and each row gets one view. At
+inference inputs pass unchanged, so the model's features are the backbone's on
+clean inputs.
 """
 
 from __future__ import annotations
@@ -23,17 +26,21 @@ class TwoViews(keras.layers.Layer):
 
     Images (rank-4 inputs) are shifted, rotated and zoomed a little (each view its own
     draw); vectors have a fraction `dropout` of their values zeroed. Both then get Gaussian
-    noise of standard deviation `noise` times the batch's.
+    noise of standard deviation `noise` times the batch's. The defaults are mild: on 8x8
+    digits stronger views hurt (docs/benchmarks.md).
 
     Args:
         noise: float >= 0. The noise's standard deviation relative to the batch's.
             Defaults to 0.1.
         shift: float in [0, 1). The largest shift of an image, as a fraction of its
-            height and width. Defaults to 0.15.
+            height and width. Defaults to 0.1.
         rotation: float in [0, 1). The largest rotation, as a fraction of a full turn.
-            Defaults to 0.05 (18 degrees).
-        zoom: float in [0, 1). The largest zoom in or out, as a fraction. Defaults to 0.1.
+            Defaults to 0.03 (11 degrees).
+        zoom: float in [0, 1). The largest zoom in or out, as a fraction. Defaults to 0.05.
         dropout: float in [0, 1). The fraction of a vector's values zeroed. Defaults to 0.2.
+        paired: bool. The batch holds pairs, interleaved (rows `2i` and `2i + 1`): each
+            row gets one view, first rows then second rows, so a batch of `2n` stays `2n`.
+            Defaults to False (each input gives both views).
         seed: int, optional. Seeds the random draws.
 
     Examples:
@@ -43,15 +50,18 @@ class TwoViews(keras.layers.Layer):
         >>> x = np.random.rand(4, 8, 8, 1).astype("float32")
         >>> tuple(layer(x, training=True).shape), tuple(layer(x).shape)
         ((8, 8, 8, 1), (4, 8, 8, 1))
+        >>> tuple(TwoViews(paired=True, seed=0)(x, training=True).shape)
+        (4, 8, 8, 1)
     """
 
     def __init__(
         self,
         noise: float = 0.1,
-        shift: float = 0.15,
-        rotation: float = 0.05,
-        zoom: float = 0.1,
+        shift: float = 0.1,
+        rotation: float = 0.03,
+        zoom: float = 0.05,
         dropout: float = 0.2,
+        paired: bool = False,
         seed: int | None = None,
         **kwargs,
     ):
@@ -63,6 +73,12 @@ class TwoViews(keras.layers.Layer):
         self.rotation = check_number(rotation, "rotation", low=0, **fraction)
         self.zoom = check_number(zoom, "zoom", low=0, **fraction)
         self.dropout = check_number(dropout, "dropout", low=0, **fraction)
+        if not isinstance(paired, bool):
+            raise TypeError(
+                f"`TwoViews(paired)` must be True or False. Received: paired={paired!r} of "
+                f"type {type(paired).__name__}."
+            )
+        self.paired = paired
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._image_layers = []
@@ -100,7 +116,12 @@ class TwoViews(keras.layers.Layer):
         if not training:
             return inputs
         x = keras.ops.cast(inputs, "float32")
-        x = keras.ops.concatenate([x, x], axis=0)
+        if self.paired:  # rows 2i, 2i + 1 -> rows i, i + n
+            rest = tuple(keras.ops.shape(x)[1:])
+            x = keras.ops.reshape(x, (-1, 2, *rest))
+            x = keras.ops.reshape(keras.ops.swapaxes(x, 0, 1), (-1, *rest))
+        else:
+            x = keras.ops.concatenate([x, x], axis=0)
         if len(x.shape) == 4:
             for layer in self._image_layers:
                 x = layer(x, training=True)
@@ -123,5 +144,6 @@ class TwoViews(keras.layers.Layer):
             "rotation": self.rotation,
             "zoom": self.zoom,
             "dropout": self.dropout,
+            "paired": self.paired,
             "seed": self.seed,
         }

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetune_tf._checks import check_choice, check_number
+from finetune_tf._checks import check_choice, check_int, check_number
 from finetune_tf.finetuner import FineTuner
 from finetune_tf.model.backbone import Backbone
 from finetune_tf.model.corruption import METHODS, Corruption
@@ -27,10 +27,12 @@ from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.model.head.decoder import DecoderHead
 from finetune_tf.model.head.projection import ProjectionHead
 from finetune_tf.model.views import TwoViews
-from finetune_tf.training.fit_args import FitArgs
+from finetune_tf.training.fit_args import FitArgs, split_index
+from finetune_tf.training.neighbors import nearest_neighbors, neighbor_batches, self_pairs
 
 __all__ = [
     "CONTRASTIVE_BATCH_SIZE",
+    "NEIGHBORS",
     "PRETRAIN_MAX_EPOCHS",
     "PRETRAIN_METHODS",
     "PRETRAIN_MIN_EPOCHS",
@@ -42,11 +44,15 @@ __all__ = [
 PRETRAIN_STEPS = 5000
 PRETRAIN_MIN_EPOCHS = 5
 PRETRAIN_MAX_EPOCHS = 500
+# What `views=` passes on to the paired `TwoViews` the Pretrainer builds.
+TWO_VIEWS_SETTINGS = ("noise", "shift", "rotation", "zoom", "dropout")
 DEFAULT_RATE = {"autoencoder": 0.0, "denoising": 0.5, "masked": 0.5, "contrastive": 0.1}
 # The reconstruction methods (`Corruption`) and SimCLR's (`TwoViews`, `ProjectionHead`).
 PRETRAIN_METHODS = (*METHODS, "contrastive")
 # Contrastive learning compares each input with the rest of its batch: a large default batch.
 CONTRASTIVE_BATCH_SIZE = 256
+# Contrastive positives: an input and one of its nearest neighbours, drawn from this many.
+NEIGHBORS = 5
 
 
 class Pretrainer:
@@ -61,8 +67,9 @@ class Pretrainer:
         backbone: `Backbone`, or anything `Backbone.load` accepts.
         method: str. `"denoising"` (reconstruct inputs from noisy ones), `"masked"`
             (from inputs with patches or features zeroed) or `"autoencoder"` (plain
-            reconstruction), or `"contrastive"` (SimCLR: the pooled features of two random
-            views of an input, through a projection MLP, agree and differ from the other
+            reconstruction), or `"contrastive"` (SimCLR with nearest-neighbour pairs: the
+            pooled features of a random view of an input and of one of its `neighbors`,
+            through a projection MLP (`ProjectionHead`), agree and differ from the other
             inputs', by the `NTXent` loss; the views are `TwoViews`). Defaults to
             `"denoising"`.
         decoder: Keras layer or model, optional. Maps the backbone's features to the
@@ -74,6 +81,13 @@ class Pretrainer:
             fraction masked (masked). `"auto"`: 0.5 (0.1 for contrastive).
         patch_size: int. The side of a masked image patch in pixels. Defaults to 2.
         temperature: float > 0. The contrastive loss's temperature. Defaults to 0.2.
+        neighbors: int >= 0 or `"auto"`. Contrastive only: each input's positive is a view
+            of one of its `neighbors` nearest inputs (by the backbone's pooled features
+            before training, found when `fit` gets an array), drawn anew each epoch; 0:
+            a second view of the input itself (plain SimCLR, also what a
+            `tf.data.Dataset` or a folder trains with). `"auto"`: 5.
+        views: `TwoViews`, optional. Contrastive only: the random views (how far images
+            shift, rotate, zoom, the noise); by default `TwoViews(noise=noise)`.
         strategy, mixed_precision, jit_compile, memory_growth, seed: as for `FineTuner`.
         name: str. The model's name. Defaults to `"pretrainer"`.
 
@@ -103,6 +117,8 @@ class Pretrainer:
         noise: float | str = "auto",
         patch_size: int = 2,
         temperature: float = 0.2,
+        neighbors: int | str = "auto",
+        views: TwoViews | None = None,
         strategy="auto",
         mixed_precision="auto",
         jit_compile="auto",
@@ -141,6 +157,21 @@ class Pretrainer:
             )
         self.method = method
         self.noise = float(noise)
+        self.neighbors = self._contrastive_only(method, "neighbors", neighbors, "auto")
+        self._contrastive_only(method, "views", views, None)
+        if neighbors == "auto":
+            self.neighbors = NEIGHBORS if method == "contrastive" else 0
+        elif method == "contrastive":
+            self.neighbors = check_int(
+                neighbors,
+                "neighbors",
+                minimum=0,
+                also='"auto"',
+                where="Pretrainer",
+                meaning="how many nearest inputs each input's positive is drawn from",
+                hint=f'"auto" picks {NEIGHBORS}; 0 pairs each input with itself (SimCLR).',
+                type_error=ValueError,
+            )
         if method == "contrastive":
             if decoder is not None:
                 raise ValueError(
@@ -148,7 +179,16 @@ class Pretrainer:
                     f"trains a projection head instead. Received: decoder={decoder!r}. Leave "
                     "decoder=None, or pick method='denoising', 'masked' or 'autoencoder'."
                 )
-            corruption = TwoViews(noise=self.noise, seed=seed, name="views")
+            if views is not None and not isinstance(views, TwoViews):
+                raise TypeError(
+                    "`Pretrainer(views)` takes a finetune_tf.model.views.TwoViews layer, e.g. "
+                    f"TwoViews(shift=0.1, rotation=0.03). Received: views of type "
+                    f"{type(views).__name__}. Pass a TwoViews, or None for the default views."
+                )
+            settings = {} if views is None else views.get_config()
+            settings = {key: settings[key] for key in TWO_VIEWS_SETTINGS if key in settings}
+            settings.setdefault("noise", self.noise)
+            corruption = TwoViews(**settings, paired=True, seed=seed, name="views")
             head = ProjectionHead(temperature=temperature)
         else:
             corruption = Corruption(method, self.noise, patch_size, seed=seed, name="corruption")
@@ -166,6 +206,17 @@ class Pretrainer:
             name=name,
         )
         self.model = self.tuner.model
+
+    @staticmethod
+    def _contrastive_only(method: str, name: str, value, default):
+        """`value`, refused unless `method` is contrastive or it is the `default`."""
+        if method != "contrastive" and value is not default and value != default:
+            raise ValueError(
+                f"`Pretrainer({name})` applies to method='contrastive' only; "
+                f"method={method!r} reconstructs its inputs. Received: {name}={value!r}. "
+                f"Leave {name}={default!r}, or pick method='contrastive'."
+            )
+        return value
 
     @property
     def backbone(self) -> Backbone:
@@ -225,6 +276,15 @@ class Pretrainer:
             kwargs.setdefault("batch_size", CONTRASTIVE_BATCH_SIZE)
         args = FitArgs.checked(kwargs, where=where)
         x = self._unlabeled(x, "x", args.batch_size)
+        if self.method == "contrastive":
+            if args.validation_split and not isinstance(x, tf.data.Dataset):
+                cut = split_index(len(x), args.validation_split)  # as Keras would cut
+                x, kwargs["validation_data"] = x[:cut], x[cut:]
+                kwargs.pop("validation_split")
+                args = FitArgs.checked(kwargs, where=where)
+            x = self._pairs(x, args.batch_size)
+            kwargs.pop("batch_size", None)  # the pairs' batches are made
+            kwargs.pop("shuffle", None)  # and shuffled each epoch
         targets = None if isinstance(x, tf.data.Dataset) else x
         validation = args.validation_data
         if validation is not None:
@@ -242,6 +302,21 @@ class Pretrainer:
         if not self.tuner.compiled:
             self.compile()
         return self.tuner.fit(x, targets, checkpoint_dir=checkpoint_dir, **kwargs)
+
+    def _pairs(self, x, batch_size: int) -> tf.data.Dataset:
+        """Batches of pairs, interleaved, as the paired `TwoViews` takes them: each input
+        and one of its nearest neighbours for an array, each input and itself else."""
+        if isinstance(x, tf.data.Dataset):
+            return x.map(lambda inputs, _: (self_pairs(inputs),) * 2)
+        if self.neighbors:
+            features = keras.Model(
+                self.model.inputs, self.model.get_layer("variance_floor").output
+            ).predict(x, batch_size=batch_size, verbose=0)
+            neighbors = nearest_neighbors(features, self.neighbors)
+        else:
+            neighbors = np.arange(len(x))[:, None]
+        pairs = neighbor_batches(np.asarray(x), neighbors, batch_size, seed=self.tuner.seed)
+        return pairs.map(lambda inputs: (inputs, inputs))
 
     def _unlabeled(self, x, argname: str, batch_size: int):
         """`x` as inputs to reconstruct: an array, or a dataset of `(inputs, inputs)`."""

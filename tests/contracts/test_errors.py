@@ -880,6 +880,24 @@ CASES = [
         r"`decoder`.*method='contrastive'.*projection head.*decoder=None",
     ),
     (
+        "pretrain-neighbors-method",
+        lambda d: Pretrainer(backbone(), method="denoising", neighbors=5),
+        ValueError,
+        r"`Pretrainer\(neighbors\)`.*method='contrastive' only.*neighbors=5",
+    ),
+    (
+        "pretrain-neighbors-negative",
+        lambda d: Pretrainer(backbone(), method="contrastive", neighbors=-1),
+        ValueError,
+        r"`Pretrainer\(neighbors\)`.*>= 0.*neighbors=-1",
+    ),
+    (
+        "pretrain-views-type",
+        lambda d: Pretrainer(backbone(), method="contrastive", views={"shift": 0.1}),
+        TypeError,
+        r"`Pretrainer\(views\)`.*TwoViews.*dict",
+    ),
+    (
         "pretrain-folder-missing",
         lambda d: Pretrainer(backbone()).fit(f"{d}/no_images"),
         FileNotFoundError,

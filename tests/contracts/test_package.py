@@ -73,6 +73,7 @@ MODULES = [
     "training.growing",
     "training.layerwise",
     "training.loop",
+    "training.neighbors",
     "training.plan",
     "training.pretrain",
     "training.lr_finder",

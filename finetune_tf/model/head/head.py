@@ -181,8 +181,9 @@ class Head:
         """The activation of the predictions layer (None: linear)."""
         return self._task.activation
 
-    def __call__(self, features):
-        """Builds the head's layers on `features` and returns the predictions."""
+    def _pool(self, features):
+        """The `"pooling"` layer's output on `features` (`pooling=`): what the rest of
+        the head reads; `features` as they are for vectors or `pooling="none"`."""
         x = features
         rank = len(x.shape)
         if self.pooling == "flatten" and rank > 2:
@@ -203,6 +204,11 @@ class Head:
                 ("max", 5): keras.layers.GlobalMaxPooling3D,
             }[(self.pooling, rank)]
             x = pool(name="pooling")(x)
+        return x
+
+    def __call__(self, features):
+        """Builds the head's layers on `features` and returns the predictions."""
+        x = self._pool(features)
         regularizer = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
         check_dense_size(x.shape[-1], [*self.hidden_units, self.units], self.hidden_units)
         for i, width in enumerate(self.hidden_units, start=1):

@@ -15,7 +15,7 @@ import keras
 from finetune_tf._checks import check_number
 from finetune_tf.model.head.head import Head
 
-__all__ = ["NTXent", "ProjectionHead"]
+__all__ = ["NTXent", "ProjectionHead", "VarianceFloor"]
 
 
 @keras.saving.register_keras_serializable(package="finetune_tf")
@@ -65,16 +65,74 @@ class NTXent(keras.losses.Loss):
         return {**super().get_config(), "temperature": self.temperature}
 
 
+@keras.saving.register_keras_serializable(package="finetune_tf")
+class VarianceFloor(keras.layers.Layer):
+    """Passes features through; in training, penalises features that vary too little.
+
+    VICReg's variance term: `weight` times the mean over features of
+    `max(0, target - std)`, each feature's standard deviation taken over the batch,
+    added to the model's loss (`add_loss`). Contrastive losses compare directions
+    only, so without it the backbone's features may shrink or some stop varying;
+    a head trained on them later then learns slowly (docs/benchmarks.md).
+
+    Args:
+        weight: float >= 0. The penalty's weight (0: none). Defaults to 1.0.
+        target: float > 0. The standard deviation each feature should reach.
+            Defaults to 1.0.
+
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf.model.head.projection import VarianceFloor
+        >>> layer = VarianceFloor()
+        >>> x = np.zeros((4, 3), "float32")
+        >>> _ = layer(x, training=True)
+        >>> [round(float(loss), 1) for loss in layer.losses]  # constant features: std 0
+        [1.0]
+    """
+
+    def __init__(self, weight: float = 1.0, target: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.weight = check_number(
+            weight, "weight", low=0, where="VarianceFloor", type_error=ValueError
+        )
+        self.target = check_number(
+            target,
+            "target",
+            low=0,
+            low_inclusive=False,
+            where="VarianceFloor",
+            type_error=ValueError,
+        )
+
+    def call(self, inputs, training=None):
+        if training and self.weight:
+            x = keras.ops.cast(inputs, "float32")
+            std = keras.ops.sqrt(keras.ops.var(x, axis=0) + 1e-4)
+            self.add_loss(self.weight * keras.ops.mean(keras.ops.relu(self.target - std)))
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "weight": self.weight, "target": self.target}
+
+
 class ProjectionHead(Head):
     """Contrastive pre-training's projection MLP on the pooled features, trained with `NTXent`.
 
-    Features are averaged over positions (as the default head pools them), then
-    `Dense(hidden_units, relu)` and a linear `Dense(units)`, the projections.
+    Features are averaged over positions (as the default head pools them), kept from
+    shrinking by `VarianceFloor` (`variance`), then `Dense(hidden_units)`,
+    batch normalization and ReLU, and a `Dense(units)` with batch normalization, the
+    projections (SimCLR v2's head; `batch_norm=False`: SimCLR's, without them).
 
     Args:
-        units: int. The width of the projections. Defaults to 64.
+        units: int. The width of the projections. Defaults to 128.
         hidden_units: int. The width of the hidden layer. Defaults to 128.
         temperature: float > 0. `NTXent`'s temperature. Defaults to 0.2.
+        batch_norm: bool. Batch normalization after both Dense layers. Defaults to True.
+        variance: float >= 0. The weight of `VarianceFloor`'s penalty on the pooled
+            features (0: none). Defaults to 1.0.
 
     Examples:
         >>> import keras
@@ -84,9 +142,31 @@ class ProjectionHead(Head):
         ((None, 32), 'nt_xent')
     """
 
-    def __init__(self, units: int = 64, hidden_units: int = 128, temperature: float = 0.2):
+    def __init__(
+        self,
+        units: int = 128,
+        hidden_units: int = 128,
+        temperature: float = 0.2,
+        batch_norm: bool = True,
+        variance: float = 1.0,
+    ):
         super().__init__("regression", units, hidden_units=(hidden_units,), logits=True)
         self.temperature = NTXent(temperature).temperature
+        self.batch_norm = bool(batch_norm)
+        self.variance = VarianceFloor(variance).weight
+
+    def __call__(self, features):
+        x = self._pool(features)
+        x = VarianceFloor(self.variance, name="variance_floor")(x)
+        norm = self.batch_norm
+        x = keras.layers.Dense(self.hidden_units[0], use_bias=not norm, name="hidden_1")(x)
+        if norm:
+            x = keras.layers.BatchNormalization(name="hidden_1_norm")(x)
+        x = keras.layers.ReLU(name="hidden_1_relu")(x)
+        if not norm:
+            return keras.layers.Dense(self.units, dtype="float32", name="predictions")(x)
+        x = keras.layers.Dense(self.units, use_bias=False, name="projection")(x)
+        return keras.layers.BatchNormalization(center=False, dtype="float32", name="predictions")(x)
 
     def default_loss(self) -> keras.losses.Loss:
         return NTXent(self.temperature)
@@ -106,5 +186,6 @@ class ProjectionHead(Head):
     def __repr__(self):
         return (
             f"ProjectionHead(units={self.units}, hidden_units={self.hidden_units[0]}, "
-            f"temperature={self.temperature})"
+            f"temperature={self.temperature}, batch_norm={self.batch_norm}, "
+            f"variance={self.variance})"
         )
