@@ -210,8 +210,9 @@ class Backbone:
 
         The backbone learns to reconstruct `x` through a decoder built from its output
         shape (or `decoder`), or with `method="contrastive"` to tell random views of its
-        inputs apart (SimCLR): see `Pretrainer`, which this calls. Keyword arguments are
-        `Pretrainer`'s (`seed`, `strategy`, `mixed_precision`, ...), `learning_rate` (Adam's,
+        inputs apart (SimCLR with nearest-neighbour pairs): see `Pretrainer`, which this
+        calls. Keyword arguments are `Pretrainer`'s (`seed`, `temperature`, `neighbors`,
+        `views`, `strategy`, `mixed_precision`, ...), `learning_rate` (Adam's,
         1e-3 by default) and its `fit`'s (`epochs`, `batch_size`, `checkpoint_dir`,
         `validation_data`, ...). Pre-train a
         `copy()` to keep the weights as they were (docs/pretraining.md).
@@ -228,7 +229,7 @@ class Backbone:
         from finetune_tf.training.pretrain import Pretrainer  # it builds on FineTuner
 
         settings = ("strategy", "mixed_precision", "jit_compile", "memory_growth", "seed")
-        settings += ("patch_size", "temperature", "name")
+        settings += ("patch_size", "temperature", "neighbors", "views", "name")
         built = {key: kwargs.pop(key) for key in settings if key in kwargs}
         pretrainer = Pretrainer(self, method=method, decoder=decoder, noise=noise, **built)
         pretrainer.compile(learning_rate=kwargs.pop("learning_rate", 1e-3))
