@@ -27,6 +27,7 @@ from finetune_tf.model.freeze import FreezePolicy
 from finetune_tf.model.head.decoder import DecoderHead
 from finetune_tf.model.head.projection import ProjectionHead
 from finetune_tf.model.views import TwoViews
+from finetune_tf.training.feature_scale import rescale_features
 from finetune_tf.training.fit_args import FitArgs, split_index
 from finetune_tf.training.neighbors import nearest_neighbors, neighbor_batches, self_pairs
 
@@ -53,6 +54,9 @@ PRETRAIN_METHODS = (*METHODS, "contrastive")
 CONTRASTIVE_BATCH_SIZE = 256
 # Contrastive positives: an input and one of its nearest neighbours, drawn from this many.
 NEIGHBORS = 5
+# The inputs the features' scale is measured on after contrastive training (arrays, datasets).
+SCALE_EXAMPLES = 4096
+SCALE_BATCHES = 16
 
 
 class Pretrainer:
@@ -94,6 +98,10 @@ class Pretrainer:
     Attributes:
         model: the `keras.Model` that trains (inputs to reconstructed inputs).
         tuner: the `FineTuner` underneath.
+        feature_scale: float or None. After a contrastive `fit`: the factor the backbone's
+            last convolution or `Dense` layer was multiplied by, so that its pooled features
+            have a standard deviation of about 1 (None: not done, the backbone does not end
+            so; `finetune_tf.training.feature_scale`).
 
     Examples:
         >>> import keras, numpy as np
@@ -206,6 +214,7 @@ class Pretrainer:
             name=name,
         )
         self.model = self.tuner.model
+        self.feature_scale = None
 
     @staticmethod
     def _contrastive_only(method: str, name: str, value, default):
@@ -282,6 +291,11 @@ class Pretrainer:
                 x, kwargs["validation_data"] = x[:cut], x[cut:]
                 kwargs.pop("validation_split")
                 args = FitArgs.checked(kwargs, where=where)
+            sample = (
+                x.take(SCALE_BATCHES).map(lambda inputs, _: inputs)
+                if isinstance(x, tf.data.Dataset)
+                else x[:SCALE_EXAMPLES]
+            )
             x = self._pairs(x, args.batch_size)
             kwargs.pop("batch_size", None)  # the pairs' batches are made
             kwargs.pop("shuffle", None)  # and shuffled each epoch
@@ -301,7 +315,11 @@ class Pretrainer:
             )
         if not self.tuner.compiled:
             self.compile()
-        return self.tuner.fit(x, targets, checkpoint_dir=checkpoint_dir, **kwargs)
+        history = self.tuner.fit(x, targets, checkpoint_dir=checkpoint_dir, **kwargs)
+        if self.method == "contrastive":
+            # Its loss compares directions only: give the features a usable scale.
+            self.feature_scale = rescale_features(self.tuner.backbone.model, sample)
+        return history
 
     def _pairs(self, x, batch_size: int) -> tf.data.Dataset:
         """Batches of pairs, interleaved, as the paired `TwoViews` takes them: each input

@@ -68,6 +68,7 @@ MODULES = [
     "training.compile",
     "training.data_checks",
     "training.feature_cache",
+    "training.feature_scale",
     "training.feature_store",
     "training.fit_args",
     "training.growing",

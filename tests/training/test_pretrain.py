@@ -150,6 +150,10 @@ def test_contrastive_pretraining_learns_features_that_separate_unseen_classes():
     trained = linear_probe(pretrainer.backbone, x, y)
     assert trained > untrained + 0.06, (trained, untrained)  # seeded: 0.74 against 0.645
     assert pretrainer.backbone is backbone
+    # The last convolution was scaled so that the pooled features spread by about 1.
+    assert pretrainer.feature_scale > 1
+    features = backbone.model.predict(x[:360], verbose=0).mean(axis=(1, 2))
+    np.testing.assert_allclose(features.std(axis=0).mean(), 1.0, rtol=1e-3)
 
 
 def test_contrastive_pretraining_on_a_dataset_pairs_each_input_with_itself(digits):
