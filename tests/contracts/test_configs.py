@@ -21,7 +21,7 @@ from finetune_tf import (
     TunedModel,
 )
 from finetune_tf.model.corruption import Corruption
-from finetune_tf.model.head.projection import NTXent
+from finetune_tf.model.head.projection import NTXent, VarianceFloor
 from finetune_tf.model.views import TwoViews
 from finetune_tf.training.growing import GrowthLoss
 from finetune_tf.training.layerwise import ScaledSchedule
@@ -70,7 +70,10 @@ MAKERS = {
         keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5), 0.25
     ),
     "finetune_tf>TunedModel": lambda tmp: tuned_model(),
-    "finetune_tf>TwoViews": lambda tmp: TwoViews(noise=0.2, shift=0.1, rotation=0.0, seed=2),
+    "finetune_tf>TwoViews": lambda tmp: TwoViews(
+        noise=0.2, shift=0.1, rotation=0.0, paired=True, seed=2
+    ),
+    "finetune_tf>VarianceFloor": lambda tmp: VarianceFloor(weight=0.5, target=2.0),
     "finetune_tf>_LinearWarmup": lambda tmp: stage_learning_rate(
         Stage(4, warmup_epochs=1), 1e-3, 10
     ),
