@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from sklearn.neighbors import NearestNeighbors
 
 __all__ = ["nearest_neighbors", "neighbor_batches", "self_pairs"]
 
@@ -30,6 +29,8 @@ def nearest_neighbors(features, k: int) -> np.ndarray:
         >>> nearest_neighbors(np.array([[0.0], [1.0], [5.0], [6.0]]), 1).ravel().tolist()
         [1, 0, 3, 2]
     """
+    from sklearn.neighbors import NearestNeighbors  # heavy: imported when first needed
+
     features = np.asarray(features, "float32").reshape(len(features), -1)
     k = max(1, min(int(k), len(features) - 1))
     found = NearestNeighbors(n_neighbors=k + 1).fit(features)
