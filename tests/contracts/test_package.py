@@ -69,6 +69,7 @@ MODULES = [
     "training.data_checks",
     "training.feature_cache",
     "training.feature_store",
+    "training.frozen_prefix",
     "training.fit_args",
     "training.growing",
     "training.layerwise",
