@@ -97,7 +97,7 @@ def cut_points(model: keras.Model) -> list[tuple]:
         live.update(id(t) for t in node.output_tensors if last_use.get(id(t), -1) > index)
         if node.is_input:
             continue
-        frozen = frozen and not node.operation.trainable_weights
+        frozen = frozen and not getattr(node.operation, "trainable_weights", None)
         outputs = node.output_tensors
         if len(outputs) == 1 and live == {id(outputs[0])}:
             points.append((outputs[0], node.operation, frozen))
