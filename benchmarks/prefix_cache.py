@@ -15,6 +15,11 @@ prints the one-time cost of the cache pass and the memory the cache takes
 next to the size of the images.
 
 Run: python benchmarks/prefix_cache.py [--rounds 2] [--images 256] [--epochs 3]
+
+On a GPU, `python benchmarks/prefix_cache.py --gpu-matrix` times one setting
+(ResNet50 at 160x160, top 40% trainable, 1024 images) in float32 and
+mixed_float16, XLA off and on, the prefix cache off and on, and prints one row
+each (mixed precision is skipped without a GPU).
 """
 
 import argparse
@@ -114,6 +119,44 @@ def one_setting(name, shape, share, x, y, rounds, epochs):
     )
 
 
+def epoch_time(tuner, x, y, epochs, cache) -> float:
+    timer = EpochTimes()
+    tuner.fit(x, y, batch_size=32, epochs=epochs, feature_cache=cache, callbacks=[timer], verbose=0)
+    return statistics.median(timer.times[1:])
+
+
+def gpu_matrix(rounds: int, images: int, epochs: int):
+    gpus = tf.config.list_logical_devices("GPU")
+    print(f"devices: {', '.join(d.name for d in gpus) or 'no GPU, CPU only'}")
+    shape, share = (160, 160, 3), 0.4
+    x = np.random.default_rng(0).random((images, *shape), dtype=np.float32) * 255
+    y = np.arange(images) % 10
+    print(f"ResNet50 {shape[0]}px, top {share:.0%} trainable, {images} images, batch 32")
+    print("| precision | XLA | epoch, no cache (s) | epoch, prefix cache (s) | ratio |")
+    print("|---|---|---|---|---|")
+    for precision in ["float32"] + (["mixed_float16"] if gpus else []):
+        for xla in (False, True):
+            backbone = Backbone.from_keras_applications("ResNet50", weights=None, input_shape=shape)
+            freeze = FreezePolicy.top(round(share * len(backbone.layers)))
+            tuner = FineTuner(
+                backbone,
+                Head.classifier(10),
+                freeze=freeze,
+                jit_compile=xla,
+                mixed_precision=None if precision == "float32" else precision,
+            )
+            tuner.compile("adam", learning_rate=1e-4)
+            times = {False: [], True: []}
+            for _ in range(rounds):
+                for cache in (False, True):
+                    times[cache].append(epoch_time(tuner, x, y, epochs, cache))
+            off, on = statistics.median(times[False]), statistics.median(times[True])
+            row = [precision, "on" if xla else "off", f"{off:.3f}", f"{on:.3f}", f"{on / off:.3f}"]
+            print(f"| {' | '.join(row)} |")
+    if not gpus:
+        print("mixed_float16: skipped (needs a GPU with compute capability >= 7.0)")
+
+
 def main(rounds: int, images: int, epochs: int, models):
     keras.utils.set_random_seed(0)
     for name in models:
@@ -130,5 +173,9 @@ if __name__ == "__main__":
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--gpu-matrix", action="store_true", help="the GPU table (docs)")
     args = parser.parse_args()
-    main(args.rounds, args.images, args.epochs, args.models)
+    if args.gpu_matrix:
+        gpu_matrix(args.rounds, args.images if args.images != 256 else 1024, args.epochs)
+    else:
+        main(args.rounds, args.images, args.epochs, args.models)
