@@ -144,7 +144,14 @@ def compute_features(
         extract = tf.function(lambda inputs: feature_model(inputs, training=False))
     try:
         for inputs, batch_y, batch_w in batches(x, y, sample_weight, batch_size):
-            features = np.asarray(extract(inputs))
+            size = len(keras.tree.flatten(inputs)[0])
+            if sizes and size < sizes[0]:
+                # The last, smaller batch, padded to the first's size: a new batch size
+                # would trace the feature model again, which costs more than the rows.
+                padded = keras.tree.map_structure(lambda a: _pad_rows(a, sizes[0]), inputs)
+                features = np.asarray(extract(padded))[:size]
+            else:
+                features = np.asarray(extract(inputs))
             store.append(features if dtype is None else features.astype(dtype))
             sizes.append(len(features))
             if batch_y is not None:
@@ -165,6 +172,13 @@ def compute_features(
         batch_size=sizes[0] if sizes else batch_size,
         store=store,
     )
+
+
+def _pad_rows(array, rows: int) -> np.ndarray:
+    """`array` with its last row repeated up to `rows` rows (each example is computed on its
+    own in inference mode, so the extra rows change nothing)."""
+    array = np.asarray(array)
+    return np.concatenate([array, np.repeat(array[-1:], rows - len(array), axis=0)])
 
 
 class NotCacheable(Exception):

@@ -135,9 +135,10 @@ def test_prefix_cached_training_equals_training_without_the_cache(
 
 
 def test_tf_data_spilled_to_disk_and_fine_tune_stage_two_train_the_same(tmp_path, capsys):
-    """A finite tf.data pipeline, its activations on disk; and fine_tune's second stage under
+    """A finite tf.data pipeline (its smaller last batch padded for the frozen bottom), its
+    activations on disk; and fine_tune's second stage under
     a chosen bottom-frozen policy (layer-wise learning rates on) caches its frozen bottom."""
-    dataset = tf.data.Dataset.from_tensor_slices((X, Y)).batch(16)
+    dataset = tf.data.Dataset.from_tensor_slices((X, Y)).batch(20)  # 20, 20 and 8
     freeze = FreezePolicy.bottom(9)
     reference = _tuner(tiny_resnet, freeze)
     reference.fit(dataset, epochs=2, feature_cache=False, verbose=0)
