@@ -69,9 +69,10 @@ def _nodes_in_order(model: keras.Model) -> list:
 
 
 def cut_points(model: keras.Model) -> list[tuple]:
-    """`(tensor, layer, frozen_below)` for each tensor of `model` that every path from its
-    input to its output goes through, in order from the input (the input itself excluded,
-    the output last); `frozen_below` says whether no layer up to it has trainable weights.
+    """`(tensor, layer, frozen_below, weights_below)` for each tensor of `model` that every
+    path from its input to its output goes through, in order from the input (the input
+    itself excluded, the output last): `layer` makes it, `frozen_below` says whether no
+    layer up to it has trainable weights, `weights_below` whether one has weights at all.
 
     Examples:
         >>> import keras
@@ -80,7 +81,7 @@ def cut_points(model: keras.Model) -> list[tuple]:
         >>> x = keras.layers.Dense(4, name="a")(inputs)
         >>> y = keras.layers.Add(name="block_out")([keras.layers.Dense(4, name="b")(x), x])
         >>> model = keras.Model(inputs, keras.layers.Dense(2, name="c")(y))
-        >>> [layer.name for _, layer, _ in cut_points(model)]
+        >>> [layer.name for _, layer, _, _ in cut_points(model)]
         ['a', 'block_out', 'c']
     """
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -91,16 +92,17 @@ def cut_points(model: keras.Model) -> list[tuple]:
         for tensor in node.input_tensors:
             last_use[id(tensor)] = index
     last_use[id(model.outputs[0])] = len(order)
-    points, live, frozen = [], set(), True
+    points, live, frozen, weights = [], set(), True, False
     for index, node in enumerate(order):
         live = {key for key in live if last_use.get(key, -1) > index}
         live.update(id(t) for t in node.output_tensors if last_use.get(id(t), -1) > index)
         if node.is_input:
             continue
         frozen = frozen and not getattr(node.operation, "trainable_weights", None)
+        weights = weights or bool(getattr(node.operation, "weights", None))
         outputs = node.output_tensors
         if len(outputs) == 1 and live == {id(outputs[0])}:
-            points.append((outputs[0], node.operation, frozen))
+            points.append((outputs[0], node.operation, frozen, weights))
     return points
 
 
@@ -109,7 +111,9 @@ def frozen_prefix(assembly) -> FrozenPrefix | str:
     every trainable layer, or why there is none (the backbone must run in inference mode)."""
     backbone = assembly.backbone.model
     points = cut_points(backbone)
-    frozen = [(tensor, layer) for tensor, layer, frozen in points if frozen]
+    # A cut below every layer with weights (after a Rescaling, a padding) would save
+    # nothing worth the memory.
+    frozen = [(tensor, layer) for tensor, layer, frozen, weights in points if frozen and weights]
     if not frozen:
         first = next((layer for layer in assembly.backbone.layers if layer.trainable_weights), None)
         named = f" ({first.name!r})" if first is not None else ""

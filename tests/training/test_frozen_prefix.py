@@ -83,19 +83,19 @@ def _assert_same(a, b, atol=1e-6):
 
 
 def test_cut_points_are_the_single_tensor_points_of_the_graph():
-    names = [layer.name for _, layer, _ in cut_points(tiny_resnet())]
+    names = [layer.name for _, layer, _, _ in cut_points(tiny_resnet())]
     # Inside a block two tensors are alive (the branch and the shortcut): no cut there.
     assert names == ["stem_conv", "stem_bn", "stem_out", "b1_add", "b1_out", "b2_add"] + [
         "b2_out",
         "features",
     ]
     model = sequential_cnn()
-    assert [layer.name for _, layer, _ in cut_points(model)] == [
+    assert [layer.name for _, layer, _, _ in cut_points(model)] == [
         layer.name for layer in model.layers
     ]
     model.get_layer("bn2").trainable = False
     model.get_layer("conv1").trainable = False
-    assert [frozen for _, _, frozen in cut_points(model)][:2] == [True, False]
+    assert [frozen for _, _, frozen, _ in cut_points(model)][:2] == [True, False]
 
 
 @pytest.mark.parametrize(
