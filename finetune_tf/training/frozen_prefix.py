@@ -110,6 +110,8 @@ def frozen_prefix(assembly) -> FrozenPrefix | str:
     """The split of `assembly`'s model at the deepest single-tensor cut of its backbone below
     every trainable layer, or why there is none (the backbone must run in inference mode)."""
     backbone = assembly.backbone.model
+    if not backbone.trainable_weights:  # the classic feature cache, whatever the graph
+        return _checked(_whole_backbone(assembly))
     points = cut_points(backbone)
     # A cut below every layer with weights (after a Rescaling, a padding) would save
     # nothing worth the memory.
@@ -123,17 +125,23 @@ def frozen_prefix(assembly) -> FrozenPrefix | str:
         )
     tensor, layer = frozen[-1]
     if tensor is backbone.outputs[0]:
-        prefix = FrozenPrefix(
-            assembly.feature_model,
-            assembly.head_model(),
-            "the backbone's output",
-            tuple(assembly.features.shape[1:]),
-        )
-    else:
-        prefix = _split(assembly, tensor, layer)
-    if prefix.prefix_model.trainable_weights:
+        return _checked(_whole_backbone(assembly))
+    return _checked(_split(assembly, tensor, layer))
+
+
+def _checked(split: FrozenPrefix) -> FrozenPrefix | str:
+    if split.prefix_model.trainable_weights:
         return "a layer before the backbone trains"
-    return prefix
+    return split
+
+
+def _whole_backbone(assembly) -> FrozenPrefix:
+    return FrozenPrefix(
+        assembly.feature_model,
+        assembly.head_model(),
+        "the backbone's output",
+        tuple(assembly.features.shape[1:]),
+    )
 
 
 def _split(assembly, tensor, layer) -> FrozenPrefix:
