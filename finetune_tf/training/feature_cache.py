@@ -234,10 +234,13 @@ class _OnFullModel(keras.callbacks.Callback):
         return call
 
 
-def _compiled_tail(loop, head_model: keras.Model, steps: int) -> keras.Model:
+def _compiled_tail(loop, head_model: keras.Model, steps: int, head_only: bool) -> keras.Model:
     """The tail of the split (the head alone, or the top of the backbone and the head),
     compiled like the full model and sharing its optimizer (one state)."""
     steps_per_execution = min(_HEAD_STEPS_PER_EXECUTION, max(1, steps))  # not beyond an epoch
+    if not head_only:
+        # The top of a backbone takes long enough a step: batch callbacks as compiled.
+        steps_per_execution = loop.model.steps_per_execution
     if in_multi_worker_mode(loop.strategy):
         steps_per_execution = 1  # Keras 3.15's multi-step loop fails under multi-worker
     key = (loop.compiler.count, steps_per_execution)
@@ -337,7 +340,12 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache, spl
         else:
             args = args.replace(shuffle=False)  # the dataset shuffles itself
         steps = -(-len(cached.features) // batch_size)
-        head_model = _compiled_tail(loop, split.tail_model, args.get("steps_per_epoch") or steps)
+        head_model = _compiled_tail(
+            loop,
+            split.tail_model,
+            args.get("steps_per_epoch") or steps,
+            head_only=split.prefix_model is loop.assembly.feature_model,
+        )
         model = loop.model
         model.stop_training = False
         args = args.replace(callbacks=[_OnFullModel(c, model) for c in args.callbacks])
