@@ -5,7 +5,8 @@ the base on every batch of every epoch. `FineTuner.fit` with the whole
 backbone frozen runs it once, caches its outputs and trains the head on them.
 Both train MobileNetV3Small (random weights: nothing is downloaded) at 96x96
 for 10 epochs, the cache build included in the timing. The limit is about
-`epochs`x (the cache still costs one backbone pass); target >= 8x. Also
+`epochs`x (the cache still costs one backbone pass); target (issue 20) >= 0.8 * epochs
+x at 1,000 images, >= 0.9 * epochs x at 10,000 and more. Also
 prints the memory the cache takes and checks both heads learned alike.
 
 Run: python benchmarks/feature_cache.py [--rounds 3] [--images 1024] [--epochs 10]
@@ -45,7 +46,9 @@ def main(rounds: int, images: int, epochs: int):
     print(f"MobileNetV3Small 96x96 frozen, {images} images, {epochs} epochs, batch 32:")
     _common.report(times, cached_name)
     speedup = statistics.median(times[guide_name]) / statistics.median(times[cached_name])
-    print(f"speed-up: {speedup:.1f}x (limit ~{epochs}x, target >= 8x)")
+    target = (0.9 if images >= 10_000 else 0.8) * epochs
+    verdict = "met" if speedup >= target else "not met"
+    print(f"speed-up: {speedup:.1f}x (limit ~{epochs}x, target >= {target:.1f}x: {verdict})")
     print(
         f"cache memory: {cache_mib:.1f} MiB of features {tuple(features)} float32 "
         f"({cache_mib * 1024 / images:.1f} KiB per image), freed after the stage"

@@ -40,6 +40,7 @@ class Assembly:
         head: the `Head` on top.
         backbone_layer: the `BackboneLayer` wrapping the backbone's model.
         features: the backbone's output tensor in `model`'s graph.
+        backbone_inputs: the tensor the backbone layer takes in `model`'s graph.
         feature_model: `keras.Model` from raw inputs to `features`.
         augmentation: the augmentation layer, or None.
         input_channels: how an input adapter adapts channels (`InputAdapter`'s `channels`).
@@ -58,12 +59,14 @@ class Assembly:
         freeze,
         report,
         input_channels: str = "auto",
+        backbone_inputs=None,
     ):
         self.model = model
         self.backbone = backbone
         self.head = head
         self.backbone_layer = backbone_layer
         self.features = features
+        self.backbone_inputs = backbone_inputs
         self.augmentation = augmentation
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
         self.feature_model = keras.Model(inputs, features, name=f"{model.name}_features")
@@ -106,7 +109,7 @@ class Assembly:
         outputs = head(features)
         model = TunedModel(inputs, outputs, name=name)
         parts = (model, backbone, head, backbone_layer, features, augmentation, freeze, report)
-        return cls(*parts, input_channels=input_channels)
+        return cls(*parts, input_channels=input_channels, backbone_inputs=x)
 
     @classmethod
     def build_placed(cls, placement, seed: int | None, *, backbone: Backbone, **parts) -> Assembly:

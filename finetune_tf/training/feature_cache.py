@@ -1,16 +1,23 @@
-"""The feature cache: a frozen backbone runs once, then only the head trains.
+"""The feature cache: a frozen bottom of the model runs once, then only the rest trains.
 
-When the whole backbone is frozen (BatchNorm in inference mode) and nothing
-random or trainable precedes it, every epoch would feed the same images
-through the same function. The cache computes the backbone's outputs once
-and trains the head on them: same head layers, same optimizer, same loss,
-same batches, so the same result within float tolerance, at the cost of one
-backbone pass instead of one per epoch.
+When the backbone, or its bottom, is frozen (BatchNorm in inference mode) and
+nothing random or trainable precedes it, every epoch would feed the same
+images through the same function. The cache computes the activations at a cut
+once and trains the rest of the model on them: same layers, same optimizer,
+same loss, same batches, so the same result within float tolerance, at the
+cost of one pass through the frozen part instead of one per epoch. With the
+whole backbone frozen the cut is its output and only the head trains; with a
+frozen bottom (`FreezePolicy.bottom(n)`, `fine_tune`'s second stage under a
+chosen policy) it is the deepest single-tensor point below the first trainable
+layer (`training.frozen_prefix`).
 
-Features stay in memory up to `FeatureCache.memory_limit` bytes and spill to
-a file on disk beyond it. The cache turns itself off, with a log line, when
-the data may be random: augmentation layers in the model, random ops in a
-`tf.data` pipeline, or Python code whose randomness it cannot see.
+Activations stay in memory up to `FeatureCache.memory_limit` bytes and spill
+to a file on disk beyond it, in float16 or bfloat16 if `FeatureCache(dtype=)`
+allows. The cache turns itself off, with a log line saying why, when the data
+may be random (augmentation layers in the model, random ops in a `tf.data`
+pipeline, Python code whose randomness it cannot see), when a trainable layer
+comes before every cut, or when the activations would not fit the memory and
+disk limits.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import tensorflow as tf
 
 from finetune_tf._checks import check_choice, check_int
 from finetune_tf._utils import directory_path, require_writable
+from finetune_tf.model.tuned_model import TunedModel
 from finetune_tf.runtime.multi_worker import in_multi_worker_mode
 from finetune_tf.runtime.progress import say
 from finetune_tf.training.feature_store import (
@@ -32,11 +40,13 @@ from finetune_tf.training.feature_store import (
     split_cached,
 )
 from finetune_tf.training.fit_args import FitArgs
+from finetune_tf.training.frozen_prefix import FrozenPrefix, frozen_prefix
 
 __all__ = ["FeatureCache", "cache_decision", "fit_on_cached_features"]
 
 _DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 _MODES = ("auto", True, False)
+_DTYPES = (None, "float16", "bfloat16")
 # Arrays go through the backbone this many at a time (fewer, larger calls are faster).
 _FEATURE_BATCH = 256
 # The head alone takes little time a step, so Keras' per-step Python overhead would
@@ -51,7 +61,7 @@ _HOOKS = [
 
 @dataclasses.dataclass(frozen=True)
 class FeatureCache:
-    """How frozen stages cache the backbone's outputs.
+    """How frozen stages cache the backbone's outputs (or its frozen bottom's).
 
     `fit(..., feature_cache=...)` and `fine_tune(..., feature_cache=...)`
     take `"auto"` (the default), `True`, `False` or a `FeatureCache`.
@@ -67,16 +77,27 @@ class FeatureCache:
             spill to a file in `directory`. Defaults to 2 GiB.
         directory: str or path, optional. Where spilled features go (a temporary
             directory, removed after the stage, when `None`).
+        disk_limit: int, optional. Bytes of features allowed on disk; when the
+            features would need more, the cache turns itself off and the stage
+            trains without it. Defaults to `None`: the free space of the disk.
+        dtype: `None`, `"float16"` or `"bfloat16"`. Store the features at this
+            precision (half the memory and disk of float32, results no longer
+            equal to training without the cache). Defaults to `None`: as the
+            model computes them.
 
     Examples:
         >>> from finetune_tf import FeatureCache
         >>> FeatureCache(memory_limit=512 * 1024**2).mode
         'auto'
+        >>> FeatureCache(dtype="bfloat16").dtype
+        'bfloat16'
     """
 
     mode: str | bool = "auto"
     memory_limit: int = _DEFAULT_MEMORY_LIMIT
     directory: str | None = None
+    disk_limit: int | None = None
+    dtype: str | None = None
 
     def __post_init__(self):
         check_choice(self.mode, "mode", _MODES, where="FeatureCache")
@@ -87,6 +108,22 @@ class FeatureCache:
             where="FeatureCache",
             meaning="a number of bytes (0 always spills to disk)",
             type_error=ValueError,
+        )
+        if self.disk_limit is not None:
+            check_int(
+                self.disk_limit,
+                "disk_limit",
+                minimum=0,
+                where="FeatureCache",
+                meaning="a number of bytes (0 never spills to disk)",
+                type_error=ValueError,
+            )
+        check_choice(
+            self.dtype,
+            "dtype",
+            _DTYPES,
+            where="FeatureCache",
+            hint="None keeps the computed precision; 'float16' or 'bfloat16' halve the size.",
         )
         if self.directory is not None:
             directory = directory_path(self.directory, "FeatureCache(directory)")
@@ -146,13 +183,13 @@ _REASONS = {
 }
 
 
-def cache_decision(assembly, x, args: FitArgs, setting: FeatureCache) -> str | None:
-    """None if the current stage of `assembly`'s model can train on cached features, else
-    why not (or "" if it is not a frozen stage, which needs no message)."""
+def cache_decision(assembly, x, args: FitArgs, setting: FeatureCache) -> FrozenPrefix | str:
+    """The split of `assembly`'s model (`training.frozen_prefix`) whose frozen bottom this
+    stage can cache, else why not ("" when nothing below the head is frozen: no message)."""
     if setting.mode is False:
         return ""
-    if assembly.feature_model.trainable_weights or not assembly.backbone_layer.inference_mode:
-        return ""  # something before the head trains: not a frozen stage
+    if not assembly.backbone_layer.inference_mode or not assembly.freeze_report.frozen_layers:
+        return ""  # the whole backbone trains, or its BatchNorm does: nothing is fixed
     if assembly.augmentation is not None:
         return "the model has augmentation layers"
     reasons = [_data_randomness(x)]
@@ -166,7 +203,7 @@ def cache_decision(assembly, x, args: FitArgs, setting: FeatureCache) -> str | N
             continue
         if reason is not None:
             return _REASONS[reason]
-    return None
+    return frozen_prefix(assembly)
 
 
 # --- Training the head on cached features ------------------------------------------------
@@ -197,26 +234,35 @@ class _OnFullModel(keras.callbacks.Callback):
         return call
 
 
-def _compiled_head_model(loop, steps: int) -> keras.Model:
-    """The head alone, compiled like the full model and sharing its optimizer (one state)."""
-    head_model = loop.assembly.head_model()
+def _compiled_tail(loop, head_model: keras.Model, steps: int, head_only: bool) -> keras.Model:
+    """The tail of the split (the head alone, or the top of the backbone and the head),
+    compiled like the full model and sharing its optimizer (one state)."""
     steps_per_execution = min(_HEAD_STEPS_PER_EXECUTION, max(1, steps))  # not beyond an epoch
+    if not head_only:
+        # The top of a backbone takes long enough a step: batch callbacks as compiled.
+        steps_per_execution = loop.model.steps_per_execution
     if in_multi_worker_mode(loop.strategy):
         steps_per_execution = 1  # Keras 3.15's multi-step loop fails under multi-worker
     key = (loop.compiler.count, steps_per_execution)
     if getattr(head_model, "_finetune_tf_compiled_for", None) != key:
         compile_args = loop.compiler.keras_args()
-        compile_args["optimizer"] = loop.model.optimizer
+        optimizer = compile_args["optimizer"] = loop.model.optimizer
         compile_args.setdefault("steps_per_execution", steps_per_execution)
+        if isinstance(head_model, TunedModel):  # the backbone's weight penalty, as in the model
+            head_model.weight_penalty = loop.model.weight_penalty
+        if not optimizer.built:
+            # Its slots in the order the full model makes them (a checkpoint holds them).
+            with loop.strategy.scope():
+                optimizer.build(loop.model.trainable_variables)
         head_model.compile(**compile_args)
         head_model._finetune_tf_compiled_for = key
     return head_model
 
 
-def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache):
-    """Trains the head of `loop`'s model on cached backbone outputs (with `loop.keras_fit`);
-    returns the `History`, or None when
-    the data turns out not to be cacheable (then nothing has trained)."""
+def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache, split: FrozenPrefix):
+    """Trains the tail of `split` (of `loop`'s model) on the cached activations of its frozen
+    prefix (with `loop.keras_fit`); returns the `History`, or None when the data turns out
+    not to be cacheable (then nothing has trained)."""
     verbose = args.verbose
     from_dataset = not isinstance(x, (np.ndarray, tf.Tensor))
     batch_size, sample_weight, shuffle = args.batch_size, args.sample_weight, args.shuffle
@@ -238,11 +284,18 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache):
 
     if from_dataset and validation_split:
         return None  # Keras refuses validation_split for datasets; let it say so
-    say("feature cache: running the frozen backbone once over the training data", verbose)
+    if split.prefix_model is loop.assembly.feature_model:
+        say("feature cache: running the frozen backbone once over the training data", verbose)
+    else:
+        say(
+            f"feature cache: running the frozen bottom of the backbone (up to {split.where}) "
+            "once over the training data",
+            verbose,
+        )
     cached_validation = None
     try:
         cached = compute_features(
-            loop.assembly.feature_model,
+            split.prefix_model,
             loop.strategy,
             x,
             y,
@@ -257,15 +310,20 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache):
                 else (validation, None, None)
             )
             cached_validation = compute_features(
-                loop.assembly.feature_model, loop.strategy, vx, vy, vw, _FEATURE_BATCH, setting
+                split.prefix_model, loop.strategy, vx, vy, vw, _FEATURE_BATCH, setting
             )
     except NotCacheable as reason:
         say(f"feature cache off: {reason}", verbose)
         return None
     try:
         nbytes = cached.store.nbytes + (cached_validation.store.nbytes if cached_validation else 0)
-        where = "on disk" if cached.store.spilled else "in memory"
-        say(f"feature cache: {nbytes / 1024**2:.1f} MiB of features {where}", verbose)
+        where = f"on disk ({cached.store.path})" if cached.store.spilled else "in memory"
+        shape = "x".join(str(size) for size in split.shape)
+        say(
+            f"feature cache: {nbytes / 1024**2:.1f} MiB of features {where}: "
+            f"{cached.store.dtype} {shape} an example at {split.where}",
+            verbose,
+        )
         if validation_split:
             cached, cached_validation = split_cached(cached, validation_split)
         as_arrays = not from_dataset and not cached.store.spilled
@@ -282,7 +340,12 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache):
         else:
             args = args.replace(shuffle=False)  # the dataset shuffles itself
         steps = -(-len(cached.features) // batch_size)
-        head_model = _compiled_head_model(loop, args.get("steps_per_epoch") or steps)
+        head_model = _compiled_tail(
+            loop,
+            split.tail_model,
+            args.get("steps_per_epoch") or steps,
+            head_only=split.prefix_model is loop.assembly.feature_model,
+        )
         model = loop.model
         model.stop_training = False
         args = args.replace(callbacks=[_OnFullModel(c, model) for c in args.callbacks])

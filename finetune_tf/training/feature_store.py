@@ -32,16 +32,26 @@ __all__ = [
 
 
 class FeatureStore:
-    """Feature batches appended in order: in memory up to a limit, then in a file."""
+    """Feature batches appended in order: in memory up to a limit, then in a file (up to
+    `disk_limit` bytes, None: the disk's free space); `NotCacheable` beyond both."""
 
-    def __init__(self, memory_limit: int, directory: str | None):
+    def __init__(self, memory_limit: int, directory: str | None, disk_limit: int | None = None):
         self.memory_limit = memory_limit
         self.directory = directory
+        if disk_limit is None:
+            disk_limit = shutil.disk_usage(_existing_parent(directory)).free
+        self.disk_limit = disk_limit
         self.chunks, self.nbytes, self.count = [], 0, 0
         self.path = self._tempdir = None
         self._file = None
 
     def append(self, batch: np.ndarray):
+        if self.nbytes + batch.nbytes > self.memory_limit + self.disk_limit:
+            raise NotCacheable(
+                f"the features would take more than {self.memory_limit / 1024**2:.1f} MiB of "
+                f"memory and {self.disk_limit / 1024**2:.1f} MiB of disk (FeatureCache's "
+                "memory_limit and disk_limit)"
+            )
         self.nbytes += batch.nbytes
         self.count += len(batch)
         self.shape, self.dtype = batch.shape[1:], batch.dtype
@@ -82,6 +92,13 @@ class FeatureStore:
             shutil.rmtree(self._tempdir, ignore_errors=True)
 
 
+def _existing_parent(directory: str | None) -> str:
+    path = os.path.abspath(directory or tempfile.gettempdir())
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def batches(x, y, sample_weight, batch_size):
     """(inputs, targets, sample_weight) batches of any supported input, in order."""
     if isinstance(x, tf.data.Dataset):
@@ -117,7 +134,8 @@ def compute_features(
 ) -> Cached:
     """`feature_model`'s outputs over `x` (with `y` and `sample_weight` beside them), kept
     as `setting` (a `FeatureCache`) says; `NotCacheable` when the batches vary in size."""
-    store = FeatureStore(setting.memory_limit, setting.directory)
+    store = FeatureStore(setting.memory_limit, setting.directory, setting.disk_limit)
+    dtype = None if setting.dtype is None else tf.as_dtype(setting.dtype).as_numpy_dtype
     targets, weights, sizes = [], [], []
     extract = feature_model.predict_on_batch
     if strategy.num_replicas_in_sync > 1:
@@ -126,8 +144,15 @@ def compute_features(
         extract = tf.function(lambda inputs: feature_model(inputs, training=False))
     try:
         for inputs, batch_y, batch_w in batches(x, y, sample_weight, batch_size):
-            features = extract(inputs)
-            store.append(np.asarray(features))
+            size = len(keras.tree.flatten(inputs)[0])
+            if sizes and size < sizes[0]:
+                # The last, smaller batch, padded to the first's size: a new batch size
+                # would trace the feature model again, which costs more than the rows.
+                padded = keras.tree.map_structure(lambda a: _pad_rows(a, sizes[0]), inputs)
+                features = np.asarray(extract(padded))[:size]
+            else:
+                features = np.asarray(extract(inputs))
+            store.append(features if dtype is None else features.astype(dtype))
             sizes.append(len(features))
             if batch_y is not None:
                 targets.append(np.asarray(batch_y))
@@ -147,6 +172,13 @@ def compute_features(
         batch_size=sizes[0] if sizes else batch_size,
         store=store,
     )
+
+
+def _pad_rows(array, rows: int) -> np.ndarray:
+    """`array` with its last row repeated up to `rows` rows (each example is computed on its
+    own in inference mode, so the extra rows change nothing)."""
+    array = np.asarray(array)
+    return np.concatenate([array, np.repeat(array[-1:], rows - len(array), axis=0)])
 
 
 class NotCacheable(Exception):

@@ -121,11 +121,12 @@ class Loop:
         """`model.fit`, on cached features when the stage allows it, watched by the run."""
         args = args.replace(callbacks=[*args.callbacks, self.run])
         history = None
-        reason = cache_decision(self.assembly, x, args, setting)
-        if reason is None:
-            history = fit_on_cached_features(self, x, y, args, setting)
-        elif reason:
-            say(f"feature cache off: {reason}", args.verbose)
+        split = cache_decision(self.assembly, x, args, setting)
+        if isinstance(split, str):
+            if split:
+                say(f"feature cache off: {split}", args.verbose)
+        else:
+            history = fit_on_cached_features(self, x, y, args, setting, split)
         if history is None:
             history = self.keras_fit(self.model, x, y, args)
         self.run.raise_if_failed(history)

@@ -728,6 +728,18 @@ CASES = [
         ValueError,
         r"`FeatureCache\(directory\)`.*is a file",
     ),
+    (
+        "feature-cache-dtype",
+        lambda d: finetune_tf.FeatureCache(dtype="int8"),
+        ValueError,
+        r"`FeatureCache\(dtype\)` must be one of None, 'float16' or 'bfloat16'.*int8",
+    ),
+    (
+        "feature-cache-disk-limit",
+        lambda d: finetune_tf.FeatureCache(disk_limit=-1),
+        ValueError,
+        r"`FeatureCache\(disk_limit\)` must be a whole number >= 0.*disk_limit=-1",
+    ),
     ("save-format", lambda d: tuner().save(f"{d}/model.h5"), ValueError, r"`filepath`.*\.keras"),
     (
         "save-missing-directory",

@@ -70,6 +70,7 @@ MODULES = [
     "training.feature_cache",
     "training.feature_scale",
     "training.feature_store",
+    "training.frozen_prefix",
     "training.fit_args",
     "training.growing",
     "training.layerwise",
