@@ -15,6 +15,7 @@ the tail `Assembly.head_model()`, the classic feature cache.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import keras
 
@@ -132,7 +133,38 @@ def frozen_prefix(assembly) -> FrozenPrefix | str:
 def _checked(split: FrozenPrefix) -> FrozenPrefix | str:
     if split.prefix_model.trainable_weights:
         return "a layer before the backbone trains"
+    varying = _training_dependent(split.prefix_model)
+    if varying is not None:
+        # Run once with training=False, its noise or augmentation would be dropped.
+        return f"the backbone's preprocessing behaves differently in training ({varying})"
     return split
+
+
+def _training_dependent(model: keras.Model) -> str | None:
+    """The class name of the first layer of `model` (nested models walked into) whose output
+    in training differs from inference: its call takes `training` (Dropout, GaussianNoise)
+    or it draws random numbers (a `keras.random.SeedGenerator`: RandomFlip...). The frozen
+    backbone in inference mode is skipped (it always runs with training=False), and so is a
+    frozen BatchNormalization (Keras runs it in inference mode)."""
+    for layer in model.layers:
+        if isinstance(layer, BackboneLayer) and layer.inference_mode:
+            continue
+        if isinstance(layer, keras.Model):
+            found = _training_dependent(layer)
+            if found is not None:
+                return found
+            continue
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.trainable:
+            continue
+        if getattr(layer, "_seed_generators", None):
+            return type(layer).__name__
+        if isinstance(layer, keras.layers.Lambda):
+            varies = getattr(layer, "_fn_expects_training_arg", False)
+        else:
+            varies = "training" in inspect.signature(layer.call).parameters
+        if varies:
+            return type(layer).__name__
+    return None
 
 
 def _whole_backbone(assembly) -> FrozenPrefix:

@@ -190,3 +190,24 @@ def test_the_cache_turns_itself_off_and_says_why(capsys):
     assert "feature cache off: the features would take more than" in capsys.readouterr().out
     tuner.fit(X, Y, epochs=1, batch_size=16, feature_cache=FeatureCache(dtype="float16"), verbose=1)
     assert "MiB of features in memory: float16 8x8x4" in capsys.readouterr().out
+
+
+def test_random_preprocessing_turns_the_cache_off_and_trains_as_without_it(capsys):
+    """Noise in the backbone's preprocessing is drawn anew each step in training: run once
+    with training=False it would be dropped, so the cache stays off and says why."""
+    results = []
+    for cache in (False, "auto"):
+        keras.utils.set_random_seed(1)
+        backbone = Backbone.from_model(
+            sequential_cnn(), preprocessing=keras.layers.GaussianNoise(0.5)
+        )
+        tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.bottom(3))
+        tuner.compile("adam", learning_rate=1e-2)
+        tuner.fit(X, Y, epochs=1, batch_size=16, shuffle=False, feature_cache=cache, verbose=1)
+        results.append([w.numpy() for w in tuner.model.weights])
+    out = capsys.readouterr().out
+    assert (
+        "feature cache off: the backbone's preprocessing behaves differently in training "
+        "(GaussianNoise)" in out
+    )
+    _assert_same(*results)
