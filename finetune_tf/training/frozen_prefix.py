@@ -118,16 +118,32 @@ def frozen_prefix(assembly) -> FrozenPrefix | str:
     # nothing worth the memory.
     frozen = [(tensor, layer) for tensor, layer, frozen, weights in points if frozen and weights]
     if not frozen:
-        first = next((layer for layer in assembly.backbone.layers if layer.trainable_weights), None)
-        named = f" ({first.name!r})" if first is not None else ""
-        return (
-            f"a trainable backbone layer{named} comes before every point where the backbone "
-            "could be cut"
-        )
+        return _no_frozen_cut(backbone, assembly.backbone.layers)
     tensor, layer = frozen[-1]
     if tensor is backbone.outputs[0]:
         return _checked(_whole_backbone(assembly))
     return _checked(_split(assembly, tensor, layer))
+
+
+def _no_frozen_cut(backbone: keras.Model, layers: list) -> str:
+    """Why no cut of `backbone` is frozen: its first trainable layer (of `layers`, the
+    flattened ones `FreezePolicy` counts) comes before them, or lies inside a nested model,
+    which `cut_points` treats as one layer (it cannot cut inside it)."""
+    first = next((layer for layer in layers if layer.trainable_weights), None)
+    if first is None:
+        return "no point where the backbone could be cut is frozen"
+    for outer in backbone.layers:
+        if isinstance(outer, keras.Model) and any(
+            layer is first for layer in outer._flatten_layers(include_self=False)
+        ):
+            return (
+                f"the trainable layers are inside nested model {outer.name!r} (from "
+                f"{first.name!r}); the cache cannot cut inside it"
+            )
+    return (
+        f"a trainable backbone layer ({first.name!r}) comes before every point where the "
+        "backbone could be cut"
+    )
 
 
 def _checked(split: FrozenPrefix) -> FrozenPrefix | str:

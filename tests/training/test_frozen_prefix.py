@@ -181,6 +181,21 @@ def test_the_cache_turns_itself_off_and_says_why(capsys):
         decision(FreezePolicy.bottom(9), augmentation=flip) == "the model has augmentation layers"
     )
     assert decision(FreezePolicy.none()) == ""  # nothing frozen: nothing to say
+
+    def nested():  # a Keras application inside a Sequential: its layers are one node
+        inner = keras.Sequential(
+            [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1")]
+            + [keras.layers.Conv2D(4, 3, name="c2"), keras.layers.Conv2D(4, 3, name="c3")],
+            name="inner",
+        )
+        layers = [keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(5)]
+        return keras.Sequential([keras.Input((8, 8, 3)), inner, *layers], name="outer")
+
+    tuner = _tuner(nested, FreezePolicy.top(3))
+    assert cache_decision(tuner.assembly, X, FitArgs({}), FeatureCache()) == (
+        "the trainable layers are inside nested model 'inner' (from 'c3'); the cache cannot "
+        "cut inside it"
+    )
     with pytest.raises(NotCacheable, match="more than 0.0 MiB of memory and 0.0 MiB of disk"):
         FeatureStore(memory_limit=0, directory=None, disk_limit=0).append(np.zeros((1, 4)))
 
