@@ -237,7 +237,7 @@ def test_a_shuffling_tf_data_pipeline(capsys):
     results = []
     for cache in (False, "auto"):
         tuner = _tuner(sequential_cnn, FreezePolicy.bottom(3))
-        tuner.fit(fixed, epochs=2, feature_cache=cache, verbose=0)
+        tuner.fit(fixed, epochs=1, feature_cache=cache, verbose=0)
         results.append([w.numpy() for w in tuner.model.weights])
     _assert_same(*results)
 
@@ -245,7 +245,7 @@ def test_a_shuffling_tf_data_pipeline(capsys):
     for _ in range(2):  # the pipeline made after the tuner seeded TensorFlow: the same each run
         tuner = _tuner(sequential_cnn, FreezePolicy.bottom(3), seed=5)
         reshuffled = tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(48, seed=1).batch(16)
-        tuner.fit(reshuffled, epochs=2, verbose=1)
+        tuner.fit(reshuffled, epochs=1, verbose=1)
         results.append([w.numpy() for w in tuner.model.weights])
     _assert_same(*results)
     assert (
