@@ -341,8 +341,10 @@ class FineTuner:
                 between; one `History`, with `history.history["stage"]`. See docs/recipes.md.
             feature_cache: `"auto"`, `True`, `False` or `FeatureCache`. While the whole backbone
                 is frozen, train the head on its cached outputs (same result, about `epochs`
-                times faster); while its bottom is frozen, train the rest on the activations
-                cached at the deepest single-tensor point below it. See docs/recipes.md.
+                times faster; a `tf.data` pipeline that reshuffles each epoch gets the
+                cache's own order, seeded by `seed`: the same only in distribution); while
+                its bottom is frozen, train the rest on the activations cached at the deepest
+                single-tensor point below it. See docs/recipes.md.
             checkpoint_dir: str or path, optional. Save the training state there every epoch, so
                 that the same call resumes after a crash. See docs/robustness.md.
 

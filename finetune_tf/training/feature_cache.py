@@ -4,8 +4,14 @@ When the backbone, or its bottom, is frozen (BatchNorm in inference mode) and
 nothing random or trainable precedes it, every epoch would feed the same
 images through the same function. The cache computes the activations at a cut
 once and trains the rest of the model on them: same layers, same optimizer,
-same loss, same batches, so the same result within float tolerance, at the
-cost of one pass through the frozen part instead of one per epoch. With the
+same loss, at the cost of one pass through the frozen part instead of one per
+epoch. Arrays in memory are batched and shuffled by Keras as without the cache,
+and a `tf.data` pipeline that does not shuffle, or shuffles with
+`reshuffle_each_iteration=False`, gives its batches in the order the cache saw:
+then the result is the same within float tolerance. A pipeline that reshuffles
+each epoch (and arrays spilled to disk) cannot be replayed: the cached run draws
+its own order, seeded by the tuner's `seed`, so its result equals a run without
+the cache only in distribution (the progress line says so). With the
 whole backbone frozen the cut is its output and only the head trains; with a
 frozen bottom (`FreezePolicy.bottom(n)`, `fine_tune`'s second stage under a
 chosen policy) it is the deepest single-tensor point below the first trainable
@@ -147,13 +153,29 @@ _RANDOM_OPS = ("Random", "Rng")
 _OPAQUE_OPS = ("PyFunc", "EagerPyFunc", "NumpyFunction")
 
 
-def _dataset_ops(dataset: tf.data.Dataset) -> set[str]:
+def _dataset_nodes(dataset: tf.data.Dataset) -> list:
+    """The nodes of `dataset`'s graph, those of the functions it calls included."""
     graph = tf.compat.v1.GraphDef()
     graph.ParseFromString(dataset._as_serialized_graph().numpy())
-    ops = {node.op for node in graph.node}
+    nodes = list(graph.node)
     for function in graph.library.function:
-        ops.update(node.op for node in function.node_def)
-    return ops
+        nodes.extend(function.node_def)
+    return nodes
+
+
+def _dataset_ops(dataset: tf.data.Dataset) -> set[str]:
+    return {node.op for node in _dataset_nodes(dataset)}
+
+
+def _reshuffles(dataset: tf.data.Dataset) -> bool:
+    """Whether `dataset` gives its elements in a new order each epoch: it shuffles, and not
+    with `reshuffle_each_iteration=False` (then every epoch has the order the cache saw)."""
+    for node in _dataset_nodes(dataset):
+        if "Shuffle" in node.op:
+            setting = node.attr.get("reshuffle_each_iteration")
+            if setting is None or setting.b:
+                return True
+    return False
 
 
 def _data_randomness(x) -> str | None:
@@ -266,8 +288,8 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache, spl
     verbose = args.verbose
     from_dataset = not isinstance(x, (np.ndarray, tf.Tensor))
     batch_size, sample_weight, shuffle = args.batch_size, args.sample_weight, args.shuffle
-    if isinstance(x, tf.data.Dataset):  # keep its batching; reshuffle if it shuffled
-        shuffle = any("Shuffle" in op for op in _dataset_ops(x))
+    if isinstance(x, tf.data.Dataset):  # keep its batching; reshuffle if it reshuffles
+        shuffle = _reshuffles(x)
     elif isinstance(x, keras.utils.PyDataset):
         shuffle = "batch" if shuffle else False
     validation, validation_split = args.validation_data, args.validation_split
@@ -329,7 +351,14 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache, spl
         as_arrays = not from_dataset and not cached.store.spilled
         if from_dataset:
             batch_size = cached.batch_size
-        fx, fy, fw = as_fit_data(cached, batch_size, shuffle, as_arrays)
+        if shuffle and not as_arrays:
+            seeded = "seeded by the tuner's seed" if loop.seed is not None else "not seeded"
+            say(
+                f"feature cache: the data is reshuffled each epoch; the cached run draws its own "
+                f"order ({seeded}), so it equals a run without the cache only in distribution",
+                verbose,
+            )
+        fx, fy, fw = as_fit_data(cached, batch_size, shuffle, as_arrays, seed=loop.seed)
         if cached_validation is not None:
             validation = as_fit_data(
                 cached_validation, cached_validation.batch_size, False, as_arrays

@@ -3,8 +3,9 @@
 `compute_features` runs a feature model once over arrays, a `tf.data.Dataset`
 or a `keras.utils.PyDataset` into a `FeatureStore` (in memory up to a limit,
 then in a file on disk); `as_fit_data` gives them back to `keras.Model.fit`
-as arrays or as a dataset that reshuffles each epoch, `split_cached` takes
-Keras' `validation_split` from them.
+as arrays or as a dataset that reshuffles each epoch (in its own, seeded order,
+not the one the raw pipeline would have drawn), `split_cached` takes Keras'
+`validation_split` from them.
 """
 
 from __future__ import annotations
@@ -185,8 +186,12 @@ class NotCacheable(Exception):
     pass
 
 
-def feature_dataset(cached: Cached, batch_size: int, shuffle) -> tf.data.Dataset:
-    """Batches read from the (possibly on-disk) features, reshuffled each epoch if asked."""
+def feature_dataset(
+    cached: Cached, batch_size: int, shuffle, seed: int | None = None
+) -> tf.data.Dataset:
+    """Batches read from the (possibly on-disk) features, reshuffled each epoch if asked, in
+    an order of their own (repeatable with `seed`; not the order the raw data would have
+    had: a reshuffling pipeline cannot be replayed)."""
     count = len(cached.features)
     features = cached.features
     spec = tf.TensorSpec((None, *features.shape[1:]), tf.as_dtype(features.dtype))
@@ -207,9 +212,10 @@ def feature_dataset(cached: Cached, batch_size: int, shuffle) -> tf.data.Dataset
     dataset = tf.data.Dataset.range(count)
     if shuffle == "batch":  # whole batches in a new order, as Keras shuffles a PyDataset
         dataset = dataset.batch(batch_size)
-        dataset = dataset.shuffle(-(-count // batch_size), reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(-(-count // batch_size), seed=seed, reshuffle_each_iteration=True)
     elif shuffle:
-        dataset = dataset.shuffle(count, reshuffle_each_iteration=True).batch(batch_size)
+        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size)
     else:
         dataset = dataset.batch(batch_size)
     return dataset.map(take).prefetch(2)
@@ -234,10 +240,10 @@ def split_cached(cached: Cached, validation_split: float):
     return piece(slice(0, split_at)), piece(slice(split_at, None))
 
 
-def as_fit_data(cached: Cached, batch_size, shuffle, as_arrays: bool):
+def as_fit_data(cached: Cached, batch_size, shuffle, as_arrays: bool, seed: int | None = None):
     """What `keras.Model.fit` takes for cached features: arrays when they are in memory and
     came from arrays (Keras then batches and shuffles exactly as it would have), else a
-    `tf.data.Dataset` reading them."""
+    `tf.data.Dataset` reading them (shuffled with `seed`)."""
     if as_arrays:
         return cached.features, cached.targets, cached.sample_weight
-    return feature_dataset(cached, batch_size, shuffle), None, None
+    return feature_dataset(cached, batch_size, shuffle, seed), None, None

@@ -15,6 +15,7 @@ the tail `Assembly.head_model()`, the classic feature cache.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import keras
 
@@ -117,22 +118,69 @@ def frozen_prefix(assembly) -> FrozenPrefix | str:
     # nothing worth the memory.
     frozen = [(tensor, layer) for tensor, layer, frozen, weights in points if frozen and weights]
     if not frozen:
-        first = next((layer for layer in assembly.backbone.layers if layer.trainable_weights), None)
-        named = f" ({first.name!r})" if first is not None else ""
-        return (
-            f"a trainable backbone layer{named} comes before every point where the backbone "
-            "could be cut"
-        )
+        return _no_frozen_cut(backbone, assembly.backbone.layers)
     tensor, layer = frozen[-1]
     if tensor is backbone.outputs[0]:
         return _checked(_whole_backbone(assembly))
     return _checked(_split(assembly, tensor, layer))
 
 
+def _no_frozen_cut(backbone: keras.Model, layers: list) -> str:
+    """Why no cut of `backbone` is frozen: its first trainable layer (of `layers`, the
+    flattened ones `FreezePolicy` counts) comes before them, or lies inside a nested model,
+    which `cut_points` treats as one layer (it cannot cut inside it)."""
+    first = next((layer for layer in layers if layer.trainable_weights), None)
+    if first is None:
+        return "no point where the backbone could be cut is frozen"
+    for outer in backbone.layers:
+        if isinstance(outer, keras.Model) and any(
+            layer is first for layer in outer._flatten_layers(include_self=False)
+        ):
+            return (
+                f"the trainable layers are inside nested model {outer.name!r} (from "
+                f"{first.name!r}); the cache cannot cut inside it"
+            )
+    return (
+        f"a trainable backbone layer ({first.name!r}) comes before every point where the "
+        "backbone could be cut"
+    )
+
+
 def _checked(split: FrozenPrefix) -> FrozenPrefix | str:
     if split.prefix_model.trainable_weights:
         return "a layer before the backbone trains"
+    varying = _training_dependent(split.prefix_model)
+    if varying is not None:
+        # Run once with training=False, its noise or augmentation would be dropped.
+        return f"the backbone's preprocessing behaves differently in training ({varying})"
     return split
+
+
+def _training_dependent(model: keras.Model) -> str | None:
+    """The class name of the first layer of `model` (nested models walked into) whose output
+    in training differs from inference: its call takes `training` (Dropout, GaussianNoise)
+    or it draws random numbers (a `keras.random.SeedGenerator`: RandomFlip...). The frozen
+    backbone in inference mode is skipped (it always runs with training=False), and so is a
+    frozen BatchNormalization (Keras runs it in inference mode)."""
+    for layer in model.layers:
+        if isinstance(layer, BackboneLayer) and layer.inference_mode:
+            continue
+        if isinstance(layer, keras.Model):
+            found = _training_dependent(layer)
+            if found is not None:
+                return found
+            continue
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.trainable:
+            continue
+        if getattr(layer, "_seed_generators", None):
+            return type(layer).__name__
+        if isinstance(layer, keras.layers.Lambda):
+            varies = getattr(layer, "_fn_expects_training_arg", False)
+        else:
+            varies = "training" in inspect.signature(layer.call).parameters
+        if varies:
+            return type(layer).__name__
+    return None
 
 
 def _whole_backbone(assembly) -> FrozenPrefix:

@@ -181,6 +181,21 @@ def test_the_cache_turns_itself_off_and_says_why(capsys):
         decision(FreezePolicy.bottom(9), augmentation=flip) == "the model has augmentation layers"
     )
     assert decision(FreezePolicy.none()) == ""  # nothing frozen: nothing to say
+
+    def nested():  # a Keras application inside a Sequential: its layers are one node
+        inner = keras.Sequential(
+            [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1")]
+            + [keras.layers.Conv2D(4, 3, name="c2"), keras.layers.Conv2D(4, 3, name="c3")],
+            name="inner",
+        )
+        layers = [keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(5)]
+        return keras.Sequential([keras.Input((8, 8, 3)), inner, *layers], name="outer")
+
+    tuner = _tuner(nested, FreezePolicy.top(3))
+    assert cache_decision(tuner.assembly, X, FitArgs({}), FeatureCache()) == (
+        "the trainable layers are inside nested model 'inner' (from 'c3'); the cache cannot "
+        "cut inside it"
+    )
     with pytest.raises(NotCacheable, match="more than 0.0 MiB of memory and 0.0 MiB of disk"):
         FeatureStore(memory_limit=0, directory=None, disk_limit=0).append(np.zeros((1, 4)))
 
@@ -190,3 +205,53 @@ def test_the_cache_turns_itself_off_and_says_why(capsys):
     assert "feature cache off: the features would take more than" in capsys.readouterr().out
     tuner.fit(X, Y, epochs=1, batch_size=16, feature_cache=FeatureCache(dtype="float16"), verbose=1)
     assert "MiB of features in memory: float16 8x8x4" in capsys.readouterr().out
+
+
+def test_random_preprocessing_turns_the_cache_off_and_trains_as_without_it(capsys):
+    """Noise in the backbone's preprocessing is drawn anew each step in training: run once
+    with training=False it would be dropped, so the cache stays off and says why."""
+    results = []
+    for cache in (False, "auto"):
+        keras.utils.set_random_seed(1)
+        backbone = Backbone.from_model(
+            sequential_cnn(), preprocessing=keras.layers.GaussianNoise(0.5)
+        )
+        tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.bottom(3))
+        tuner.compile("adam", learning_rate=1e-2)
+        tuner.fit(X, Y, epochs=1, batch_size=16, shuffle=False, feature_cache=cache, verbose=1)
+        results.append([w.numpy() for w in tuner.model.weights])
+    out = capsys.readouterr().out
+    assert (
+        "feature cache off: the backbone's preprocessing behaves differently in training "
+        "(GaussianNoise)" in out
+    )
+    _assert_same(*results)
+
+
+def test_a_shuffling_tf_data_pipeline(capsys):
+    """Shuffled once (`reshuffle_each_iteration=False`), every epoch has the order the cache
+    saw: the same weights. Reshuffled each epoch, the order cannot be replayed: the cached run
+    draws its own, seeded by the tuner's seed (two runs agree), and says so."""
+    fixed = tf.data.Dataset.from_tensor_slices((X, Y))
+    fixed = fixed.shuffle(48, seed=1, reshuffle_each_iteration=False).batch(16)
+    results = []
+    for cache in (False, "auto"):
+        tuner = _tuner(sequential_cnn, FreezePolicy.bottom(3))
+        tuner.fit(fixed, epochs=1, feature_cache=cache, verbose=0)
+        results.append([w.numpy() for w in tuner.model.weights])
+    _assert_same(*results)
+
+    results = []
+    for _ in range(2):  # the pipeline made after the tuner seeded TensorFlow: the same each run
+        tuner = _tuner(sequential_cnn, FreezePolicy.bottom(3), seed=5)
+        reshuffled = tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(48, seed=1).batch(16)
+        tuner.fit(reshuffled, epochs=1, verbose=1)
+        results.append([w.numpy() for w in tuner.model.weights])
+    _assert_same(*results)
+    assert (
+        capsys.readouterr().out.count(
+            "the cached run draws its own order (seeded by the tuner's seed), so it equals a run "
+            "without the cache only in distribution"
+        )
+        == 2
+    )
