@@ -1,0 +1,56 @@
+"""Transformer blocks: what `FreezePolicy.bottom(n)` and `top(k)` count in a KerasHub backbone.
+
+A KerasHub backbone (`keras_hub.models.Backbone`, e.g. `BertBackbone`) found anywhere in a
+backbone's model lists its transformer blocks: its `transformer_layers` (BERT, RoBERTa,
+GPT-2, Gemma, Llama and most text backbones keep them there) or, failing that, its own
+layers that are `keras_hub.layers.TransformerEncoder` or `TransformerDecoder`. Other models
+have no blocks, and the freeze policies count their layers as before. keras-hub is never
+imported here: a model holding a KerasHub backbone was built after the user imported it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+
+__all__ = ["keras_hub_backbones", "transformer_blocks"]
+
+
+def keras_hub_backbones(model: keras.Model) -> list:
+    """The KerasHub backbones (`keras_hub.models.Backbone`) in `model`, itself included.
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.model.blocks import keras_hub_backbones
+        >>> inputs = keras.Input((4,))
+        >>> keras_hub_backbones(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+        []
+    """
+    keras_hub = sys.modules.get("keras_hub")
+    if keras_hub is None:
+        return []
+    kind = keras_hub.models.Backbone
+    return [layer for layer in model._flatten_layers(include_self=True) if isinstance(layer, kind)]
+
+
+def transformer_blocks(model: keras.Model) -> list:
+    """The transformer blocks of the first KerasHub backbone in `model` that has any, in
+    order; `[]` for other models.
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.model.blocks import transformer_blocks
+        >>> inputs = keras.Input((4,))
+        >>> transformer_blocks(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+        []
+    """
+    keras_hub = sys.modules.get("keras_hub")
+    for backbone in keras_hub_backbones(model):
+        blocks = getattr(backbone, "transformer_layers", None)
+        if not blocks:
+            kinds = (keras_hub.layers.TransformerEncoder, keras_hub.layers.TransformerDecoder)
+            blocks = [layer for layer in backbone.layers if isinstance(layer, kinds)]
+        if blocks:
+            return list(blocks)
+    return []

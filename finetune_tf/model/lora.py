@@ -1,0 +1,216 @@
+"""LoRA: low-rank adapters on a backbone's Dense, EinsumDense and Embedding layers.
+
+`FreezePolicy.lora(rank)` freezes the whole backbone and gives each target layer a trainable
+pair of low-rank matrices (Keras' own `layer.enable_lora(rank, lora_alpha)`): the layer then
+computes with `kernel + (alpha / rank) * lora_a @ lora_b`, and only `lora_a` and `lora_b`
+train. The targets are, by default, KerasHub's choice in a KerasHub backbone (its
+`default_lora_layer_names()`: the query and value projections of the attention layers) and
+every Dense and EinsumDense layer elsewhere; or the layers named in `targets`.
+
+`merge_lora(model)` folds the adapters into the kernels and gives back a model of plain
+layers, for export. Keras itself saves a LoRA layer's kernel merged (`.keras` files and
+weights files hold `kernel + (alpha / rank) * lora_a @ lora_b`) and loads it with zero
+adapters; `enable_adapters` starts such adapters afresh (as `enable_lora` does), so that a
+loaded model trains again.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+from keras.src.saving import serialization_lib
+
+from finetune_tf._utils import did_you_mean, short_list
+from finetune_tf.model.blocks import keras_hub_backbones
+
+__all__ = [
+    "adaptable_layers",
+    "adapted_layers",
+    "adapter_weights",
+    "enable_adapters",
+    "merge_lora",
+    "target_layers",
+]
+
+# The adapter pair of each kind of layer Keras gives `enable_lora`: (A, B).
+_ADAPTERS = (("lora_kernel_a", "lora_kernel_b"), ("lora_embeddings_a", "lora_embeddings_b"))
+_TARGETS_HINT = "Pass targets=None for the default targets, or names from that list."
+
+
+def adaptable_layers(model: keras.Model) -> list:
+    """The built layers inside `model`, at any depth, that can take LoRA adapters
+    (those with Keras' `enable_lora`: Dense, EinsumDense, Embedding).
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.model.lora import adaptable_layers
+        >>> inputs = keras.Input((4,))
+        >>> x = keras.layers.Dense(3, name="hidden")(keras.layers.Normalization()(inputs))
+        >>> [layer.name for layer in adaptable_layers(keras.Model(inputs, x))]
+        ['hidden']
+    """
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if hasattr(layer, "enable_lora") and layer.built and layer.weights
+    ]
+
+
+def adapted_layers(model: keras.Model) -> list:
+    """The layers inside `model` that have LoRA adapters."""
+    return [layer for layer in adaptable_layers(model) if getattr(layer, "lora_enabled", False)]
+
+
+def _pair(layer) -> tuple:
+    """A LoRA layer's adapter variables `(A, B)`."""
+    for names in _ADAPTERS:
+        if hasattr(layer, names[0]):
+            return tuple(getattr(layer, name) for name in names)
+    return ()
+
+
+def adapter_weights(model: keras.Model) -> list:
+    """The adapter variables (A and B of each adapted layer) inside `model`."""
+    return [weight for layer in adapted_layers(model) for weight in _pair(layer)]
+
+
+def _default_targets(model: keras.Model) -> list:
+    """KerasHub's choice in each KerasHub backbone inside `model`; without one, every Dense
+    and EinsumDense layer."""
+    hub_backbones = keras_hub_backbones(model)
+    if hub_backbones:
+        chosen = []
+        for backbone in hub_backbones:
+            names = set(backbone.default_lora_layer_names())
+            chosen += [layer for layer in adaptable_layers(backbone) if layer.name in names]
+        return chosen
+    kinds = (keras.layers.Dense, keras.layers.EinsumDense)
+    return [layer for layer in adaptable_layers(model) if isinstance(layer, kinds)]
+
+
+def target_layers(model: keras.Model, targets, rank: int, where: str) -> list:
+    """The layers `FreezePolicy.lora(rank, targets=targets)` adapts in `model`, or a
+    ValueError (before anything changes) naming what does not fit."""
+    available = adaptable_layers(model)
+    names = list(dict.fromkeys(layer.name for layer in available))
+    listing = (
+        f"Layers that take adapters: {short_list(names, 20)}."
+        if names
+        else "It has no Dense, EinsumDense or Embedding layer."
+    )
+    if targets is None:
+        chosen = _default_targets(model)
+        if not chosen:
+            raise ValueError(
+                f"`{where}` found no layer to adapt in the backbone: the default targets are "
+                "the Dense and EinsumDense layers (KerasHub's query and value projections in a "
+                f"KerasHub backbone). {listing} "
+                "Name the layers with targets=[...], or use another FreezePolicy."
+            )
+    else:
+        unknown = [name for name in targets if name not in names]
+        if unknown:
+            hint = did_you_mean(unknown[0], names)
+            raise ValueError(
+                f"`{where}` got targets={list(targets)!r}, but {unknown[0]!r} is not the name "
+                f"of a Dense, EinsumDense or Embedding layer of the backbone.{hint} "
+                f"{listing} {_TARGETS_HINT}"
+            )
+        chosen = [layer for layer in available if layer.name in targets]
+    for layer in chosen:
+        if getattr(layer, "lora_enabled", False) and layer.lora_rank != rank:
+            raise ValueError(
+                f"`{where}` got rank={rank}, but the backbone's layer {layer.name!r} already "
+                f"has adapters of rank {layer.lora_rank}. Use rank={layer.lora_rank}, or merge "
+                "the adapters first (FineTuner.merge_lora() or finetune_tf.merge_lora(model))."
+            )
+        if getattr(layer, "kernel_constraint", None) is not None:
+            raise ValueError(
+                f"`{where}` cannot adapt the layer {layer.name!r}: it has a kernel_constraint, "
+                "which LoRA does not support. Leave it out with targets=[...]."
+            )
+    return chosen
+
+
+def enable_adapters(model: keras.Model, layers: list, rank: int, alpha) -> None:
+    """Freezes every weight of `model` but the LoRA adapters of `layers`, which it adds
+    (`layer.enable_lora(rank, lora_alpha=alpha)`) where missing. Adapters that are both zero
+    (a model loaded from a file: Keras saves them merged) start afresh, A random and B zero,
+    as `enable_lora` makes them: the layer computes the same, and can train again."""
+    model.trainable = True
+    for layer in model._flatten_layers(include_self=False):
+        layer.trainable = False  # BatchNorm too: it runs in inference mode
+    for layer in layers:
+        layer.trainable = True
+        if not layer.lora_enabled:
+            layer.enable_lora(rank, lora_alpha=alpha)
+        a, b = _pair(layer)
+        if not np.any(keras.ops.convert_to_numpy(a)) and not np.any(keras.ops.convert_to_numpy(b)):
+            a.assign(keras.initializers.HeUniform()(a.shape, dtype=a.dtype))
+        adapters = {id(a), id(b)}
+        for weight in layer.weights:
+            weight.trainable = id(weight) in adapters
+
+
+def _without_lora(config):
+    """A serialized model's config with the LoRA settings of its layers removed."""
+    if isinstance(config, dict):
+        return {
+            key: _without_lora(value)
+            for key, value in config.items()
+            if key not in ("lora_rank", "lora_alpha")
+        }
+    if isinstance(config, list):
+        return [_without_lora(item) for item in config]
+    return config
+
+
+def merge_lora(model: keras.Model) -> keras.Model:
+    """A copy of `model` with each LoRA adapter folded into its layer's kernel.
+
+    Each adapted layer of the copy is a plain layer whose kernel is `kernel + (alpha / rank)
+    * lora_a @ lora_b`: it predicts what `model` predicts (to float tolerance), and saves and
+    exports without adapters. `model` is left as it is. Works on any Keras model with
+    adapters: a FineTuner's (`FineTuner.merge_lora()` calls this on its backbone), or one
+    loaded with `keras.models.load_model`.
+
+    Args:
+        model: keras.Model. A model with LoRA adapters (`FreezePolicy.lora`, or Keras'
+            `layer.enable_lora`).
+
+    Examples:
+        >>> import keras, numpy as np
+        >>> from finetune_tf import merge_lora
+        >>> inputs = keras.Input((4,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(3, name="dense")(inputs))
+        >>> model.get_layer("dense").enable_lora(2)
+        >>> plain = merge_lora(model)
+        >>> plain.get_layer("dense").lora_enabled, len(plain.weights)
+        (False, 2)
+        >>> x = np.ones((2, 4), "float32")
+        >>> bool(np.allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0)))
+        True
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "`merge_lora(model)` expects a keras.Model. "
+            f"Received: model={model!r} of type {type(model).__name__}."
+        )
+    if not adapted_layers(model):
+        raise ValueError(
+            f"`merge_lora(model)` found no LoRA adapters in the model {model.name!r}: there "
+            "is nothing to merge. Adapters come from FreezePolicy.lora(rank) or "
+            "layer.enable_lora(rank)."
+        )
+    config = _without_lora(keras.saving.serialize_keras_object(model))
+    # A copy of a model already in this process, by the user's choice: no file is read.
+    with serialization_lib.SafeModeScope(False):
+        plain = keras.saving.deserialize_keras_object(config)
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "merged.weights.h5")
+        model.save_weights(path)  # Keras writes each LoRA kernel merged
+        plain.load_weights(path)
+    return plain
