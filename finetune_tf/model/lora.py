@@ -115,15 +115,15 @@ def target_layers(model: keras.Model, targets, rank: int, where: str) -> list:
         if unknown:
             hint = did_you_mean(unknown[0], names)
             raise ValueError(
-                f"`{where}` got targets={list(targets)!r}, but {unknown[0]!r} is not the name "
-                f"of a Dense, EinsumDense or Embedding layer of the backbone.{hint} "
+                f"`{where}(targets)` got targets={list(targets)!r}, but {unknown[0]!r} is not "
+                f"the name of a Dense, EinsumDense or Embedding layer of the backbone.{hint} "
                 f"{listing} {_TARGETS_HINT}"
             )
         chosen = [layer for layer in available if layer.name in targets]
     for layer in chosen:
         if getattr(layer, "lora_enabled", False) and layer.lora_rank != rank:
             raise ValueError(
-                f"`{where}` got rank={rank}, but the backbone's layer {layer.name!r} already "
+                f"`{where}(rank)` got rank={rank}, but the backbone's layer {layer.name!r} already "
                 f"has adapters of rank {layer.lora_rank}. Use rank={layer.lora_rank}, or merge "
                 "the adapters first (FineTuner.merge_lora() or finetune_tf.merge_lora(model))."
             )
@@ -197,7 +197,8 @@ def merge_lora(model: keras.Model) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise TypeError(
             "`merge_lora(model)` expects a keras.Model. "
-            f"Received: model={model!r} of type {type(model).__name__}."
+            f"Received: model={model!r} of type {type(model).__name__}. For a model file, "
+            "load it first: merge_lora(finetune_tf.load_model(path))."
         )
     if not adapted_layers(model):
         raise ValueError(

@@ -29,6 +29,10 @@ def tuner(**kwargs):
     return FineTuner(backbone(), Head.classifier(3), **kwargs)
 
 
+def lora_then(policy):
+    return tuner(freeze=policy)
+
+
 def compiled():
     t = tuner(freeze=FreezePolicy.none())
     t.compile()
@@ -291,6 +295,43 @@ CASES = [
         lambda d: FreezePolicy.all(batchnorm="maybe"),
         ValueError,
         r"batchnorm.*maybe",
+    ),
+    ("freeze-lora-rank", lambda d: FreezePolicy.lora(0), ValueError, r"lora\(rank\).*rank=0"),
+    (
+        "freeze-lora-alpha",
+        lambda d: FreezePolicy.lora(4, alpha=-1),
+        ValueError,
+        r"lora\(alpha\).*alpha=-1",
+    ),
+    (
+        "freeze-lora-targets-type",
+        lambda d: FreezePolicy.lora(4, targets=[1]),
+        TypeError,
+        r"lora\(targets\).*targets=\[1\]",
+    ),
+    (
+        "freeze-lora-unknown-target",
+        lambda d: tuner(freeze=FreezePolicy.lora(4, targets=["dense1"])),
+        ValueError,
+        r"'dense1'.*Did you mean 'dense_1'.*'features'",
+    ),
+    (
+        "freeze-lora-other-rank",
+        lambda d: lora_then(FreezePolicy.lora(2)).set_freeze(FreezePolicy.lora(4)),
+        ValueError,
+        r"rank=4.*already has adapters of rank 2.*merge",
+    ),
+    (
+        "merge-lora-without-adapters",
+        lambda d: tuner().merge_lora(),
+        ValueError,
+        r"merge_lora\(\)` found no LoRA adapters.*FreezePolicy\.lora",
+    ),
+    (
+        "merge-lora-type",
+        lambda d: finetune_tf.merge_lora("model.keras"),
+        TypeError,
+        r"merge_lora\(model\)` expects a keras\.Model.*str",
     ),
     (
         "tuner-head-type",
