@@ -357,13 +357,7 @@ class FreezePolicy:
             return self._block_mask(count, starts)
         if self.kind in ("bottom", "top"):
             if self.value > count:
-                argname = "n" if self.kind == "bottom" else "k"
-                raise ValueError(
-                    f"`FreezePolicy.{self.kind}({argname})` got {argname}={self.value}, but the "
-                    f"backbone has {count} layers. Use {argname} <= {count}, or "
-                    f"FreezePolicy.{'all' if self.kind == 'bottom' else 'none'}() to "
-                    f"{'freeze' if self.kind == 'bottom' else 'train'} everything."
-                )
+                raise self._too_many(count, "layers")
             if self.kind == "bottom":
                 return [i < self.value for i in range(count)]
             return [i < count - self.value for i in range(count)]
@@ -393,18 +387,23 @@ class FreezePolicy:
         (indices in the layers), the embeddings below block 0."""
         blocks = len(starts)
         if self.value > blocks:
-            argname = "n" if self.kind == "bottom" else "k"
-            raise ValueError(
-                f"`FreezePolicy.{self.kind}({argname})` got {argname}={self.value}, but the "
-                f"backbone has {blocks} transformer blocks (a KerasHub backbone's "
-                f"{argname} counts blocks, not layers). Use {argname} <= {blocks}, or "
-                f"FreezePolicy.{'all' if self.kind == 'bottom' else 'none'}() to "
-                f"{'freeze' if self.kind == 'bottom' else 'train'} everything."
+            raise self._too_many(
+                blocks, "transformer blocks (in a KerasHub backbone it counts blocks, not layers)"
             )
         frozen_blocks = self.value if self.kind == "bottom" else blocks - self.value
         # Up to the start of the first block that trains; all blocks frozen: through the last.
         stop = starts[frozen_blocks] if frozen_blocks < blocks else starts[-1] + 1
         return [i < stop for i in range(count)]
+
+    def _too_many(self, available: int, what: str) -> ValueError:
+        """The error of `bottom(n)` or `top(k)` beyond the `available` layers or blocks."""
+        argname = "n" if self.kind == "bottom" else "k"
+        return ValueError(
+            f"`FreezePolicy.{self.kind}({argname})` got {argname}={self.value}, but the "
+            f"backbone has {available} {what}. Use {argname} <= {available}, or "
+            f"FreezePolicy.{'all' if self.kind == 'bottom' else 'none'}() to "
+            f"{'freeze' if self.kind == 'bottom' else 'train'} everything."
+        )
 
     def check(self, backbone) -> None:
         """A ValueError if this policy does not fit `backbone` (too many layers or blocks,
