@@ -287,9 +287,10 @@ class FreezePolicy:
     def lora(cls, rank: int = 8, *, alpha: float | None = None, targets=None) -> FreezePolicy:
         """Freeze the whole backbone and train low-rank adapters (LoRA) on some of its layers.
 
-        Each target layer (Dense, EinsumDense or Embedding) gets Keras' LoRA adapters
-        (`layer.enable_lora`): it computes with `kernel + (alpha / rank) * lora_a @ lora_b`,
-        and only `lora_a` and `lora_b` train, with the head. BatchNorm runs in inference
+        Each target layer (Dense, EinsumDense, Embedding: a layer with Keras'
+        `enable_lora`) gets Keras' LoRA adapters: it computes with
+        `kernel + (alpha / rank) * lora_a @ lora_b`, and only `lora_a` and `lora_b` train,
+        with the head. BatchNorm runs in inference
         mode. The `FreezeReport` gives the adapters' share of the backbone's parameters.
         A saved model keeps the adapters' layers; `FineTuner.merge_lora()` folds them into
         the kernels for export (docs/usage.md).

@@ -1,5 +1,8 @@
 """LoRA: low-rank adapters on a backbone's Dense, EinsumDense and Embedding layers.
 
+(Every layer with Keras' `enable_lora` takes them: recent Keras versions give it to
+convolutions too.)
+
 `FreezePolicy.lora(rank)` freezes the whole backbone and gives each target layer a trainable
 pair of low-rank matrices (Keras' own `layer.enable_lora(rank, lora_alpha)`): the layer then
 computes with `kernel + (alpha / rank) * lora_a @ lora_b`, and only `lora_a` and `lora_b`
@@ -42,7 +45,8 @@ _TARGETS_HINT = "Pass targets=None for the default targets, or names from that l
 
 def adaptable_layers(model: keras.Model) -> list:
     """The built layers inside `model`, at any depth, that can take LoRA adapters
-    (those with Keras' `enable_lora`: Dense, EinsumDense, Embedding).
+    (those with Keras' `enable_lora`: Dense, EinsumDense, Embedding, and convolutions in
+    recent Keras versions).
 
     Examples:
         >>> import keras
@@ -99,7 +103,7 @@ def target_layers(model: keras.Model, targets, rank: int, where: str) -> list:
     listing = (
         f"Layers that take adapters: {short_list(names, 20)}."
         if names
-        else "It has no Dense, EinsumDense or Embedding layer."
+        else "It has no layer that takes adapters (Dense, EinsumDense, Embedding)."
     )
     if targets is None:
         chosen = _default_targets(model)
@@ -116,7 +120,7 @@ def target_layers(model: keras.Model, targets, rank: int, where: str) -> list:
             hint = did_you_mean(unknown[0], names)
             raise ValueError(
                 f"`{where}(targets)` got targets={list(targets)!r}, but {unknown[0]!r} is not "
-                f"the name of a Dense, EinsumDense or Embedding layer of the backbone.{hint} "
+                f"the name of a backbone layer that takes adapters.{hint} "
                 f"{listing} {_TARGETS_HINT}"
             )
         chosen = [layer for layer in available if layer.name in targets]
