@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import revived
+from finetune_tf.model.lora import adapted_layers
 from finetune_tf.sources.hub import HubLayer
 
 __all__ = [
@@ -76,6 +77,15 @@ def clone_model(model: keras.Model, dtype_policy: str | None, what: str) -> kera
             "it with keras.saving.register_keras_serializable), or build the model inside "
             "`with strategy.scope():` and pass that strategy."
         ) from None
+    if len(clone.weights) != len(model.weights) and adapted_layers(model):
+        raise ValueError(
+            f"{what} cannot be copied: it has LoRA adapters inside layers that rebuild "
+            "without them (e.g. the attention layers of a transformer block), so the copy "
+            "would lack them. A copy is made for strategies, mixed precision and every "
+            "scikit-learn fit. Merge the adapters first (FineTuner.merge_lora(), or "
+            "Backbone.from_model(finetune_tf.merge_lora(backbone.model))), or copy the "
+            "backbone before applying FreezePolicy.lora."
+        )
     clone.set_weights(model.get_weights())
     for layer in clone._flatten_layers(include_self=False):
         # As Keras does after loading a file: an adapted Normalization computes from its

@@ -33,6 +33,14 @@ def lora_then(policy):
     return tuner(freeze=policy)
 
 
+def attention_with_adapters():
+    inputs = keras.Input((3, 4), name="tokens")
+    x = keras.layers.MultiHeadAttention(1, 2, name="attention")(inputs, inputs)
+    adapted = Backbone.from_model(keras.Model(inputs, x, name="block"))
+    FreezePolicy.lora(2, targets=["query"]).apply(adapted)
+    return adapted
+
+
 def compiled():
     t = tuner(freeze=FreezePolicy.none())
     t.compile()
@@ -326,6 +334,12 @@ CASES = [
         lambda d: tuner().merge_lora(),
         ValueError,
         r"merge_lora\(\)` found no LoRA adapters.*FreezePolicy\.lora",
+    ),
+    (
+        "backbone-copy-lora",
+        lambda d: attention_with_adapters().copy(),
+        ValueError,
+        r"Backbone 'block' cannot be copied.*LoRA adapters.*merge_lora",
     ),
     (
         "merge-lora-type",
