@@ -428,7 +428,11 @@ class FreezePolicy:
         if self.kind != "lora":
             return []
         return adapters.target_layers(
-            backbone.model, self.options["targets"], self.value, where="FreezePolicy.lora"
+            backbone.model,
+            self.options["targets"],
+            self.value,
+            where="FreezePolicy.lora",
+            alpha=self.options["alpha"],
         )
 
     def apply(self, backbone) -> FreezeReport:

@@ -95,9 +95,9 @@ def _default_targets(model: keras.Model) -> list:
     return [layer for layer in adaptable_layers(model) if isinstance(layer, kinds)]
 
 
-def target_layers(model: keras.Model, targets, rank: int, where: str) -> list:
-    """The layers `FreezePolicy.lora(rank, targets=targets)` adapts in `model`, or a
-    ValueError (before anything changes) naming what does not fit."""
+def target_layers(model: keras.Model, targets, rank: int, where: str, alpha=None) -> list:
+    """The layers `FreezePolicy.lora(rank, alpha=alpha, targets=targets)` adapts in `model`,
+    or a ValueError (before anything changes) naming what does not fit."""
     available = adaptable_layers(model)
     names = list(dict.fromkeys(layer.name for layer in available))
     listing = (
@@ -124,12 +124,17 @@ def target_layers(model: keras.Model, targets, rank: int, where: str) -> list:
                 f"{listing} {_TARGETS_HINT}"
             )
         chosen = [layer for layer in available if layer.name in targets]
+    scale = (rank if alpha is None else alpha) / rank
     for layer in chosen:
-        if getattr(layer, "lora_enabled", False) and layer.lora_rank != rank:
+        if getattr(layer, "lora_enabled", False) and (
+            layer.lora_rank != rank or layer.lora_alpha / layer.lora_rank != scale
+        ):
             raise ValueError(
-                f"`{where}(rank)` got rank={rank}, but the backbone's layer {layer.name!r} already "
-                f"has adapters of rank {layer.lora_rank}. Use rank={layer.lora_rank}, or merge "
-                "the adapters first (FineTuner.merge_lora() or finetune_tf.merge_lora(model))."
+                f"`{where}(rank)` got rank={rank}, alpha={alpha}, but the backbone's layer "
+                f"{layer.name!r} already has adapters of rank {layer.lora_rank}, alpha "
+                f"{layer.lora_alpha}. Use rank={layer.lora_rank}, alpha={layer.lora_alpha}, or "
+                "merge the adapters first (FineTuner.merge_lora() or "
+                "finetune_tf.merge_lora(model))."
             )
         if getattr(layer, "kernel_constraint", None) is not None:
             raise ValueError(

@@ -138,6 +138,8 @@ def test_lora_on_a_functional_attention_block_saves_merges_and_exports(tmp_path)
 def test_merge_lora_on_a_loaded_model_and_the_policy_as_data(tmp_path):
     model = mlp()
     FreezePolicy.lora(3, alpha=1.5).apply(Backbone.from_model(model))
+    with pytest.raises(ValueError, match=r"already has adapters of rank 3, alpha 1\.5"):
+        FreezePolicy.lora(3).check(Backbone.from_model(model))  # another scale: refused
     hidden = model.get_layer("hidden")
     hidden.lora_kernel_b.assign(np.full(hidden.lora_kernel_b.shape, 0.1, "float32"))
     path = str(tmp_path / "adapted.keras")
