@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Stage
+from finetune_tf.training.layerwise import layerwise_multipliers
 
 
 def weights_by_path(model):
@@ -111,6 +112,14 @@ def test_lora_on_a_functional_attention_block_saves_merges_and_exports(tmp_path)
     assert not tuner.backbone.model.get_layer("ffn").lora_enabled
     # query and value kernels (8, 2, 4): Keras gives A (8, 2, 4) and B (4, 4) each.
     assert report.adapter_params == 2 * (64 + 16) == report.trainable_params
+    # layer-wise rates: the adapters of a frozen layer get its depth, not the head's rate
+    rates = dict(layerwise_multipliers(tuner.backbone, tuner.model, 0.5))
+    assert {path.split("/", 1)[1]: rate for path, rate in rates.items() if "lora" in path} == {
+        "query/lora_kernel_a": 0.5,
+        "query/lora_kernel_b": 0.5,
+        "value/lora_kernel_a": 0.5,
+        "value/lora_kernel_b": 0.5,
+    }
 
     before = weights_by_path(tuner.model)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
