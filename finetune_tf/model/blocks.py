@@ -4,7 +4,10 @@ A KerasHub backbone (`keras_hub.models.Backbone`, e.g. `BertBackbone`) found any
 backbone's model lists its transformer blocks: its `transformer_layers` (BERT, RoBERTa,
 GPT-2, Gemma, Llama and most text backbones keep them there) or, failing that, its own
 layers that are `keras_hub.layers.TransformerEncoder` or `TransformerDecoder`. Other models
-have no blocks, and the freeze policies count their layers as before. keras-hub is never
+have no blocks, and the freeze policies count their layers as before. A KerasHub transformer
+whose blocks sit inside one sublayer (ViT's `vit_encoder`, and likewise DINOv2, SigLIP,
+CLIP) has blocks this module cannot list: `unlisted_blocks` names it, and
+`FreezePolicy.bottom(n)`/`top(k)` refuse it rather than count its few layers. keras-hub is never
 imported here: a model holding a KerasHub backbone was built after the user imported it.
 """
 
@@ -14,7 +17,7 @@ import sys
 
 import keras
 
-__all__ = ["keras_hub_backbones", "transformer_blocks"]
+__all__ = ["keras_hub_backbones", "transformer_blocks", "unlisted_blocks"]
 
 
 def keras_hub_backbones(model: keras.Model) -> list:
@@ -54,3 +57,26 @@ def transformer_blocks(model: keras.Model) -> list:
         if blocks:
             return list(blocks)
     return []
+
+
+def unlisted_blocks(model: keras.Model) -> str:
+    """The name of a KerasHub backbone in `model` that has attention layers but no blocks
+    `transformer_blocks` can list (ViT, DINOv2, SigLIP, CLIP keep them inside a sublayer);
+    `""` when there is none.
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.model.blocks import unlisted_blocks
+        >>> inputs = keras.Input((4,))
+        >>> unlisted_blocks(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+        ''
+    """
+    if transformer_blocks(model):
+        return ""
+    for backbone in keras_hub_backbones(model):
+        if any(
+            "Attention" in type(layer).__name__
+            for layer in backbone._flatten_layers(include_self=False)
+        ):
+            return f"{backbone.name} ({type(backbone).__name__})"
+    return ""

@@ -19,7 +19,7 @@ import numpy as np
 from finetune_tf._checks import check_choice, check_int, check_number
 from finetune_tf._utils import did_you_mean
 from finetune_tf.model import lora as adapters
-from finetune_tf.model.blocks import transformer_blocks
+from finetune_tf.model.blocks import transformer_blocks, unlisted_blocks
 
 __all__ = ["BATCHNORM_MODES", "FreezePolicy", "FreezeReport"]
 
@@ -421,7 +421,26 @@ class FreezePolicy:
             ValueError: `FreezePolicy.bottom(n)` got n=3, but the backbone has 2 layers. ...
         """
         self._lora_targets(backbone)
-        self.frozen_mask(backbone.layers, transformer_blocks(backbone.model))
+        self.frozen_mask(backbone.layers, self._blocks(backbone))
+
+    def _blocks(self, backbone) -> list:
+        """The backbone's transformer blocks; a ValueError for `bottom(n)`/`top(k)` on a
+        KerasHub transformer whose blocks cannot be listed (they would count layers)."""
+        blocks = transformer_blocks(backbone.model)
+        if self.kind in ("bottom", "top") and not blocks:
+            owner = unlisted_blocks(backbone.model)
+            if owner:
+                argname = "n" if self.kind == "bottom" else "k"
+                raise ValueError(
+                    f"`FreezePolicy.{self.kind}({argname})` counts transformer blocks in a "
+                    f"KerasHub backbone, but the blocks of {owner} sit inside one of its "
+                    "layers and cannot be counted (bottom/top count blocks in backbones with "
+                    "`transformer_layers` or TransformerEncoder/Decoder layers, e.g. BERT, "
+                    "GPT-2, Gemma, Llama). Use FreezePolicy.until(name) or "
+                    "FreezePolicy.matching(pattern) on the names in Backbone.layers, or "
+                    "FreezePolicy.lora(rank)."
+                )
+        return blocks
 
     def _lora_targets(self, backbone) -> list:
         """The layers a LoRA policy adapts in `backbone` (checked); `[]` for other kinds."""
@@ -444,7 +463,7 @@ class FreezePolicy:
         if self.kind == "lora":
             return self._apply_lora(backbone)
         layers = backbone.layers
-        blocks = transformer_blocks(backbone.model)
+        blocks = self._blocks(backbone)
         mask = self.frozen_mask(layers, blocks)
         backbone.model.trainable = True
         for layer, frozen in zip(layers, mask, strict=True):

@@ -33,6 +33,15 @@ def lora_then(policy):
     return tuner(freeze=policy)
 
 
+def vit():
+    keras_hub = pytest.importorskip("keras_hub")  # the version matrix has none: skipped
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.ViTBackbone(
+        image_shape=(8, 8, 3), patch_size=4, num_layers=2, num_heads=1, hidden_dim=4, mlp_dim=4
+    )
+    return Backbone.from_model(model)
+
+
 def attention_with_adapters():
     inputs = keras.Input((3, 4), name="tokens")
     x = keras.layers.MultiHeadAttention(1, 2, name="attention")(inputs, inputs)
@@ -303,6 +312,12 @@ CASES = [
         lambda d: FreezePolicy.all(batchnorm="maybe"),
         ValueError,
         r"batchnorm.*maybe",
+    ),
+    (
+        "freeze-blocks-unlisted",
+        lambda d: FreezePolicy.top(1).apply(vit()),
+        ValueError,
+        r"top\(k\)` counts transformer blocks.*ViTBackbone.*FreezePolicy\.until.*lora",
     ),
     ("freeze-lora-rank", lambda d: FreezePolicy.lora(0), ValueError, r"lora\(rank\).*rank=0"),
     (
