@@ -406,9 +406,12 @@ class FreezePolicy:
             f"{'freeze' if self.kind == 'bottom' else 'train'} everything."
         )
 
-    def check(self, backbone) -> None:
+    def check(self, backbone, planned: dict | None = None) -> None:
         """A ValueError if this policy does not fit `backbone` (too many layers or blocks,
         an unknown name, LoRA targets it lacks); changes nothing.
+
+        `planned`, for the stages of a schedule, maps `id(layer)` to the `(rank, alpha)` of
+        the adapters earlier stages add; a LoRA policy checks against them and adds its own.
 
         Examples:
             >>> import keras
@@ -420,8 +423,13 @@ class FreezePolicy:
             ...
             ValueError: `FreezePolicy.bottom(n)` got n=3, but the backbone has 2 layers. ...
         """
-        self._lora_targets(backbone)
+        targets = self._lora_targets(backbone, planned)
         self.frozen_mask(backbone.layers, self._blocks(backbone))
+        if planned is not None and targets:
+            alpha = self.options["alpha"]
+            for layer in targets:
+                if not layer.lora_enabled:
+                    planned[id(layer)] = (self.value, self.value if alpha is None else alpha)
 
     def _blocks(self, backbone) -> list:
         """The backbone's transformer blocks; a ValueError for `bottom(n)`/`top(k)` on a
@@ -442,7 +450,7 @@ class FreezePolicy:
                 )
         return blocks
 
-    def _lora_targets(self, backbone) -> list:
+    def _lora_targets(self, backbone, planned: dict | None = None) -> list:
         """The layers a LoRA policy adapts in `backbone` (checked); `[]` for other kinds."""
         if self.kind != "lora":
             return []
@@ -452,6 +460,7 @@ class FreezePolicy:
             self.value,
             where="FreezePolicy.lora",
             alpha=self.options["alpha"],
+            planned=planned,
         )
 
     def apply(self, backbone) -> FreezeReport:

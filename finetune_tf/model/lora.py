@@ -95,9 +95,14 @@ def _default_targets(model: keras.Model) -> list:
     return [layer for layer in adaptable_layers(model) if isinstance(layer, kinds)]
 
 
-def target_layers(model: keras.Model, targets, rank: int, where: str, alpha=None) -> list:
+def target_layers(
+    model: keras.Model, targets, rank: int, where: str, alpha=None, planned: dict | None = None
+) -> list:
     """The layers `FreezePolicy.lora(rank, alpha=alpha, targets=targets)` adapts in `model`,
-    or a ValueError (before anything changes) naming what does not fit."""
+    or a ValueError (before anything changes) naming what does not fit.
+
+    `planned` maps `id(layer)` to the `(rank, alpha)` of adapters that earlier stages of a
+    schedule will add: they are checked as if the layer had them already."""
     available = adaptable_layers(model)
     names = list(dict.fromkeys(layer.name for layer in available))
     listing = (
@@ -124,24 +129,37 @@ def target_layers(model: keras.Model, targets, rank: int, where: str, alpha=None
                 f"{listing} {_TARGETS_HINT}"
             )
         chosen = [layer for layer in available if layer.name in targets]
-    scale = (rank if alpha is None else alpha) / rank
+    effective = rank if alpha is None else alpha
     for layer in chosen:
-        if getattr(layer, "lora_enabled", False) and (
-            layer.lora_rank != rank or layer.lora_alpha / layer.lora_rank != scale
-        ):
-            raise ValueError(
-                f"`{where}(rank)` got rank={rank}, alpha={alpha}, but the backbone's layer "
-                f"{layer.name!r} already has adapters of rank {layer.lora_rank}, alpha "
-                f"{layer.lora_alpha}. Use rank={layer.lora_rank}, alpha={layer.lora_alpha}, or "
-                "merge the adapters first (FineTuner.merge_lora() or "
-                "finetune_tf.merge_lora(model))."
-            )
+        if getattr(layer, "lora_enabled", False):
+            has = (layer.lora_rank, layer.lora_alpha)
+        else:
+            has = (planned or {}).get(id(layer))
+        if has is not None and (has[0] != rank or has[1] / has[0] != effective / rank):
+            _refuse_other_adapters(where, layer, rank, alpha, effective, has)
         if getattr(layer, "kernel_constraint", None) is not None:
             raise ValueError(
                 f"`{where}` cannot adapt the layer {layer.name!r}: it has a kernel_constraint, "
                 "which LoRA does not support. Leave it out with targets=[...]."
             )
     return chosen
+
+
+def _refuse_other_adapters(where: str, layer, rank: int, alpha, effective, has: tuple):
+    """The ValueError of a LoRA policy whose rank or alpha differs from the adapters that
+    `layer` has (or that an earlier stage gives it): `has` is their `(rank, alpha)`."""
+    if has[0] != rank:
+        argument, received, remedy = "rank", f"rank={rank}", f"rank={has[0]}, alpha={has[1]}"
+    else:
+        argument = "alpha"
+        received = f"alpha={alpha}" + (f" (alpha = rank = {effective})" if alpha is None else "")
+        remedy = f"alpha={has[1]}"
+    raise ValueError(
+        f"`{where}({argument})` got {received}, but the backbone's layer {layer.name!r} "
+        f"already has adapters of rank {has[0]}, alpha {has[1]} (or an earlier stage of the "
+        f"schedule gives it them). Use {remedy}, or merge the adapters first "
+        "(FineTuner.merge_lora() or finetune_tf.merge_lora(model))."
+    )
 
 
 def enable_adapters(model: keras.Model, layers: list, rank: int, alpha) -> None:

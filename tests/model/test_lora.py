@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Stage
+from finetune_tf.model.lora import adapted_layers
 from finetune_tf.training.layerwise import layerwise_multipliers
 
 
@@ -147,7 +148,11 @@ def test_lora_on_a_functional_attention_block_saves_merges_and_exports(tmp_path)
 def test_merge_lora_on_a_loaded_model_and_the_policy_as_data(tmp_path):
     model = mlp()
     FreezePolicy.lora(3, alpha=1.5).apply(Backbone.from_model(model))
-    with pytest.raises(ValueError, match=r"already has adapters of rank 3, alpha 1\.5"):
+    with pytest.raises(
+        ValueError,
+        match=r"lora\(alpha\)` got alpha=None \(alpha = rank = 3\).*rank 3, alpha 1\.5.*"
+        r"Use alpha=1\.5,",
+    ):
         FreezePolicy.lora(3).check(Backbone.from_model(model))  # another scale: refused
     hidden = model.get_layer("hidden")
     hidden.lora_kernel_b.assign(np.full(hidden.lora_kernel_b.shape, 0.1, "float32"))
@@ -175,6 +180,11 @@ def test_a_schedule_checks_lora_targets_first_then_switches_to_adapters(data):
     bad = [Stage(1, FreezePolicy.all()), Stage(1, FreezePolicy.lora(2, targets=["hiden"]))]
     with pytest.raises(ValueError, match=r"'hiden'.*Did you mean 'hidden'.*Nothing was trained"):
         tuner.fit(x, y, schedule=bad, verbose=0)
+    # Adapters a stage adds are planned: a later stage of another rank is refused up front.
+    other_rank = [Stage(1, FreezePolicy.lora(2)), Stage(1, FreezePolicy.lora(4))]
+    with pytest.raises(ValueError, match=r"stage_2.*rank=4.*rank 2.*Nothing was trained"):
+        tuner.fit(x, y, schedule=other_rank, verbose=0)
+    assert not adapted_layers(tuner.backbone.model)
     assert changed(before, tuner.model) == []
     schedule = [Stage(1, FreezePolicy.all()), Stage(1, FreezePolicy.lora(2, targets=["hidden"]))]
     history = tuner.fit(x, y, schedule=schedule, batch_size=16, verbose=0)
