@@ -137,11 +137,13 @@ def target_layers(
             has = (planned or {}).get(id(layer))
         if has is not None and (has[0] != rank or has[1] / has[0] != effective / rank):
             _refuse_other_adapters(where, layer, rank, alpha, effective, has)
-        if getattr(layer, "kernel_constraint", None) is not None:
-            raise ValueError(
-                f"`{where}` cannot adapt the layer {layer.name!r}: it has a kernel_constraint, "
-                "which LoRA does not support. Leave it out with targets=[...]."
-            )
+        for constraint in ("kernel_constraint", "embeddings_constraint"):
+            if getattr(layer, constraint, None) is not None:
+                raise ValueError(
+                    f"`{where}` cannot adapt the layer {layer.name!r}: it has a constraint "
+                    f"(`{constraint}`), which Keras' LoRA does not support. Leave it out "
+                    "with targets=[...]."
+                )
     return chosen
 
 
@@ -166,7 +168,24 @@ def enable_adapters(model: keras.Model, layers: list, rank: int, alpha) -> None:
     """Freezes every weight of `model` but the LoRA adapters of `layers`, which it adds
     (`layer.enable_lora(rank, lora_alpha=alpha)`) where missing. Adapters that are both zero
     (a model loaded from a file: Keras saves them merged) start afresh, A random and B zero,
-    as `enable_lora` makes them: the layer computes the same, and can train again."""
+    as `enable_lora` makes them: the layer computes the same, and can train again.
+    Should `enable_lora` raise, every `trainable` flag (of layers and weights) is restored
+    first; adapters added before it stay, frozen, computing nothing (B is zero)."""
+    everything = list(model._flatten_layers(include_self=True))
+    flags = [layer.trainable for layer in everything]
+    weights = {id(weight): (weight, weight.trainable) for weight in model.weights}
+    try:
+        _enable(model, layers, rank, alpha)
+    except Exception:
+        for layer, flag in zip(everything, flags, strict=True):
+            layer.trainable = flag
+        for weight in model.weights:
+            weight.trainable = weights[id(weight)][1] if id(weight) in weights else False
+        raise
+
+
+def _enable(model: keras.Model, layers: list, rank: int, alpha) -> None:
+    """`enable_adapters`' work, without the restoring."""
     model.trainable = True
     for layer in model._flatten_layers(include_self=False):
         layer.trainable = False  # BatchNorm too: it runs in inference mode

@@ -42,6 +42,13 @@ def vit():
     return Backbone.from_model(model)
 
 
+def constrained_embedding():
+    inputs = keras.Input((5,), dtype="int32", name="ids")
+    x = keras.layers.Embedding(20, 4, embeddings_constraint="non_neg", name="emb")(inputs)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(keras.layers.Dense(6, name="d")(x))
+    return Backbone.from_model(keras.Model(inputs, x))
+
+
 def attention_with_adapters():
     inputs = keras.Input((3, 4), name="tokens")
     x = keras.layers.MultiHeadAttention(1, 2, name="attention")(inputs, inputs)
@@ -318,6 +325,12 @@ CASES = [
         lambda d: FreezePolicy.top(1).apply(vit()),
         ValueError,
         r"top\(k\)` counts transformer blocks.*ViTBackbone.*FreezePolicy\.until.*lora",
+    ),
+    (
+        "freeze-lora-constraint",
+        lambda d: FreezePolicy.lora(2, targets=["d", "emb"]).apply(constrained_embedding()),
+        ValueError,
+        r"cannot adapt the layer 'emb'.*`embeddings_constraint`.*targets=",
     ),
     ("freeze-lora-rank", lambda d: FreezePolicy.lora(0), ValueError, r"lora\(rank\).*rank=0"),
     (

@@ -165,6 +165,15 @@ def test_merge_lora_on_a_loaded_model_and_the_policy_as_data(tmp_path):
     assert not any(getattr(layer, "lora_enabled", False) for layer in plain.layers)
     assert len(plain.weights) == len(mlp().weights)
 
+    # Should Keras' enable_lora fail mid-way, the trainable flags are as they were.
+    other = mlp()
+    features = other.get_layer("features")
+    features.enable_lora = lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("keras"))
+    with pytest.raises(RuntimeError):
+        FreezePolicy.lora(2).apply(Backbone.from_model(other))
+    assert all(layer.trainable for layer in other.layers)
+    assert [w.path for w in other.trainable_weights] == [w.path for w in mlp().trainable_weights]
+
     policy = FreezePolicy.lora(3, alpha=1.5, targets="hidden")
     assert repr(policy) == "FreezePolicy.lora(3, alpha=1.5, targets=('hidden',))"
     assert FreezePolicy.from_config(policy.get_config()) == policy
