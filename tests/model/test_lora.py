@@ -74,6 +74,13 @@ def test_lora_on_a_sequential_backbone_trains_only_the_adapters_and_the_head(dat
         "mlp/hidden/lora_kernel_a",
         "mlp/hidden/lora_kernel_b",
     ]
+    # backbone_l2/l1 penalise what trains of the kernels: the adapters.
+    tuner.compile(backbone_l2=0.5, backbone_l1=0.25)
+    penalty = tuner.model.weight_penalty
+    adapters = [w.numpy() for w in model.trainable_weights]
+    expected = sum(0.5 * np.sum(a**2) + 0.25 * np.sum(np.abs(a)) for a in adapters)
+    assert len(penalty.variables(tuner.model)) == 4
+    assert float(penalty(tuner.model)) == pytest.approx(expected, rel=1e-5) and expected > 0
     before = weights_by_path(tuner.model)
     tuner.compile(learning_rate=1e-2)
     tuner.fit(x, y, epochs=2, batch_size=16, verbose=0)
