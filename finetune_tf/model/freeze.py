@@ -161,8 +161,8 @@ class FreezePolicy:
             "kind",
             _KINDS,
             where="FreezePolicy",
-            hint="Use FreezePolicy.all(), none(), bottom(n), top(k), until(name) or "
-            "matching(pattern).",
+            hint="Use FreezePolicy.all(), none(), bottom(n), top(k), until(name), "
+            "matching(pattern) or lora(rank).",
         )
         check_choice(
             batchnorm,
@@ -171,6 +171,8 @@ class FreezePolicy:
             hint="'inference' (the default) keeps the pretrained statistics, 'train' updates "
             "them in unfrozen layers, 'freeze' freezes every BatchNorm layer.",
         )
+        if kind == "lora":  # FreezePolicy("lora", 4) means FreezePolicy.lora(4)
+            options = {"alpha": None, "targets": None, **options}
         self.kind = kind
         self.value = value
         self.batchnorm = batchnorm
@@ -284,14 +286,20 @@ class FreezePolicy:
         return cls("matching", pattern, train=bool(train), batchnorm=batchnorm)
 
     @classmethod
-    def lora(cls, rank: int = 8, *, alpha: float | None = None, targets=None) -> FreezePolicy:
+    def lora(
+        cls,
+        rank: int = 8,
+        *,
+        alpha: float | None = None,
+        targets=None,
+        batchnorm: str = "inference",
+    ) -> FreezePolicy:
         """Freeze the whole backbone and train low-rank adapters (LoRA) on some of its layers.
 
         Each target layer (Dense, EinsumDense, Embedding: a layer with Keras'
         `enable_lora`) gets Keras' LoRA adapters: it computes with
         `kernel + (alpha / rank) * lora_a @ lora_b`, and only `lora_a` and `lora_b` train,
-        with the head. BatchNorm runs in inference
-        mode. The `FreezeReport` gives the adapters' share of the backbone's parameters.
+        with the head. The `FreezeReport` gives the adapters' share of the backbone's parameters.
         A saved model keeps the adapters' layers; `FineTuner.merge_lora()` folds them into
         the kernels for export (docs/usage.md).
 
@@ -304,6 +312,13 @@ class FreezePolicy:
                 them all). Defaults to None: KerasHub's choice in a KerasHub backbone (the
                 query and value projections of its attention layers), every Dense and
                 EinsumDense layer in other models.
+            batchnorm: str. As for the other policies, how the frozen backbone runs
+                while training. `"inference"` (the default, also `"freeze"`): the backbone
+                runs with `training=False`, so its dropout is off (KerasHub's BERT's 0.1
+                too), unlike `backbone.enable_lora(rank)` and a hand-written fit.
+                `"train"`: `training=True` passes through, so dropout is on as in
+                KerasHub's own LoRA recipe; BatchNorm layers, frozen, still use their
+                moving statistics. Defaults to `"inference"`.
 
         Examples:
             >>> from finetune_tf import FreezePolicy
@@ -337,7 +352,7 @@ class FreezePolicy:
                     'targets=["query", "value"], or None for the default targets.'
                 )
             targets = tuple(targets)
-        return cls("lora", rank, alpha=alpha, targets=targets)
+        return cls("lora", rank, alpha=alpha, targets=targets, batchnorm=batchnorm)
 
     # --- Behaviour --------------------------------------------------------
 
@@ -547,8 +562,6 @@ class FreezePolicy:
         if kind not in _KINDS:
             return cls(kind, value, **config)  # the constructor's error names the kinds
         constructor = getattr(cls, kind)  # checks the value as FreezePolicy.<kind> does
-        if kind == "lora":  # BatchNorm is always in inference mode under LoRA
-            config.pop("batchnorm", None)
         return constructor(**config) if value is None else constructor(value, **config)
 
     def __repr__(self):

@@ -186,6 +186,20 @@ def test_merge_lora_on_a_loaded_model_and_the_policy_as_data(tmp_path):
     assert FreezePolicy.from_config(policy.get_config()) == policy
     assert FreezePolicy.lora().value == 8
     assert FreezePolicy.lora(2).frozen_mask(model.layers) == [True] * 3
+    assert FreezePolicy("lora", 4) == FreezePolicy.lora(4)  # the constructor fills defaults
+    report = FreezePolicy("lora", 4).apply(Backbone.from_model(mlp()))
+    assert report.lora_rank == 4 and report.adapter_params == 4 * 4 + 4 * 8 + 8 * 4 + 4 * 6
+    with pytest.raises(ValueError, match=r"lora\(rank\)"):
+        FreezePolicy("lorra", 4)
+
+    # Dropout: off by default (the frozen backbone runs in inference mode), on with "train".
+    dropped = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), mlp()])
+    for batchnorm, differs in (("inference", False), ("train", True)):
+        policy = FreezePolicy.lora(2, batchnorm=batchnorm)
+        assert FreezePolicy.from_config(policy.get_config()) == policy
+        tuned = FineTuner(Backbone.from_model(dropped), Head.classifier(3), freeze=policy)
+        first, second = (tuned.model(x, training=True).numpy() for _ in range(2))
+        assert (not np.allclose(first, second)) is differs
 
 
 def test_a_schedule_checks_lora_targets_first_then_switches_to_adapters(data):
