@@ -404,21 +404,24 @@ class FreezePolicy:
         blocks = len(starts)
         if self.value > blocks:
             raise self._too_many(
-                blocks, "transformer blocks (in a KerasHub backbone it counts blocks, not layers)"
+                blocks,
+                "transformer blocks (in a KerasHub backbone it counts blocks, not layers)",
+                f" For gradual_unfreezing pass the block count, gradual_unfreezing({blocks}) "
+                "(FineTuner.freeze_report.blocks), not len(backbone.layers).",
             )
         frozen_blocks = self.value if self.kind == "bottom" else blocks - self.value
         # Up to the start of the first block that trains; all blocks frozen: through the last.
         stop = starts[frozen_blocks] if frozen_blocks < blocks else starts[-1] + 1
         return [i < stop for i in range(count)]
 
-    def _too_many(self, available: int, what: str) -> ValueError:
+    def _too_many(self, available: int, what: str, more: str = "") -> ValueError:
         """The error of `bottom(n)` or `top(k)` beyond the `available` layers or blocks."""
         argname = "n" if self.kind == "bottom" else "k"
         return ValueError(
             f"`FreezePolicy.{self.kind}({argname})` got {argname}={self.value}, but the "
             f"backbone has {available} {what}. Use {argname} <= {available}, or "
             f"FreezePolicy.{'all' if self.kind == 'bottom' else 'none'}() to "
-            f"{'freeze' if self.kind == 'bottom' else 'train'} everything."
+            f"{'freeze' if self.kind == 'bottom' else 'train'} everything.{more}"
         )
 
     def check(self, backbone, planned: dict | None = None) -> None:
