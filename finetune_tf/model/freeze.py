@@ -61,7 +61,9 @@ class FreezeReport:
             (the transformer blocks of a KerasHub backbone). Defaults to `"layers"`.
         blocks: int. The backbone's transformer blocks (0 when it has none).
         lora_rank: int or None. The adapters' rank under `FreezePolicy.lora`.
-        adapter_params: int. The adapters' parameters under `FreezePolicy.lora`.
+        adapter_params: int. The parameters of the adapters that train under
+            `FreezePolicy.lora` (adapters of layers no longer targeted are frozen and
+            counted with the backbone's parameters).
 
     Examples:
         >>> import keras
@@ -532,7 +534,9 @@ class FreezePolicy:
             batchnorm=self.batchnorm,
             blocks=len(transformer_blocks(model)),
             lora_rank=self.value,
-            adapter_params=_count(adapters.adapter_weights(model)),
+            # the adapters that train: those of layers left out since are frozen, counted
+            # with the backbone's other frozen weights (the report's numbers then agree)
+            adapter_params=_count([w for w in adapters.adapter_weights(model) if w.trainable]),
         )
 
     def __eq__(self, other):

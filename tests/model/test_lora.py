@@ -187,8 +187,11 @@ def test_merge_lora_on_a_loaded_model_and_the_policy_as_data(tmp_path):
     assert FreezePolicy.lora().value == 8
     assert FreezePolicy.lora(2).frozen_mask(model.layers) == [True] * 3
     assert FreezePolicy("lora", 4) == FreezePolicy.lora(4)  # the constructor fills defaults
-    report = FreezePolicy("lora", 4).apply(Backbone.from_model(mlp()))
+    report = FreezePolicy("lora", 4).apply(Backbone.from_model(again := mlp()))
     assert report.lora_rank == 4 and report.adapter_params == 4 * 4 + 4 * 8 + 8 * 4 + 4 * 6
+    narrowed = FreezePolicy.lora(4, targets=["hidden"]).apply(Backbone.from_model(again))
+    assert narrowed.adapter_params == 4 * 4 + 4 * 8 == narrowed.trainable_params  # features' froze
+    assert "adapter params 48 / backbone params 182 (26.37%)" in str(narrowed)
     with pytest.raises(ValueError, match=r"lora\(rank\)"):
         FreezePolicy("lorra", 4)
 
