@@ -17,7 +17,7 @@ import sys
 
 import keras
 
-__all__ = ["keras_hub_backbones", "transformer_blocks", "unlisted_blocks"]
+__all__ = ["is_keras_hub", "keras_hub_backbones", "transformer_blocks", "unlisted_blocks"]
 
 
 def keras_hub_backbones(model: keras.Model) -> list:
@@ -30,11 +30,22 @@ def keras_hub_backbones(model: keras.Model) -> list:
         >>> keras_hub_backbones(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
         []
     """
-    keras_hub = sys.modules.get("keras_hub")
-    if keras_hub is None:
+    if sys.modules.get("keras_hub") is None:
         return []
-    kind = keras_hub.models.Backbone
-    return [layer for layer in model._flatten_layers(include_self=True) if isinstance(layer, kind)]
+    return [layer for layer in model._flatten_layers(include_self=True) if is_keras_hub(layer)]
+
+
+def is_keras_hub(layer) -> bool:
+    """Whether `layer` is a KerasHub backbone (`keras_hub.models.Backbone`).
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.model.blocks import is_keras_hub
+        >>> is_keras_hub(keras.layers.Dense(2))
+        False
+    """
+    keras_hub = sys.modules.get("keras_hub")
+    return keras_hub is not None and isinstance(layer, keras_hub.models.Backbone)
 
 
 def transformer_blocks(model: keras.Model) -> list:

@@ -19,12 +19,8 @@ loaded model trains again.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import keras
 import numpy as np
-from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import did_you_mean, short_list
 from finetune_tf.model.blocks import keras_hub_backbones
@@ -221,7 +217,9 @@ def merge_lora(model: keras.Model) -> keras.Model:
     * lora_a @ lora_b`: it predicts what `model` predicts (to float tolerance), and saves and
     exports without adapters. `model` is left as it is. Works on any Keras model with
     adapters: a FineTuner's (`FineTuner.merge_lora()` calls this on its backbone), or one
-    loaded with `keras.models.load_model`.
+    loaded with `keras.models.load_model`. Keras saves each adapted kernel merged, so a
+    model loaded from a file whose adapters sat in attention layers (layers that rebuild
+    without them) is already merged: plain layers, nothing left to merge (an error says so).
 
     Args:
         model: keras.Model. A model with LoRA adapters (`FreezePolicy.lora`, or Keras'
@@ -250,14 +248,13 @@ def merge_lora(model: keras.Model) -> keras.Model:
         raise ValueError(
             f"`merge_lora(model)` found no LoRA adapters in the model {model.name!r}: there "
             "is nothing to merge. Adapters come from FreezePolicy.lora(rank) or "
-            "layer.enable_lora(rank)."
+            "layer.enable_lora(rank). A model loaded from a file may already be merged: "
+            "Keras saves each adapted kernel merged, and adapters inside layers that "
+            "rebuild without them (the attention layers of a transformer block) load as "
+            "plain layers; such a model needs no merge_lora."
         )
-    config = _without_lora(keras.saving.serialize_keras_object(model))
-    # A copy of a model already in this process, by the user's choice: no file is read.
-    with serialization_lib.SafeModeScope(False):
-        plain = keras.saving.deserialize_keras_object(config)
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "merged.weights.h5")
-        model.save_weights(path)  # Keras writes each LoRA kernel merged
-        plain.load_weights(path)
-    return plain
+    # The copy that Backbone.copy makes, its layers rebuilt without adapters (imported
+    # here: model/layers.py imports this module).
+    from finetune_tf.model.layers import clone_model
+
+    return clone_model(model, None, f"merge_lora(model): the model {model.name!r}", merge_lora=True)

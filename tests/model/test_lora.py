@@ -41,6 +41,15 @@ def mlp():
     )
 
 
+class Projection(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(3, name="dense")
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
 def attention_block():
     inputs = keras.Input((6, 8), name="tokens")
     attended = keras.layers.MultiHeadAttention(2, 4, name="attention")(inputs, inputs)
@@ -143,6 +152,8 @@ def test_lora_on_a_functional_attention_block_saves_merges_and_exports(tmp_path)
     # in this process as in a fresh one (tests/outputs/test_saving.py loads in a fresh one).
     plain = keras.models.load_model(path)
     np.testing.assert_allclose(plain.predict(x, verbose=0), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"found no LoRA adapters.*may already be merged"):
+        finetune_tf.merge_lora(plain)  # attention layers load plain, their kernels merged
     assert FineTuner.load(path).freeze == policy
 
     merged = tuner.merge_lora()
@@ -180,6 +191,13 @@ def test_merge_lora_on_a_loaded_model_and_the_policy_as_data(tmp_path):
         FreezePolicy.lora(2).apply(Backbone.from_model(other))
     assert all(layer.trainable for layer in other.layers)
     assert [w.path for w in other.trainable_weights] == [w.path for w in mlp().trainable_weights]
+
+    # A subclassed model merges too (copied as Backbone.copy copies it).
+    subclassed = Projection()
+    subclassed(x)
+    subclassed.dense.enable_lora(2)
+    subclassed.dense.lora_kernel_b.assign(np.full((2, 3), 0.1, "float32"))
+    np.testing.assert_allclose(finetune_tf.merge_lora(subclassed)(x), subclassed(x), atol=1e-5)
 
     policy = FreezePolicy.lora(3, alpha=1.5, targets="hidden")
     assert repr(policy) == "FreezePolicy.lora(3, alpha=1.5, targets=('hidden',))"
