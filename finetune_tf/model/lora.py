@@ -180,6 +180,22 @@ def enable_adapters(model: keras.Model, layers: list, rank: int, alpha) -> None:
         raise
 
 
+def _tell_keras_hub(model: keras.Model, rank: int) -> None:
+    """Records the adapters of each KerasHub backbone in `model` as its own `enable_lora`
+    does (the indices of its adapted layers among its layers with weights, and the rank),
+    so that KerasHub's `save_lora_weights` and `load_lora_weights` see them. (KerasHub's
+    file keeps the rank, not alpha: `load_lora_weights` restores A and B into adapters of
+    the same rank, whatever their alpha.)"""
+    for backbone in keras_hub_backbones(model):
+        weighted = [
+            layer for layer in backbone._flatten_layers(include_self=False) if layer.weights
+        ]
+        backbone._lora_enabled_layers = [
+            index for index, layer in enumerate(weighted) if getattr(layer, "lora_enabled", False)
+        ]
+        backbone._lora_rank = rank
+
+
 def _enable(model: keras.Model, layers: list, rank: int, alpha) -> None:
     """`enable_adapters`' work, without the restoring."""
     model.trainable = True
@@ -195,6 +211,7 @@ def _enable(model: keras.Model, layers: list, rank: int, alpha) -> None:
         adapters = {id(a), id(b)}
         for weight in layer.weights:
             weight.trainable = id(weight) in adapters
+    _tell_keras_hub(model, rank)
 
 
 def _without_lora(config):

@@ -85,6 +85,11 @@ def test_lora_trains_kerashub_targets_only_and_round_trips(tokens, tmp_path):
     assert report.trainable_fraction == pytest.approx(640 / 5840)
     assert "LoRA rank 4 on 4 layers | adapter params 640 / backbone params 5,840" in str(report)
 
+    # KerasHub's own LoRA API sees the adapters.
+    bert = tuner.backbone.model.get_layer("bert_backbone")
+    bert.save_lora_weights(str(tmp_path / "adapters.lora.h5"))
+    assert (bert._lora_rank, len(bert._lora_enabled_layers)) == (4, 4)
+
     before = {w.path: w.numpy().copy() for w in tuner.model.weights}
     tuner.compile(run_eagerly=True)  # tracing BERT's train step costs seconds; eager, less
     tuner.fine_tune(x, y, head_epochs=1, epochs=1, batch_size=8, verbose=0)
