@@ -3,9 +3,11 @@
 A `keras_hub.models.BertBackbone` with random weights (no download), fed token ids through a
 one-input model, under `FreezePolicy.none()` (every weight trains) and `FreezePolicy.lora(8)`
 (KerasHub's query and value projections get rank-8 adapters; the rest is frozen). Prints each
-policy's `FreezeReport`, then the median wall time of one training step of each, measured
-interleaved (`_common.interleaved`: each round runs one epoch of each in turn, after a warm-up
-epoch that traces the step).
+policy's `FreezeReport`, then the median wall time of one training step of each: a batch
+callback times every step of plain `model.fit` epochs on the tuners' compiled models (no
+FineTuner checks, data wrapping or callbacks of its own in the numbers), interleaved
+(`_common.interleaved`: each round runs one epoch of each in turn, after a warm-up epoch that
+traces the step). The first step of each epoch is left out (it includes the epoch's start).
 
 Run: python benchmarks/lora.py [--rounds 5] [--layers 4] [--hidden 128] [--length 64]
      [--examples 512]
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
@@ -48,6 +51,21 @@ def bert(layers: int, hidden: int, length: int) -> Backbone:
     return Backbone.from_model(keras.Model(ids, backbone(inputs)["pooled_output"]))
 
 
+class StepTimes(keras.callbacks.Callback):
+    """The wall time of each training step but the first of each epoch, in seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch > 0:
+            self.times.append(time.perf_counter() - self.start)
+
+
 def main(rounds: int, layers: int, hidden: int, length: int, examples: int) -> dict:
     rng = np.random.default_rng(0)
     x = rng.integers(1, VOCABULARY, size=(examples, length)).astype("int32")
@@ -61,12 +79,17 @@ def main(rounds: int, layers: int, hidden: int, length: int, examples: int) -> d
         print(f"{name}: {tuner.freeze_report}")
         tuners[name] = tuner
 
-    def epoch(tuner):
-        return lambda: tuner.fit(x, y, epochs=1, batch_size=BATCH, verbose=0)
+    steps_of = {name: StepTimes() for name in tuners}
 
-    times = interleaved({name: epoch(tuner) for name, tuner in tuners.items()}, rounds)
+    def epoch(name):
+        model = tuners[name].model
+        return lambda: model.fit(
+            x, y, epochs=1, batch_size=BATCH, verbose=0, callbacks=[steps_of[name]]
+        )
+
+    interleaved({name: epoch(name) for name in tuners}, rounds)
     print(f"\nOne training step ({steps} steps an epoch, batch {BATCH}, length {length}):")
-    report(times, "full", unit=steps / 1000, label="ms/step")
+    report({name: timer.times for name, timer in steps_of.items()}, "full", 1e-3, "ms/step")
     return {name: tuner.freeze_report for name, tuner in tuners.items()}
 
 

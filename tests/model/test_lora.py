@@ -116,7 +116,7 @@ def test_lora_on_a_sequential_backbone_trains_only_the_adapters_and_the_head(dat
     assert not np.array_equal(hidden.kernel.numpy(), hidden._kernel.numpy())
 
 
-def test_lora_on_a_functional_attention_block_saves_merges_and_exports(tmp_path):
+def test_lora_on_a_functional_attention_block_layerwise_saves_loads_and_merges(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(32, 6, 8)).astype("float32")
     y = np.arange(32) % 2
