@@ -15,6 +15,7 @@ PAIRS=(
 SUBSET=(
     tests/model/test_backbone.py
     tests/model/test_freeze.py
+    tests/model/test_lora.py
     tests/test_finetuner.py
     tests/outputs/test_saving.py
     tests/sources/test_hub.py

@@ -15,6 +15,7 @@ from finetune_tf.model.freeze import FreezePolicy, FreezeReport
 from finetune_tf.model.head import Head
 from finetune_tf.model.head.losses import LabelCrossentropy
 from finetune_tf.model.head.metrics import LabelAccuracy
+from finetune_tf.model.lora import merge_lora
 from finetune_tf.model.preprocessing import ApplicationPreprocessing, InputAdapter
 from finetune_tf.model.tuned_model import TunedModel
 from finetune_tf.outputs.plots import plot_confusion_matrix, plot_history
@@ -63,6 +64,7 @@ __all__ = [
     "__version__",
     "gradual_unfreezing",
     "load_model",
+    "merge_lora",
     "plot_confusion_matrix",
     "plot_history",
 ]

@@ -12,6 +12,7 @@ from finetune_tf.model.backbone import Backbone
 from finetune_tf.model.freeze import FreezePolicy, FreezeReport
 from finetune_tf.model.head import Head
 from finetune_tf.model.head.widening import check_class_names, classes_to_add, widened_assembly
+from finetune_tf.model.lora import adapted_layers, merge_lora
 from finetune_tf.model.tuned_model import TunedModel
 from finetune_tf.outputs.export import export_model
 from finetune_tf.outputs.report import Report, predict_with_labels
@@ -247,6 +248,52 @@ class FineTuner:
         self._freeze_chosen = True
         self._compiler.refresh()
         return report
+
+    @in_scope
+    def merge_lora(self) -> FreezeReport:
+        """Folds the backbone's LoRA adapters into its kernels, for export; returns the new
+        `FreezeReport`.
+
+        The backbone becomes a copy of plain layers whose kernels are `kernel + (alpha /
+        rank) * lora_a @ lora_b` (`finetune_tf.merge_lora`): the model predicts the same, to
+        float tolerance, and `save` and `export` write no adapters. The freeze policy becomes
+        `FreezePolicy.all()` (the head alone trains); set another to train again. If
+        compiled, compiles again (same settings, fresh optimizer). Without it, `save` keeps
+        the adapters and `FineTuner.load` gives them back ready to train (docs/usage.md).
+
+        Examples:
+            >>> import keras, numpy as np
+            >>> from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+            >>> inputs = keras.Input((4,))
+            >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(8)(inputs)))
+            >>> tuner = FineTuner(backbone, Head.classifier(3), freeze=FreezePolicy.lora(2))
+            >>> x = np.ones((2, 4), "float32")
+            >>> before = tuner.predict(x, verbose=0)
+            >>> tuner.merge_lora().policy
+            'FreezePolicy.all()'
+            >>> bool(np.allclose(tuner.predict(x, verbose=0), before, atol=1e-6))
+            True
+        """
+        backbone = self.backbone
+        if not adapted_layers(backbone.model):
+            raise ValueError(
+                f"`FineTuner.merge_lora()` found no LoRA adapters in the backbone "
+                f"{backbone.name!r} (its freeze policy is {self.freeze!r}): there is nothing "
+                "to merge. Train with freeze=FreezePolicy.lora(rank) first."
+            )
+        with self._placement.building():
+            merged = Backbone(
+                merge_lora(backbone.model),
+                preprocessing=backbone.preprocessing,
+                source=backbone.source,
+            )
+        policy = FreezePolicy.all()
+        rebuilt = self._assembly.rebuilt(
+            self._placement, backbone=merged, freeze=policy, skip=("backbone",)
+        )
+        self._wire(rebuilt)
+        self._compiler.retarget(self.model, self.head, merged)
+        return self.freeze_report
 
     # --- Keras API ----------------------------------------------------------
 

@@ -123,6 +123,35 @@ class Assembly:
                 keras.utils.set_random_seed(seed)
             return cls.build(backbone, **parts)
 
+    def rebuilt(
+        self,
+        placement,
+        *,
+        backbone: Backbone | None = None,
+        head: Head | None = None,
+        freeze: FreezePolicy | None = None,
+        skip: tuple = (),
+    ) -> Assembly:
+        """A new `Assembly` like this one (built under `placement`) with `backbone`, `head`
+        or `freeze` replaced; the layers it shares with this one are the same objects, the
+        others (but those named in `skip`) take this model's weights by layer name."""
+        from finetune_tf.outputs.tuner_config import copy_weights_by_layer_name
+
+        old = self.model
+        with placement.building():
+            new = Assembly.build(
+                self.backbone if backbone is None else backbone,
+                head=self.head if head is None else head,
+                freeze=self.freeze if freeze is None else freeze,
+                input_shape=self.input_shape,
+                adapt=any(layer.name == "input_adapter" for layer in old.layers),
+                input_channels=self.input_channels,
+                augmentation=self.augmentation,
+                name=old.name,
+            )
+            copy_weights_by_layer_name(old, new.model, skip=skip)
+        return new
+
     def apply_freeze(self, policy: FreezePolicy) -> FreezeReport:
         """Sets which backbone layers train, and BatchNorm's mode; the caller recompiles."""
         check_policy(policy)

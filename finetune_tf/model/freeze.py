@@ -4,6 +4,8 @@ A policy is plain data; `apply(backbone)` sets the layers' `trainable`
 flags and returns a `FreezeReport` saying what it did. `FineTuner` applies
 its policy when built and again (recompiling) whenever the policy changes,
 because Keras ignores a change of `trainable` until the next `compile()`.
+In a KerasHub backbone `bottom(n)` and `top(k)` count transformer blocks
+(`model.blocks`); `lora(rank)` trains low-rank adapters only (`model.lora`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import re
 import keras
 import numpy as np
 
-from finetune_tf._checks import check_choice, check_int
+from finetune_tf._checks import check_choice, check_int, check_number
 from finetune_tf._utils import did_you_mean
+from finetune_tf.model import lora as adapters
+from finetune_tf.model.blocks import transformer_blocks, unlisted_blocks
 
 __all__ = ["BATCHNORM_MODES", "FreezePolicy", "FreezeReport"]
 
 BATCHNORM_MODES = ("inference", "train", "freeze")
-_KINDS = ("all", "none", "bottom", "top", "until", "matching")
+_KINDS = ("all", "none", "bottom", "top", "until", "matching", "lora")
 _COUNT_HINT = "Use FreezePolicy.all() to freeze every layer, FreezePolicy.none() to train them all."
 
 
@@ -34,17 +38,32 @@ def _count(weights) -> int:
     return int(sum(np.prod(w.shape) for w in weights))
 
 
+def _block_starts(layers: list, blocks: list) -> list[int]:
+    """Where each transformer block sits in `layers`; `[]` unless every block is there."""
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    starts = [index.get(id(block)) for block in blocks]
+    return [] if not starts or None in starts else starts
+
+
 @dataclasses.dataclass(frozen=True)
 class FreezeReport:
     """What applying a `FreezePolicy` did.
 
     Attributes:
         policy: str. The policy that was applied.
-        trainable_layers: list of str. Backbone layers that train.
+        trainable_layers: list of str. Backbone layers that train (with LoRA: the paths
+            of the layers whose adapters train).
         frozen_layers: list of str. Backbone layers that are frozen.
         trainable_params: int. Backbone parameters that train.
         non_trainable_params: int. Frozen parameters plus BatchNorm statistics.
         batchnorm: str. The BatchNorm mode.
+        unit: str. What `bottom(n)` and `top(k)` counted: `"layers"`, or `"blocks"`
+            (the transformer blocks of a KerasHub backbone). Defaults to `"layers"`.
+        blocks: int. The backbone's transformer blocks (0 when it has none).
+        lora_rank: int or None. The adapters' rank under `FreezePolicy.lora`.
+        adapter_params: int. The parameters of the adapters that train under
+            `FreezePolicy.lora` (adapters of layers no longer targeted are frozen and
+            counted with the backbone's parameters).
 
     Examples:
         >>> import keras
@@ -62,25 +81,59 @@ class FreezeReport:
     trainable_params: int
     non_trainable_params: int
     batchnorm: str
+    unit: str = "layers"
+    blocks: int = 0
+    lora_rank: int | None = None
+    adapter_params: int = 0
+
+    @property
+    def trainable_fraction(self) -> float:
+        """The share of the backbone's parameters that train: under LoRA, adapter
+        parameters over the backbone's own (adapters left out), else trainable over all.
+
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone, FreezePolicy
+            >>> inputs = keras.Input((4,))
+            >>> x = keras.layers.Dense(4, name="a")(inputs)
+            >>> backbone = Backbone.from_model(keras.Model(inputs, x))
+            >>> FreezePolicy.lora(1).apply(backbone).trainable_fraction  # (4 + 4) / (16 + 4)
+            0.4
+        """
+        total = self.trainable_params + self.non_trainable_params - self.adapter_params
+        return self.trainable_params / total if total else 0.0
 
     def __str__(self):
-        total_layers = len(self.trainable_layers) + len(self.frozen_layers)
         total_params = self.trainable_params + self.non_trainable_params
-        share = 100.0 * self.trainable_params / total_params if total_params else 0.0
+        share = 100.0 * self.trainable_fraction
+        if self.lora_rank is not None:
+            return (
+                f"{self.policy}: LoRA rank {self.lora_rank} on "
+                f"{len(self.trainable_layers)} layers | adapter params "
+                f"{self.adapter_params:,} / backbone params "
+                f"{total_params - self.adapter_params:,} ({share:.2f}%), the rest frozen | "
+                f"BatchNorm: {self.batchnorm}"
+            )
+        total_layers = len(self.trainable_layers) + len(self.frozen_layers)
+        counted = (
+            f" (counted in transformer blocks: {self.blocks})" if self.unit == "blocks" else ""
+        )
         return (
-            f"{self.policy}: trainable layers {len(self.trainable_layers)} / {total_layers} | "
-            f"trainable params {self.trainable_params:,} / {total_params:,} ({share:.2f}%) | "
-            f"BatchNorm: {self.batchnorm}"
+            f"{self.policy}{counted}: trainable layers {len(self.trainable_layers)} / "
+            f"{total_layers} | trainable params {self.trainable_params:,} / "
+            f"{total_params:,} ({share:.2f}%) | BatchNorm: {self.batchnorm}"
         )
 
 
 class FreezePolicy:
     """Which backbone layers train during fine-tuning.
 
-    Build one with `bottom(n)`, `top(k)`, `all()`, `none()`, `until(name)`
-    or `matching(pattern)`. Layers are those of `Backbone.layers`: for a flat
-    model exactly `model.layers` (input layer included), nested models
-    replaced by their own layers.
+    Build one with `bottom(n)`, `top(k)`, `all()`, `none()`, `until(name)`,
+    `matching(pattern)` or `lora(rank)`. Layers are those of `Backbone.layers`:
+    for a flat model exactly `model.layers` (input layer included), nested
+    models replaced by their own layers. In a KerasHub backbone (e.g.
+    `keras_hub.models.BertBackbone`) `bottom(n)` and `top(k)` count its
+    transformer blocks instead, and the `FreezeReport` says so.
 
     BatchNorm is handled on purpose, with `batchnorm=`:
 
@@ -92,6 +145,9 @@ class FreezePolicy:
     - `"train"`: unfrozen BatchNorm layers run in training mode and update
       their statistics (good with large batches from a new domain).
     - `"freeze"`: BatchNorm layers are always frozen, whatever the policy.
+
+    LayerNormalization has no moving statistics: it is frozen or trains
+    with the layers around it (a frozen block's LayerNorm is frozen).
 
     Examples:
         >>> from finetune_tf import FreezePolicy
@@ -107,8 +163,8 @@ class FreezePolicy:
             "kind",
             _KINDS,
             where="FreezePolicy",
-            hint="Use FreezePolicy.all(), none(), bottom(n), top(k), until(name) or "
-            "matching(pattern).",
+            hint="Use FreezePolicy.all(), none(), bottom(n), top(k), until(name), "
+            "matching(pattern) or lora(rank).",
         )
         check_choice(
             batchnorm,
@@ -117,6 +173,8 @@ class FreezePolicy:
             hint="'inference' (the default) keeps the pretrained statistics, 'train' updates "
             "them in unfrozen layers, 'freeze' freezes every BatchNorm layer.",
         )
+        if kind == "lora":  # FreezePolicy("lora", 4) means FreezePolicy.lora(4)
+            options = {"alpha": None, "targets": None, **options}
         self.kind = kind
         self.value = value
         self.batchnorm = batchnorm
@@ -153,6 +211,10 @@ class FreezePolicy:
         Same count as `base_model.layers[:fine_tune_at]` in the TensorFlow
         transfer-learning tutorial, so a number taken from it means the same
         here. `n` larger than the number of layers is an error, not "all".
+        In a KerasHub backbone `n` counts transformer blocks: the embeddings
+        and the first `n` blocks are frozen, the blocks above them and the
+        layers after the last block (e.g. BERT's `pooled_dense`) train
+        (`bottom(0)` freezes the embeddings only; `none()` trains everything).
 
         Examples:
             >>> from finetune_tf import FreezePolicy
@@ -165,6 +227,9 @@ class FreezePolicy:
     @classmethod
     def top(cls, k: int, *, batchnorm: str = "inference") -> FreezePolicy:
         """Train only the last `k` entries of `Backbone.layers`; freeze the rest.
+
+        In a KerasHub backbone `k` counts transformer blocks: the last `k`
+        blocks and the layers after them train; the embeddings stay frozen.
 
         Examples:
             >>> from finetune_tf import FreezePolicy
@@ -222,25 +287,95 @@ class FreezePolicy:
             ) from error
         return cls("matching", pattern, train=bool(train), batchnorm=batchnorm)
 
+    @classmethod
+    def lora(
+        cls,
+        rank: int = 8,
+        *,
+        alpha: float | None = None,
+        targets=None,
+        batchnorm: str = "inference",
+    ) -> FreezePolicy:
+        """Freeze the whole backbone and train low-rank adapters (LoRA) on some of its layers.
+
+        Each target layer (Dense, EinsumDense, Embedding: a layer with Keras'
+        `enable_lora`) gets Keras' LoRA adapters: it computes with
+        `kernel + (alpha / rank) * lora_a @ lora_b`, and only `lora_a` and `lora_b` train,
+        with the head. The `FreezeReport` gives the adapters' share of the backbone's parameters.
+        A saved model keeps the adapters' layers; `FineTuner.merge_lora()` folds them into
+        the kernels for export (docs/usage.md).
+
+        Args:
+            rank: int. The rank of the adapters (>= 1). Defaults to 8.
+            alpha: float, optional. Scales the adapters' update by `alpha / rank`.
+                Defaults to None (`alpha = rank`: a scale of 1, Keras' default).
+            targets: list of str, optional. The names of the layers to adapt (a name
+                shared by several layers, as `"query"` in every attention layer, adapts
+                them all). Defaults to None: KerasHub's choice in a KerasHub backbone (the
+                query and value projections of its attention layers), every Dense and
+                EinsumDense layer in other models.
+            batchnorm: str. As for the other policies, how the frozen backbone runs
+                while training. `"inference"` (the default, also `"freeze"`): the backbone
+                runs with `training=False`, so its dropout is off (KerasHub's BERT's 0.1
+                too), unlike `backbone.enable_lora(rank)` and a hand-written fit.
+                `"train"`: `training=True` passes through, so dropout is on as in
+                KerasHub's own LoRA recipe; BatchNorm layers, frozen, still use their
+                moving statistics. Defaults to `"inference"`.
+
+        Examples:
+            >>> from finetune_tf import FreezePolicy
+            >>> FreezePolicy.lora(4, targets=["query", "value"])
+            FreezePolicy.lora(4, targets=('query', 'value'))
+        """
+        rank = check_int(
+            rank, "rank", where="FreezePolicy.lora", hint="A rank of 4 to 16 is usual."
+        )
+        if alpha is not None:
+            alpha = check_number(
+                alpha,
+                "alpha",
+                low=0,
+                low_inclusive=False,
+                allow_none=True,
+                where="FreezePolicy.lora",
+                hint="Leave alpha=None for a scale of 1 (alpha = rank).",
+            )
+            alpha = int(alpha) if alpha.is_integer() else alpha
+        if targets is not None:
+            targets = (targets,) if isinstance(targets, str) else targets
+            if (
+                not isinstance(targets, (list, tuple))
+                or not targets
+                or not all(isinstance(name, str) and name for name in targets)
+            ):
+                raise TypeError(
+                    "`FreezePolicy.lora(targets)` must be None or a non-empty list of layer "
+                    f"names (str). Received: targets={targets!r}. Pass e.g. "
+                    'targets=["query", "value"], or None for the default targets.'
+                )
+            targets = tuple(targets)
+        return cls("lora", rank, alpha=alpha, targets=targets, batchnorm=batchnorm)
+
     # --- Behaviour --------------------------------------------------------
 
-    def frozen_mask(self, layers: list) -> list[bool]:
-        """For each layer in order, whether this policy freezes it."""
+    def frozen_mask(self, layers: list, blocks: list | None = None) -> list[bool]:
+        """For each layer in order, whether this policy freezes it.
+
+        `blocks`, a backbone's transformer blocks (entries of `layers`), make
+        `bottom(n)` and `top(k)` count blocks. LoRA freezes every layer's own weights.
+        """
         count = len(layers)
         names = [layer.name for layer in layers]
-        if self.kind == "all":
+        if self.kind in ("all", "lora"):
             return [True] * count
         if self.kind == "none":
             return [False] * count
+        starts = _block_starts(layers, blocks or [])
+        if self.kind in ("bottom", "top") and starts:
+            return self._block_mask(count, starts)
         if self.kind in ("bottom", "top"):
             if self.value > count:
-                argname = "n" if self.kind == "bottom" else "k"
-                raise ValueError(
-                    f"`FreezePolicy.{self.kind}({argname})` got {argname}={self.value}, but the "
-                    f"backbone has {count} layers. Use {argname} <= {count}, or "
-                    f"FreezePolicy.{'all' if self.kind == 'bottom' else 'none'}() to "
-                    f"{'freeze' if self.kind == 'bottom' else 'train'} everything."
-                )
+                raise self._too_many(count, "layers")
             if self.kind == "bottom":
                 return [i < self.value for i in range(count)]
             return [i < count - self.value for i in range(count)]
@@ -265,14 +400,100 @@ class FreezePolicy:
             return [not m for m in matches]
         return matches
 
+    def _block_mask(self, count: int, starts: list[int]) -> list[bool]:
+        """`bottom(n)` or `top(k)` counting the transformer blocks that start at `starts`
+        (indices in the layers), the embeddings below block 0."""
+        blocks = len(starts)
+        if self.value > blocks:
+            raise self._too_many(
+                blocks,
+                "transformer blocks (in a KerasHub backbone it counts blocks, not layers)",
+                f" For gradual_unfreezing pass the block count, gradual_unfreezing({blocks}) "
+                "(FineTuner.freeze_report.blocks), not len(backbone.layers).",
+            )
+        frozen_blocks = self.value if self.kind == "bottom" else blocks - self.value
+        # Up to the start of the first block that trains; all blocks frozen: through the last.
+        stop = starts[frozen_blocks] if frozen_blocks < blocks else starts[-1] + 1
+        return [i < stop for i in range(count)]
+
+    def _too_many(self, available: int, what: str, more: str = "") -> ValueError:
+        """The error of `bottom(n)` or `top(k)` beyond the `available` layers or blocks."""
+        argname = "n" if self.kind == "bottom" else "k"
+        return ValueError(
+            f"`FreezePolicy.{self.kind}({argname})` got {argname}={self.value}, but the "
+            f"backbone has {available} {what}. Use {argname} <= {available}, or "
+            f"FreezePolicy.{'all' if self.kind == 'bottom' else 'none'}() to "
+            f"{'freeze' if self.kind == 'bottom' else 'train'} everything.{more}"
+        )
+
+    def check(self, backbone, planned: dict | None = None) -> None:
+        """A ValueError if this policy does not fit `backbone` (too many layers or blocks,
+        an unknown name, LoRA targets it lacks); changes nothing.
+
+        `planned`, for the stages of a schedule, maps `id(layer)` to the `(rank, alpha)` of
+        the adapters earlier stages add; a LoRA policy checks against them and adds its own.
+
+        Examples:
+            >>> import keras
+            >>> from finetune_tf import Backbone, FreezePolicy
+            >>> inputs = keras.Input((4,))
+            >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+            >>> FreezePolicy.bottom(3).check(backbone)
+            Traceback (most recent call last):
+            ...
+            ValueError: `FreezePolicy.bottom(n)` got n=3, but the backbone has 2 layers. ...
+        """
+        targets = self._lora_targets(backbone, planned)
+        self.frozen_mask(backbone.layers, self._blocks(backbone))
+        if planned is not None and targets:
+            alpha = self.options["alpha"]
+            for layer in targets:
+                if not layer.lora_enabled:
+                    planned[id(layer)] = (self.value, self.value if alpha is None else alpha)
+
+    def _blocks(self, backbone) -> list:
+        """The backbone's transformer blocks; a ValueError for `bottom(n)`/`top(k)` on a
+        KerasHub transformer whose blocks cannot be listed (they would count layers)."""
+        blocks = transformer_blocks(backbone.model)
+        if self.kind in ("bottom", "top") and not blocks:
+            owner = unlisted_blocks(backbone.model)
+            if owner:
+                argname = "n" if self.kind == "bottom" else "k"
+                raise ValueError(
+                    f"`FreezePolicy.{self.kind}({argname})` counts transformer blocks in a "
+                    f"KerasHub backbone, but the blocks of {owner} sit inside one of its "
+                    "layers and cannot be counted (bottom/top count blocks in backbones with "
+                    "`transformer_layers` or TransformerEncoder/Decoder layers, e.g. BERT, "
+                    "GPT-2, Gemma, Llama). Use FreezePolicy.until(name) or "
+                    "FreezePolicy.matching(pattern) on the names in Backbone.layers, or "
+                    "FreezePolicy.lora(rank)."
+                )
+        return blocks
+
+    def _lora_targets(self, backbone, planned: dict | None = None) -> list:
+        """The layers a LoRA policy adapts in `backbone` (checked); `[]` for other kinds."""
+        if self.kind != "lora":
+            return []
+        return adapters.target_layers(
+            backbone.model,
+            self.options["targets"],
+            self.value,
+            where="FreezePolicy.lora",
+            alpha=self.options["alpha"],
+            planned=planned,
+        )
+
     def apply(self, backbone) -> FreezeReport:
         """Sets `trainable` on the backbone's layers; returns a `FreezeReport`.
 
         Raises a ValueError, before changing anything, if the policy does
         not fit the backbone (too many layers, unknown name).
         """
+        if self.kind == "lora":
+            return self._apply_lora(backbone)
         layers = backbone.layers
-        mask = self.frozen_mask(layers)
+        blocks = self._blocks(backbone)
+        mask = self.frozen_mask(layers, blocks)
         backbone.model.trainable = True
         for layer, frozen in zip(layers, mask, strict=True):
             if self.batchnorm == "freeze" and _is_batchnorm(layer):
@@ -288,6 +509,34 @@ class FreezePolicy:
             trainable_params=trainable_params,
             non_trainable_params=_count(backbone.model.weights) - trainable_params,
             batchnorm=self.batchnorm,
+            unit="blocks" if blocks and self.kind in ("bottom", "top") else "layers",
+            blocks=len(blocks),
+        )
+
+    def _apply_lora(self, backbone) -> FreezeReport:
+        """Adapts the targets of a LoRA policy, freezes the rest (`model.lora`)."""
+        targets = self._lora_targets(backbone)
+        model = backbone.model
+        adapters.enable_adapters(model, targets, self.value, self.options["alpha"])
+        adapted = {id(layer) for layer in targets}
+        frozen = [
+            layer.name
+            for layer in backbone.layers
+            if not any(id(inner) in adapted for inner in layer._flatten_layers(include_self=True))
+        ]
+        trainable_params = _count(model.trainable_weights)
+        return FreezeReport(
+            policy=repr(self),
+            trainable_layers=[layer.path or layer.name for layer in targets],
+            frozen_layers=frozen,
+            trainable_params=trainable_params,
+            non_trainable_params=_count(model.weights) - trainable_params,
+            batchnorm=self.batchnorm,
+            blocks=len(transformer_blocks(model)),
+            lora_rank=self.value,
+            # the adapters that train: those of layers left out since are frozen, counted
+            # with the backbone's other frozen weights (the report's numbers then agree)
+            adapter_params=_count([w for w in adapters.adapter_weights(model) if w.trainable]),
         )
 
     def __eq__(self, other):
@@ -324,7 +573,7 @@ class FreezePolicy:
 
     def __repr__(self):
         args = [] if self.value is None else [repr(self.value)]
-        defaults = {"inclusive": True, "train": False}
+        defaults = {"inclusive": True, "train": False, "alpha": None, "targets": None}
         args += [f"{k}={v!r}" for k, v in self.options.items() if defaults.get(k) != v]
         if self.batchnorm != "inference":
             args.append(f"batchnorm={self.batchnorm!r}")

@@ -11,11 +11,16 @@ dtype policy. `flatten_layers` lists the layers `FreezePolicy` counts.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import keras
 import tensorflow as tf
 from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import revived
+from finetune_tf.model.blocks import is_keras_hub
+from finetune_tf.model.lora import _without_lora, adapted_layers
 from finetune_tf.sources.hub import HubLayer
 
 __all__ = [
@@ -27,17 +32,22 @@ __all__ = [
 ]
 
 
-def clone_layer(layer, dtype_policy: str | None):
-    """A fresh copy of `layer` (nested models layer by layer), computing in `dtype_policy`.
+def clone_layer(layer, dtype_policy: str | None, without_lora: bool = False):
+    """A fresh copy of `layer` (nested models layer by layer), computing in `dtype_policy`;
+    with `without_lora`, a plain layer where `layer` has LoRA adapters.
 
     A subclassed model is rebuilt from its config like any layer: it must implement
     `get_config` (Keras' rule for saving it too).
     """
+    if without_lora and is_keras_hub(layer):
+        # A KerasHub backbone rebuilds from its own config (no adapters in it), as its
+        # class: the merged weights file then matches it object for object.
+        return layer.__class__.from_config(layer.get_config())
     if isinstance(layer, keras.Sequential) or hasattr(layer, "_inputs_struct"):
         return keras.models.clone_model(
-            layer, clone_function=lambda inner: clone_layer(inner, dtype_policy)
+            layer, clone_function=lambda inner: clone_layer(inner, dtype_policy, without_lora)
         )
-    config = layer.get_config()
+    config = _without_lora(layer.get_config()) if without_lora else layer.get_config()
     if isinstance(layer, HubLayer):
         # Already loaded in this process, by the user's choice: a copy is not a file
         # being loaded, so the checks of a safe load (ops, downloads) do not apply.
@@ -48,16 +58,26 @@ def clone_layer(layer, dtype_policy: str | None):
     return layer.__class__.from_config(config)
 
 
-def clone_model(model: keras.Model, dtype_policy: str | None, what: str) -> keras.Model:
+def clone_model(
+    model: keras.Model, dtype_policy: str | None, what: str, *, merge_lora: bool = False
+) -> keras.Model:
     """A copy of `model` with the same weights, its layers computing in `dtype_policy`.
+    With `merge_lora`, each LoRA layer of the copy is a plain layer whose kernel is the
+    merged `kernel + (alpha / rank) * lora_a @ lora_b` (`finetune_tf.merge_lora`).
 
     Raises ValueError, naming `what` was copied, when a subclassed model cannot be
     rebuilt from its config.
     """
     try:
-        clone = keras.models.clone_model(
-            model, clone_function=lambda layer: clone_layer(layer, dtype_policy)
-        )
+        if isinstance(model, keras.Sequential) or hasattr(model, "_inputs_struct"):
+            clone = keras.models.clone_model(
+                model, clone_function=lambda layer: clone_layer(layer, dtype_policy, merge_lora)
+            )
+        else:  # a subclassed model itself (finetune_tf.merge_lora takes any model)
+            clone = clone_layer(model, dtype_policy, merge_lora)
+            if model.built and model.get_build_config():
+                clone.build_from_config(model.get_build_config())
+                clone.built = True  # as Keras' deserialization does after building
     except (TypeError, NotImplementedError) as error:
         # A subclassed model whose get_config does not give its constructor's arguments.
         subclassed = [
@@ -76,7 +96,22 @@ def clone_model(model: keras.Model, dtype_policy: str | None, what: str) -> kera
             "it with keras.saving.register_keras_serializable), or build the model inside "
             "`with strategy.scope():` and pass that strategy."
         ) from None
-    clone.set_weights(model.get_weights())
+    if merge_lora:
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "merged.weights.h5")
+            model.save_weights(path)  # Keras writes each LoRA kernel merged
+            clone.load_weights(path)
+    elif len(clone.weights) != len(model.weights) and adapted_layers(model):
+        raise ValueError(
+            f"{what} cannot be copied: it has LoRA adapters inside layers that rebuild "
+            "without them (e.g. the attention layers of a transformer block), so the copy "
+            "would lack them. A copy is made for strategies, mixed precision and every "
+            "scikit-learn fit. Merge the adapters first (FineTuner.merge_lora(), or "
+            "Backbone.from_model(finetune_tf.merge_lora(backbone.model))), or copy the "
+            "backbone before applying FreezePolicy.lora."
+        )
+    if not merge_lora:
+        clone.set_weights(model.get_weights())
     for layer in clone._flatten_layers(include_self=False):
         # As Keras does after loading a file: an adapted Normalization computes from its
         # statistics (weights) only once finalized; without this the copy normalised with

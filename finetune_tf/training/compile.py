@@ -211,12 +211,15 @@ class Compiler:
             self.spec.optimizer = fresh_optimizer(self.spec.optimizer)
             self.apply()
 
-    def retarget(self, model, head) -> None:
-        """Compiles `model` with `head` from now on (a widened model: `add_classes`), again
-        if compiled: the same settings, a fresh optimizer, and the new head's default loss
-        where the old head's was in use."""
+    def retarget(self, model, head, backbone=None) -> None:
+        """Compiles `model` with `head` (and `backbone`, if given) from now on (a widened
+        model: `add_classes`; a merged backbone: `merge_lora`), again if compiled: the same
+        settings, a fresh optimizer, and the new head's default loss where the old head's
+        was in use."""
         uses_head_loss = self.uses_head_loss
         self.model, self.head = model, head
+        if backbone is not None:
+            self.backbone = backbone
         if uses_head_loss and self.spec is not None:
             self.spec.loss = head.default_loss()
         self.refresh()

@@ -256,10 +256,13 @@ def layerwise_multipliers(backbone, model, decay: float) -> list[tuple[str, floa
     the order of `Backbone.layers`, Hub variable groups included) get
     `decay**k`, k = 1 for the top one, counting down.
     """
+    # A layer's weights in the model's trainable set, not `layer.trainable_weights`: under
+    # LoRA the adapted layers are trainable=False and only their adapters train.
+    trainable_ids = {id(variable) for variable in model.trainable_variables}
     depth_of = {}
     depth = 0
     for layer in reversed(backbone.layers):
-        weights = layer.trainable_weights
+        weights = [variable for variable in layer.weights if id(variable) in trainable_ids]
         if weights:
             depth += 1
             for variable in weights:

@@ -74,13 +74,13 @@ def check_plan(assembly, compiler, x, args: FitArgs, schedule) -> list[Stage] | 
 def check_stages(stages: list[Stage], assembly, compiler, steps: int | None) -> None:
     """Each stage's freeze policy against the backbone, and its optimizer and learning
     rate as it will compile them after the stages before it."""
-    layers = assembly.backbone.layers
     previous = compiler.spec.optimizer if compiler.compiled else None
+    planned = {}  # the LoRA adapters the stages add, as the loop will add them
     for index, stage in enumerate(stages):
         name = stage_name(stage, index)
         try:
             if stage.freeze is not None:
-                stage.freeze.frozen_mask(layers)
+                stage.freeze.check(assembly.backbone, planned)
             rate = compile_rate(stage, name, previous, steps)
             previous = next_optimizer(previous, stage.optimizer, rate)
         except (TypeError, ValueError) as error:

@@ -7,7 +7,9 @@ each of them; `Head(weight_decay=...)` does the same for the head.
 
 Kernels are the weights whose name ends in `kernel` or `weights` and that have
 at least two axes: Dense, convolution, attention and recurrent kernels, and a
-SavedModel's or Hub model's `.../weights` and `.../kernel` variables. Biases,
+SavedModel's or Hub model's `.../weights` and `.../kernel` variables; under
+`FreezePolicy.lora` the frozen kernels add nothing, and the adapters that train
+(`lora_kernel_a`, `lora_kernel_b`) are penalised instead. Biases,
 BatchNorm and LayerNorm scales and offsets, and embedding tables are left
 alone, as in the weight-decay recipes of BERT and timm: pulling a bias, a norm's
 scale or a rare token's embedding towards zero changes what the layer computes
@@ -41,7 +43,8 @@ __all__ = [
     "set_backbone_penalty",
 ]
 
-KERNEL_SUFFIXES = ("kernel", "weights")
+# LoRA's adapters of a kernel (`FreezePolicy.lora`) are what trains of it: penalised too.
+KERNEL_SUFFIXES = ("kernel", "weights", "lora_kernel_a", "lora_kernel_b")
 
 
 def is_kernel(variable) -> bool:

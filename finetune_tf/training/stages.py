@@ -187,7 +187,9 @@ def gradual_unfreezing(
     examples) these stages were far too short to train a head.
 
     Args:
-        layer_count: int. `len(backbone.layers)`.
+        layer_count: int. `len(backbone.layers)`; for a KerasHub backbone, whose
+            `FreezePolicy.top(k)` counts transformer blocks, the block count
+            (`FineTuner.freeze_report.blocks`).
         steps: int. How many unfreezing steps after the head stage. Defaults to 3.
         epochs_per_stage: int. Defaults to 2.
         learning_rate: float. The head stage's learning rate. Defaults to 3e-3.
@@ -206,7 +208,8 @@ def gradual_unfreezing(
         "layer_count",
         where="gradual_unfreezing",
         meaning="the number of backbone layers",
-        hint="Pass len(backbone.layers).",
+        hint="Pass len(backbone.layers), or for a KerasHub backbone the block count "
+        "(FineTuner.freeze_report.blocks).",
         type_error=ValueError,
     )
     check_int(

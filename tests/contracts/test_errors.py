@@ -29,6 +29,34 @@ def tuner(**kwargs):
     return FineTuner(backbone(), Head.classifier(3), **kwargs)
 
 
+def lora_then(policy):
+    return tuner(freeze=policy)
+
+
+def vit():
+    keras_hub = pytest.importorskip("keras_hub")  # the version matrix has none: skipped
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.ViTBackbone(
+        image_shape=(8, 8, 3), patch_size=4, num_layers=2, num_heads=1, hidden_dim=4, mlp_dim=4
+    )
+    return Backbone.from_model(model)
+
+
+def constrained_embedding():
+    inputs = keras.Input((5,), dtype="int32", name="ids")
+    x = keras.layers.Embedding(20, 4, embeddings_constraint="non_neg", name="emb")(inputs)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(keras.layers.Dense(6, name="d")(x))
+    return Backbone.from_model(keras.Model(inputs, x))
+
+
+def attention_with_adapters():
+    inputs = keras.Input((3, 4), name="tokens")
+    x = keras.layers.MultiHeadAttention(1, 2, name="attention")(inputs, inputs)
+    adapted = Backbone.from_model(keras.Model(inputs, x, name="block"))
+    FreezePolicy.lora(2, targets=["query"]).apply(adapted)
+    return adapted
+
+
 def compiled():
     t = tuner(freeze=FreezePolicy.none())
     t.compile()
@@ -291,6 +319,61 @@ CASES = [
         lambda d: FreezePolicy.all(batchnorm="maybe"),
         ValueError,
         r"batchnorm.*maybe",
+    ),
+    (
+        "freeze-blocks-unlisted",
+        lambda d: FreezePolicy.top(1).apply(vit()),
+        ValueError,
+        r"top\(k\)` counts transformer blocks.*ViTBackbone.*FreezePolicy\.until.*lora",
+    ),
+    (
+        "freeze-lora-constraint",
+        lambda d: FreezePolicy.lora(2, targets=["d", "emb"]).apply(constrained_embedding()),
+        ValueError,
+        r"cannot adapt the layer 'emb'.*`embeddings_constraint`.*targets=",
+    ),
+    ("freeze-lora-rank", lambda d: FreezePolicy.lora(0), ValueError, r"lora\(rank\).*rank=0"),
+    (
+        "freeze-lora-alpha",
+        lambda d: FreezePolicy.lora(4, alpha=-1),
+        ValueError,
+        r"lora\(alpha\).*alpha=-1",
+    ),
+    (
+        "freeze-lora-targets-type",
+        lambda d: FreezePolicy.lora(4, targets=[1]),
+        TypeError,
+        r"lora\(targets\).*targets=\[1\]",
+    ),
+    (
+        "freeze-lora-unknown-target",
+        lambda d: tuner(freeze=FreezePolicy.lora(4, targets=["dense1"])),
+        ValueError,
+        r"'dense1'.*Did you mean 'dense_1'.*'features'",
+    ),
+    (
+        "freeze-lora-other-rank",
+        lambda d: lora_then(FreezePolicy.lora(2)).set_freeze(FreezePolicy.lora(4)),
+        ValueError,
+        r"rank=4.*already has adapters of rank 2.*merge",
+    ),
+    (
+        "merge-lora-without-adapters",
+        lambda d: tuner().merge_lora(),
+        ValueError,
+        r"merge_lora\(\)` found no LoRA adapters.*FreezePolicy\.lora",
+    ),
+    (
+        "backbone-copy-lora",
+        lambda d: attention_with_adapters().copy(),
+        ValueError,
+        r"Backbone 'block' cannot be copied.*LoRA adapters.*merge_lora",
+    ),
+    (
+        "merge-lora-type",
+        lambda d: finetune_tf.merge_lora("model.keras"),
+        TypeError,
+        r"merge_lora\(model\)` expects a keras\.Model.*str",
     ),
     (
         "tuner-head-type",

@@ -70,6 +70,10 @@ def test_failed_policy_changes_nothing(backbone):
     before = trainable_names(backbone)
     with pytest.raises(ValueError):
         FreezePolicy.bottom(99).apply(backbone)
+    with pytest.raises(ValueError, match="has 7 layers"):
+        FreezePolicy.bottom(99).check(backbone)  # the check alone, as a schedule's plan does
+    with pytest.raises(ValueError, match="'conv3' is not the name of a backbone layer that"):
+        FreezePolicy.lora(2, targets=["conv3"]).check(backbone)
     assert trainable_names(backbone) == before
 
 
@@ -124,8 +128,19 @@ def test_batchnorm_freeze_mode_freezes_batchnorm_layers(images, labels):
 
 
 def test_report_is_printable(backbone):
-    text = str(FreezePolicy.bottom(3).apply(backbone))
+    report = FreezePolicy.bottom(3).apply(backbone)
+    text = str(report)
     assert text.startswith("FreezePolicy.bottom(3): trainable layers 4 / 7")
+    # A model without transformer blocks counts layers, as it always did.
+    assert (report.unit, report.blocks, report.lora_rank, report.adapter_params) == (
+        "layers",
+        0,
+        None,
+        0,
+    )
+    assert report.trainable_fraction == report.trainable_params / (
+        report.trainable_params + report.non_trainable_params
+    )
     assert "BatchNorm: inference" in text
 
 

@@ -186,23 +186,11 @@ def widened_assembly(assembly, placement, count: int):
     `placement`) with `count` more classes: the same backbone, augmentation and preprocessing
     layers, the other head layers' and the input adapter's weights copied, and the
     predictions layer widened (`widen_predictions`)."""
-    from finetune_tf.model.assembly import Assembly
-    from finetune_tf.outputs.tuner_config import copy_weights_by_layer_name
-
     head = grown_head(assembly.head, count)
     old = assembly.model
-    with placement.building():  # on the backbone as placed already: the same object
-        grown = Assembly.build(
-            assembly.backbone,
-            head=head,
-            freeze=assembly.freeze,
-            input_shape=assembly.input_shape,
-            adapt=any(layer.name == "input_adapter" for layer in old.layers),
-            input_channels=assembly.input_channels,
-            augmentation=assembly.augmentation,
-            name=old.name,
-        )
-        copy_weights_by_layer_name(old, grown.model, skip=("predictions",))
+    # On the backbone as placed already: the same object.
+    grown = assembly.rebuilt(placement, head=head, skip=("predictions",))
+    with placement.building():
         widen_predictions(
             old.get_layer("predictions"), grown.model.get_layer("predictions"), assembly.head.task
         )
