@@ -19,8 +19,16 @@ from finetune_tf.model.preprocessing import ApplicationPreprocessing
 from finetune_tf.sources.applications import application_names, build_application
 from finetune_tf.sources.files import check_model_path, load_keras_file, saved_model_network
 from finetune_tf.sources.hub_handles import ARCHIVE_SUFFIXES, is_url
+from finetune_tf.sources.keras_hub import preset_network
 
-__all__ = ["application_parts", "file_parts", "hub_parts", "model_parts", "source_kind"]
+__all__ = [
+    "application_parts",
+    "file_parts",
+    "hub_parts",
+    "model_parts",
+    "preset_parts",
+    "source_kind",
+]
 
 
 def model_parts(model, output_layer, preprocessing, input_shape) -> dict:
@@ -85,9 +93,31 @@ def hub_parts(handle, input_shape, preprocessing, signature, output_key, trainab
     return {"model": model, "preprocessing": preprocessing, "source": f"hub handle {handle!r}"}
 
 
+def preset_parts(preset, feature, preprocessor, sequence_length, **kwargs) -> dict:
+    """`Backbone.from_preset`'s parts: the KerasHub preset's preprocessor, backbone and
+    feature in one single-input model (`sources.keras_hub`); the preprocessing is in it."""
+    model, source = preset_network(
+        preset,
+        feature=feature,
+        preprocessor=preprocessor,
+        sequence_length=sequence_length,
+        **kwargs,
+    )
+    return {"model": model, "preprocessing": None, "source": source}
+
+
+def is_keras_hub_preset(source: str) -> bool:
+    """Whether `source` is an hf:// / kaggle:// handle or a `save_to_preset` directory."""
+    if source.startswith(("hf://", "kaggle://")):
+        return True
+    return all(
+        os.path.isfile(os.path.join(source, name)) for name in ("config.json", "metadata.json")
+    )
+
+
 def source_kind(source) -> tuple[str, object]:
     """Which constructor `Backbone.load` calls for `source` (not a `Backbone`):
-    `"model"`, `"hub"`, `"file"` or `"application"`, with the source (a str but for a
+    `"model"`, `"hub"`, `"file"`, `"preset"` or `"application"`, with the source (a str but for a
     model); a clear error for anything else."""
     if isinstance(source, keras.Model) or is_tf_keras_model(source):
         return "model", source
@@ -96,6 +126,8 @@ def source_kind(source) -> tuple[str, object]:
         "source",
         "a keras.Model, a keras.applications name, a model file path or a Hub handle",
     )
+    if is_keras_hub_preset(source):
+        return "preset", source
     if is_url(source) or (os.path.isfile(source) and source.endswith(ARCHIVE_SUFFIXES)):
         return "hub", source
     if os.path.exists(source):

@@ -17,6 +17,7 @@ from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import revived
 from finetune_tf.sources.hub import HubLayer
+from finetune_tf.sources.keras_hub import PresetPreprocessor
 
 __all__ = [
     "BackboneLayer",
@@ -37,6 +38,8 @@ def clone_layer(layer, dtype_policy: str | None):
         return keras.models.clone_model(
             layer, clone_function=lambda inner: clone_layer(inner, dtype_policy)
         )
+    if isinstance(layer, PresetPreprocessor):
+        return layer  # no weights to copy, and its vocabulary is an asset, not config
     config = layer.get_config()
     if isinstance(layer, HubLayer):
         # Already loaded in this process, by the user's choice: a copy is not a file
