@@ -299,10 +299,15 @@ def _feature(outputs, packed, feature, preset) -> keras.KerasTensor:
         if ok
     ]
     if feature not in available:
-        keys = short_list(outputs) if isinstance(outputs, dict) else f"a tensor of rank {rank}"
+        if isinstance(outputs, dict):
+            gives = f"outputs {short_list(outputs)}"
+        else:
+            gives = {3: "token vectors", 4: "feature maps"}.get(rank, "one tensor")
+            gives = f"outputs {gives} of shape {tuple(sequence.shape)}"
+        choices = " or ".join(repr(name) for name in available)
         raise ValueError(
             f"`feature`={feature!r} is not available from preset {preset!r}, whose backbone "
-            f"outputs {keys}. Use one of {short_list(available)}."
+            f"{gives}. Use one of {choices}, or feature=None for the default."
         )
     if feature == "pooled":
         return pooled
