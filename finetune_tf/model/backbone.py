@@ -1,9 +1,10 @@
 """`Backbone`: a pretrained feature extractor, from wherever it comes.
 
 Sources: a `keras.applications` name, a `.keras` / `.h5` file, a TF
-SavedModel directory, a TF Hub handle, a KerasHub preset, or a live `keras.Model`; each can be
-cut at a named layer. A backbone knows its input and output shapes, its
-ordered (flattened) list of layers, and the preprocessing its weights expect.
+SavedModel directory, a TF Hub handle, a KerasHub preset (its preprocessor inside),
+or a live `keras.Model`; each can be cut at a named layer. A backbone knows its
+input and output shapes, its ordered (flattened) list of layers, and the
+preprocessing its weights expect.
 
 Where the weights come from is `finetune_tf.sources` (applications, model
 files, Hub handles, and the trust checks before any file is read), and how

@@ -228,7 +228,7 @@ def _check_preset(preset) -> tuple[str, bool]:
 def _download_error(preset: str, error: Exception) -> OSError:
     first_line = (str(error).strip().splitlines() or [""])[0][:300]
     return OSError(
-        f"KerasHub could not fetch the preset `preset`={preset!r} "
+        f"KerasHub could not fetch the preset `preset`={preset!r}, or it names no preset "
         f"({type(error).__name__}: {first_line}). A preset name or an hf:// / kaggle:// "
         "handle is downloaded on first use (then cached), which needs a network connection "
         "and, for gated models, credentials. Offline, pass a local preset directory "
@@ -259,6 +259,11 @@ def _load_preset_parts(keras_hub, preset, remote, preprocessor, sequence_length,
             found = None
     except OSError as error:  # network errors are OSErrors (requests, kagglehub, hf hub)
         if remote and not isinstance(error, FileNotFoundError):
+            raise _download_error(preset, error) from error
+        raise
+    except ValueError as error:
+        # KerasHub reports an hf:// handle it could not fetch as one without a config.json.
+        if remote and "has no config.json" in str(error):
             raise _download_error(preset, error) from error
         raise
     return backbone, found
