@@ -34,6 +34,7 @@ from finetune_tf.model.kinds import is_tf_keras_model, single_io_model
 from finetune_tf.model.layers import BackboneLayer, clone_model, flatten_layers, placing_copy
 from finetune_tf.model.preprocessing import ApplicationPreprocessing
 from finetune_tf.sources.applications import application_names
+from finetune_tf.sources.keras_hub import has_tokenizer
 
 # BackboneLayer, application_names and flatten_layers lived here in 0.2 and still import
 # from here.
@@ -165,6 +166,14 @@ class Backbone:
             >>> Backbone.from_config(backbone.get_config()).output_shape
             (3,)
         """
+        if has_tokenizer(self.model):
+            raise ValueError(
+                f"Backbone.get_config cannot describe the backbone from {self.source}: its "
+                "tokenizer's vocabulary is an asset of a saved file, not config, so "
+                "from_config would rebuild it without one. Save the model instead "
+                "(FineTuner.save or model.save to a .keras file, which keeps the assets), "
+                "or call Backbone.from_preset again."
+            )
         serialize = keras.saving.serialize_keras_object
         preprocessing = self.preprocessing
         return {

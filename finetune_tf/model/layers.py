@@ -180,4 +180,12 @@ class BackboneLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**revived(config, "backbone"))
+        layer = cls(**revived(config, "backbone"))
+        # A layer rebuilt with trainable=False freezes the variables it makes itself, but
+        # not those of sublayers it makes in `build` (KerasHub's TransformerEncoder):
+        # freezing its whole subtree again reaches them, so a frozen backbone loads frozen.
+        for inner in layer.backbone._flatten_layers(include_self=False):
+            if not inner.trainable:
+                for sub in inner._flatten_layers():
+                    sub.trainable = False
+        return layer

@@ -22,7 +22,7 @@ import keras
 from finetune_tf._checks import check_choice, check_int
 from finetune_tf._utils import as_str_path, did_you_mean, revived, short_list
 
-__all__ = ["FEATURES", "PresetPreprocessor", "TokenPooling", "preset_network"]
+__all__ = ["FEATURES", "PresetPreprocessor", "TokenPooling", "has_tokenizer", "preset_network"]
 
 FEATURES = ("pooled", "first_token", "mean", "all")
 """What `Backbone.from_preset(feature=...)` takes as the feature: the backbone's
@@ -32,6 +32,7 @@ over the padding mask (or of its feature maps over space), or its whole output
 
 _REMOTE_PREFIXES = ("hf://", "kaggle://", "gs://", "http://", "https://", "modelscope://")
 _EXTRA = 'pip install "finetune_tf[keras-hub]"'
+_KERAS_HUB_KWARGS = ("load_weights", "dtype")  # what from_preset passes to KerasHub
 
 
 def import_keras_hub():
@@ -119,6 +120,15 @@ class PresetPreprocessor(keras.layers.Layer):
 def is_text_preprocessor(preprocessor) -> bool:
     """Whether `preprocessor` tokenizes text (it has a tokenizer)."""
     return getattr(preprocessor, "tokenizer", None) is not None
+
+
+def has_tokenizer(model: keras.Model) -> bool:
+    """Whether `model` holds a `PresetPreprocessor` with a tokenizer, whose vocabulary
+    is an asset (saved in a `.keras` file), not config."""
+    return any(
+        isinstance(layer, PresetPreprocessor) and is_text_preprocessor(layer.preprocessor)
+        for layer in model._flatten_layers()
+    )
 
 
 def _measured_spec(preprocessor) -> dict:
@@ -252,7 +262,18 @@ def _load_preset_parts(keras_hub, preset, remote, preprocessor, sequence_length,
             return backbone, preprocessor or None
         if check_file_exists(preset, TOKENIZER_CONFIG_FILE):
             length = {} if sequence_length is None else {"sequence_length": sequence_length}
-            found = keras_hub.models.TextClassifierPreprocessor.from_preset(preset, **length)
+            try:
+                found = keras_hub.models.TextClassifierPreprocessor.from_preset(preset, **length)
+            except ValueError as error:
+                if "Unable to find a subclass" not in str(error):
+                    raise
+                raise ValueError(
+                    f"Preset {preset!r} has a tokenizer but no text classifier preprocessor "
+                    f"for its backbone ({type(backbone).__name__}, e.g. a decoder-only "
+                    "model). Pass one with `preprocessor=`, e.g. preprocessor="
+                    "keras_hub.models.GPT2Preprocessor(tokenizer, sequence_length=128), "
+                    "which packs token ids and a padding mask."
+                ) from None
         elif check_file_exists(preset, IMAGE_CONVERTER_CONFIG_FILE):
             found = keras_hub.layers.ImageConverter.from_preset(preset)
         else:
@@ -267,6 +288,29 @@ def _load_preset_parts(keras_hub, preset, remote, preprocessor, sequence_length,
             raise _download_error(preset, error) from error
         raise
     return backbone, found
+
+
+def _subclasses(cls) -> list:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def is_causal(keras_hub, backbone) -> bool:
+    """Whether `backbone` (a KerasHub backbone) is a decoder-only (causal) model: the
+    `backbone_cls` of a `keras_hub.models.CausalLM` task (GPT-2, Gemma, Llama, ...)."""
+    tasks = _subclasses(keras_hub.models.CausalLM)
+    return any(getattr(task, "backbone_cls", None) is type(backbone) for task in tasks)
+
+
+def _plain_graph(backbone) -> keras.Model:
+    """The KerasHub backbone's graph as a plain functional `keras.Model` on the same layers.
+
+    A KerasHub `Backbone` saves only its constructor arguments, so its inner layers'
+    `trainable` flags (what `FreezePolicy` set) are lost by `keras.models.load_model`;
+    a plain functional model saves each layer's config, flags included."""
+    return keras.Model(backbone.input, backbone.output, name=backbone.name)
 
 
 def _backbone_inputs(backbone) -> dict | None:
@@ -349,11 +393,40 @@ def preset_network(
     sequence_length = check_int(
         sequence_length, "sequence_length", allow_none=True, where="Backbone.from_preset"
     )
+    unknown = sorted(set(kwargs) - set(_KERAS_HUB_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"Backbone.from_preset got unexpected keyword arguments {unknown}: it passes only "
+            f"{' and '.join(_KERAS_HUB_KWARGS)} to KerasHub. A preset's model is whole: choose "
+            "its output with feature= (not output_layer=), and its input is made by the "
+            "preprocessor (not input_shape=; an image converter resizes images)."
+        )
+    if sequence_length is not None and isinstance(preprocessor, keras.layers.Layer):
+        raise ValueError(
+            f"`sequence_length`={sequence_length} applies to the preset's own preprocessor; "
+            "a preprocessor passed with preprocessor= packs to its own length. Set "
+            "sequence_length on that preprocessor, or remove sequence_length=."
+        )
     keras_hub = import_keras_hub()
     preset, remote = _check_preset(preset)
     backbone, found = _load_preset_parts(
         keras_hub, preset, remote, preprocessor, sequence_length, kwargs
     )
+    most = getattr(backbone, "max_sequence_length", None)
+    if sequence_length is not None and most is not None and sequence_length > most:
+        raise ValueError(
+            f"`sequence_length`={sequence_length} is longer than preset {preset!r}'s backbone "
+            f"takes (max_sequence_length={most}: it has that many position embeddings). "
+            f"Use sequence_length <= {most}, or None for the preprocessor's default."
+        )
+    causal = is_causal(keras_hub, backbone)
+    if causal and feature == "first_token":
+        raise ValueError(
+            f"`feature`='first_token' is constant for preset {preset!r}: its backbone "
+            f"({type(backbone).__name__}) is decoder-only (causal), so its first token sees "
+            "no other token. Use feature='mean' (the default for causal backbones) or 'all'."
+        )
+    backbone = _plain_graph(backbone)
     named_inputs = _backbone_inputs(backbone)
     if sequence_length is not None and not (found is not None and is_text_preprocessor(found)):
         raise ValueError(
@@ -390,6 +463,8 @@ def preset_network(
         outputs = backbone({name: packed[name] for name in named_inputs})
     else:
         outputs = backbone(packed)
+    if feature is None and causal:
+        feature = "mean"  # a causal model's first token sees nothing else
     features = _feature(outputs, packed, feature, preset)
     model = keras.Model(inputs, features, name=backbone.name)
     return model, f"KerasHub preset {preset!r}"
