@@ -19,7 +19,7 @@ from finetune_tf.model.preprocessing import ApplicationPreprocessing
 from finetune_tf.sources.applications import application_names, build_application
 from finetune_tf.sources.files import check_model_path, load_keras_file, saved_model_network
 from finetune_tf.sources.hub_handles import ARCHIVE_SUFFIXES, is_url
-from finetune_tf.sources.keras_hub import preset_network
+from finetune_tf.sources.keras_hub import builtin_preset_name, is_keras_hub_preset, preset_network
 
 __all__ = [
     "application_parts",
@@ -106,15 +106,6 @@ def preset_parts(preset, feature, preprocessor, sequence_length, **kwargs) -> di
     return {"model": model, "preprocessing": None, "source": source}
 
 
-def is_keras_hub_preset(source: str) -> bool:
-    """Whether `source` is an hf:// / kaggle:// handle or a `save_to_preset` directory."""
-    if source.startswith(("hf://", "kaggle://")):
-        return True
-    return all(
-        os.path.isfile(os.path.join(source, name)) for name in ("config.json", "metadata.json")
-    )
-
-
 def source_kind(source) -> tuple[str, object]:
     """Which constructor `Backbone.load` calls for `source` (not a `Backbone`):
     `"model"`, `"hub"`, `"file"`, `"preset"` or `"application"`, with the source (a str but for a
@@ -127,13 +118,19 @@ def source_kind(source) -> tuple[str, object]:
         "a keras.Model, a keras.applications name, a model file path or a Hub handle",
     )
     if is_keras_hub_preset(source):
-        return "preset", source
+        return "preset", os.path.expanduser(source)
     if is_url(source) or (os.path.isfile(source) and source.endswith(ARCHIVE_SUFFIXES)):
         return "hub", source
     if os.path.exists(source):
         return "file", source
     if source in application_names():
         return "application", source
+    if builtin_preset_name(source):
+        raise ValueError(
+            f"`source`={source!r} is a KerasHub preset name: Backbone.load takes local "
+            "presets and hf:// / kaggle:// handles only, so that it never downloads by "
+            f"surprise. Use Backbone.from_preset({source!r}), which downloads and caches it."
+        )
     looks_like_path = os.sep in source or "." in source
     hint = did_you_mean(source, application_names())
     raise (FileNotFoundError if looks_like_path else ValueError)(

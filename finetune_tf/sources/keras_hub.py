@@ -15,6 +15,8 @@ does not. Its two layers are registered here, so a saved model loads after
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 
 import keras
@@ -22,7 +24,15 @@ import keras
 from finetune_tf._checks import check_choice, check_int
 from finetune_tf._utils import as_str_path, did_you_mean, revived, short_list
 
-__all__ = ["FEATURES", "PresetPreprocessor", "TokenPooling", "has_tokenizer", "preset_network"]
+__all__ = [
+    "FEATURES",
+    "PresetPreprocessor",
+    "TokenPooling",
+    "builtin_preset_name",
+    "has_tokenizer",
+    "is_keras_hub_preset",
+    "preset_network",
+]
 
 FEATURES = ("pooled", "first_token", "mean", "all")
 """What `Backbone.from_preset(feature=...)` takes as the feature: the backbone's
@@ -193,6 +203,29 @@ class TokenPooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def is_keras_hub_preset(source: str) -> bool:
+    """Whether `source` names a KerasHub preset: an hf:// / kaggle:// handle, or a
+    directory (`~` expanded) whose metadata.json names the KerasHub version that wrote
+    it (`save_to_preset`; a Keras model saved unzipped has a metadata.json without one).
+    Built-in preset names are `builtin_preset_name`'s."""
+    if source.startswith(("hf://", "kaggle://")):
+        return True
+    metadata = os.path.join(os.path.expanduser(source), "metadata.json")
+    try:
+        with open(metadata) as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and bool({"keras_hub_version", "keras_nlp_version"} & set(found))
+
+
+def builtin_preset_name(source: str) -> bool:
+    """Whether `source` is a KerasHub built-in preset name (False without keras-hub)."""
+    if importlib.util.find_spec("keras_hub") is None:
+        return False
+    return source in _builtin_presets()
+
+
 def _builtin_presets() -> list:
     from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
 
@@ -216,6 +249,13 @@ def _check_preset(preset) -> tuple[str, bool]:
                 f"`preset`={preset!r} is a directory but not a KerasHub preset: it has no "
                 "config.json. Pass the directory that `save_to_preset` wrote (it holds "
                 "config.json, model.weights.h5 and the tokenizer or image converter files)."
+            )
+        if not is_keras_hub_preset(preset):
+            raise ValueError(
+                f"`preset`={preset!r} is a Keras model saved unzipped (its metadata.json "
+                "names no KerasHub version), not a KerasHub preset. Load it with "
+                "keras.models.load_model, or save it as a .keras file and use "
+                "Backbone.from_file; for a preset pass the directory `save_to_preset` wrote."
             )
         return preset, False
     names = _builtin_presets()
@@ -248,7 +288,16 @@ def _download_error(preset: str, error: Exception) -> OSError:
     )
 
 
-def _load_preset_parts(keras_hub, preset, remote, preprocessor, sequence_length, kwargs):
+def _check_causal_feature(keras_hub, backbone, feature, preset) -> None:
+    if feature == "first_token" and is_causal(keras_hub, backbone):
+        raise ValueError(
+            f"`feature`='first_token' is constant for preset {preset!r}: its backbone "
+            f"({type(backbone).__name__}) is decoder-only (causal), so its first token sees "
+            "no other token. Use feature='mean' (the default for causal backbones) or 'all'."
+        )
+
+
+def _load_preset_parts(keras_hub, preset, remote, feature, preprocessor, sequence_length, kwargs):
     """The preset's KerasHub backbone and preprocessor (or None)."""
     from keras_hub.src.utils.preset_utils import (
         IMAGE_CONVERTER_CONFIG_FILE,
@@ -258,6 +307,7 @@ def _load_preset_parts(keras_hub, preset, remote, preprocessor, sequence_length,
 
     try:
         backbone = keras_hub.models.Backbone.from_preset(preset, **kwargs)
+        _check_causal_feature(keras_hub, backbone, feature, preset)
         if preprocessor is not True:
             return backbone, preprocessor or None
         if check_file_exists(preset, TOKENIZER_CONFIG_FILE):
@@ -410,7 +460,7 @@ def preset_network(
     keras_hub = import_keras_hub()
     preset, remote = _check_preset(preset)
     backbone, found = _load_preset_parts(
-        keras_hub, preset, remote, preprocessor, sequence_length, kwargs
+        keras_hub, preset, remote, feature, preprocessor, sequence_length, kwargs
     )
     most = getattr(backbone, "max_sequence_length", None)
     if sequence_length is not None and most is not None and sequence_length > most:
@@ -420,12 +470,6 @@ def preset_network(
             f"Use sequence_length <= {most}, or None for the preprocessor's default."
         )
     causal = is_causal(keras_hub, backbone)
-    if causal and feature == "first_token":
-        raise ValueError(
-            f"`feature`='first_token' is constant for preset {preset!r}: its backbone "
-            f"({type(backbone).__name__}) is decoder-only (causal), so its first token sees "
-            "no other token. Use feature='mean' (the default for causal backbones) or 'all'."
-        )
     backbone = _plain_graph(backbone)
     named_inputs = _backbone_inputs(backbone)
     if sequence_length is not None and not (found is not None and is_text_preprocessor(found)):

@@ -192,9 +192,17 @@ def one_hot_with_nan():
     return y
 
 
+def unzipped_keras_model(tmp):
+    inputs = keras.Input((4,))
+    path = os.path.join(tmp, "model_dir")
+    keras.Model(inputs, keras.layers.Dense(3)(inputs)).save(path, zipped=False)
+    return path
+
+
 def tiny_preset(tmp, kind):
     """A KerasHub preset directory with random weights: a tiny BERT and its tokenizer
-    (`kind="text"`) or a tiny ResNet and its image converter (`kind="image"`)."""
+    (`kind="text"`), a tiny GPT-2 and its tokenizer (`kind="causal"`) or a tiny ResNet and
+    its image converter (`kind="image"`)."""
     import keras_hub
 
     path = os.path.join(tmp, f"tiny_{kind}")
@@ -211,6 +219,17 @@ def tiny_preset(tmp, kind):
         keras_hub.models.BertTextClassifierPreprocessor(
             keras_hub.models.BertTokenizer(vocabulary=vocabulary), sequence_length=8
         ).save_to_preset(path)
+    elif kind == "causal":
+        keras_hub.models.GPT2Backbone(
+            vocabulary_size=5,
+            num_layers=1,
+            num_heads=1,
+            hidden_dim=8,
+            intermediate_dim=16,
+            max_sequence_length=8,
+        ).save_to_preset(path)
+        vocabulary = {"<|endoftext|>": 0, "a": 1, "b": 2, "Ġ": 3, "ab": 4}
+        keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["a b"]).save_to_preset(path)
     else:
         keras_hub.models.ResNetBackbone(
             input_conv_filters=[64],
@@ -302,6 +321,64 @@ CASES = [
         lambda d: Backbone.from_preset(tiny_preset(d, "text"), preprocessor=False),
         ValueError,
         r"several inputs.*'padding_mask'.*preprocessor=True",
+    ),
+    (
+        "preset-unexpected-argument",
+        lambda d: Backbone.from_preset("bert_tiny_en_uncased", output_layer="pooled_dense"),
+        TypeError,
+        r"unexpected keyword arguments \['output_layer'\].*load_weights and dtype.*feature=",
+    ),
+    (
+        "preset-sequence-length-with-own-preprocessor",
+        lambda d: Backbone.from_preset(
+            "bert_tiny_en_uncased", preprocessor=keras.layers.Identity(), sequence_length=8
+        ),
+        ValueError,
+        r"`sequence_length`=8 applies to the preset's own preprocessor.*Set sequence_length",
+    ),
+    (
+        "preset-sequence-length-too-long",
+        lambda d: Backbone.from_preset(tiny_preset(d, "text"), sequence_length=64),
+        ValueError,
+        r"`sequence_length`=64 is longer.*max_sequence_length=8.*sequence_length <= 8",
+    ),
+    (
+        "preset-causal-first-token",
+        lambda d: Backbone.from_preset(tiny_preset(d, "causal"), feature="first_token"),
+        ValueError,
+        r"'first_token' is constant.*GPT2Backbone.*decoder-only.*feature='mean'",
+    ),
+    (
+        "preset-causal-no-classifier-preprocessor",
+        lambda d: Backbone.from_preset(tiny_preset(d, "causal")),
+        ValueError,
+        r"no text classifier preprocessor.*GPT2Backbone.*`preprocessor=`",
+    ),
+    (
+        "preset-unzipped-keras-model",
+        lambda d: Backbone.from_preset(unzipped_keras_model(d)),
+        ValueError,
+        r"Keras model saved unzipped.*not a KerasHub preset.*keras.models.load_model",
+    ),
+    (
+        "preset-name-in-load",
+        lambda d: Backbone.load("bert_tiny_en_uncased"),
+        ValueError,
+        r"KerasHub preset name.*Backbone.from_preset\('bert_tiny_en_uncased'\)",
+    ),
+    (
+        "preset-get-config-tokenizer",
+        lambda d: Backbone.from_preset(tiny_preset(d, "text")).get_config(),
+        ValueError,
+        r"get_config cannot describe.*vocabulary is an asset.*FineTuner.save",
+    ),
+    (
+        "preset-export-tflite-text",
+        lambda d: FineTuner(Backbone.from_preset(tiny_preset(d, "text")), Head.binary()).export(
+            f"{d}/m.tflite", format="tflite"
+        ),
+        ValueError,
+        r"format='tflite' cannot export a model that takes raw strings.*format='saved_model'",
     ),
     (
         "load-missing",

@@ -214,3 +214,28 @@ def test_preset_names_that_need_a_download_fail_clearly_offline(monkeypatch):
     monkeypatch.setattr(preset_utils.kagglehub, "model_download", offline)
     with pytest.raises(OSError, match=r"bert_tiny_en_uncased.*network.*local preset directory"):
         Backbone.from_preset("bert_tiny_en_uncased")
+
+
+def test_a_causal_preset_pools_the_mean_and_refuses_first_token(tmp_path):
+    # GPT-2's first token attends to nothing else: its vector is the same for every text.
+    path = str(tmp_path / "tiny_gpt2")
+    keras_hub.models.GPT2Backbone(
+        vocabulary_size=5,
+        num_layers=1,
+        num_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=8,
+    ).save_to_preset(path)
+    vocabulary = {"<|endoftext|>": 0, "a": 1, "b": 2, "Ġ": 3, "ab": 4}
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["a b"])
+    preprocessor = keras_hub.models.GPT2Preprocessor(tokenizer, sequence_length=8)
+    backbone = Backbone.from_preset(path, preprocessor=preprocessor)
+    assert backbone.model.get_layer("token_pooling").mode == "mean"
+    features = backbone.model(tf.constant(["a", "b b a", "ab ab ab"])).numpy()
+    assert not np.allclose(features[0], features[1]) and not np.allclose(features[1], features[2])
+    with pytest.raises(ValueError, match="decoder-only"):
+        Backbone.from_preset(path, preprocessor=preprocessor, feature="first_token")
+    # Its config cannot carry the vocabulary: get_config says so and points to saving.
+    with pytest.raises(ValueError, match="vocabulary is an asset.*FineTuner.save"):
+        FineTuner(backbone, Head.binary()).get_config()
