@@ -444,15 +444,17 @@ class Backbone:
                 vector), `"mean"` (token vectors averaged over the padding mask, or
                 feature maps over space) or `"all"` (token vectors, or an image
                 backbone's feature maps, which `Head` pools). Defaults to `"pooled"`
-                where the backbone has a pooled output, `"first_token"` for other
-                text backbones and `"all"` for image backbones.
+                where the backbone has a pooled output, `"mean"` for decoder-only
+                (causal) backbones, which refuse `"first_token"`, `"first_token"` for
+                other text backbones and `"all"` for image backbones.
             preprocessor: `True` (the preset's own), `False` (none: the model
                 takes the backbone's single input, e.g. images already scaled), or a
                 KerasHub preprocessor layer to use instead. Defaults to `True`.
-            sequence_length: int, optional. Pad or cut texts to this many tokens.
-                Defaults to the preset preprocessor's (512 for BERT).
-            **kwargs: passed to `keras_hub.models.Backbone.from_preset` (e.g.
-                `load_weights=False`, `dtype=`).
+            sequence_length: int, optional. Pad or cut texts to this many tokens,
+                at most the backbone's `max_sequence_length`; for the preset's own
+                preprocessor only. Defaults to the preset preprocessor's (512 for BERT).
+            **kwargs: `load_weights=` and `dtype=`, passed to
+                `keras_hub.models.Backbone.from_preset`; anything else is a TypeError.
 
         Examples:
             >>> import os, tempfile, keras_hub
