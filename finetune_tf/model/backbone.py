@@ -1,9 +1,10 @@
 """`Backbone`: a pretrained feature extractor, from wherever it comes.
 
 Sources: a `keras.applications` name, a `.keras` / `.h5` file, a TF
-SavedModel directory, a TF Hub handle, or a live `keras.Model`; each can be
-cut at a named layer. A backbone knows its input and output shapes, its
-ordered (flattened) list of layers, and the preprocessing its weights expect.
+SavedModel directory, a TF Hub handle, a KerasHub preset (its preprocessor inside),
+or a live `keras.Model`; each can be cut at a named layer. A backbone knows its
+input and output shapes, its ordered (flattened) list of layers, and the
+preprocessing its weights expect.
 
 Where the weights come from is `finetune_tf.sources` (applications, model
 files, Hub handles, and the trust checks before any file is read), and how
@@ -26,12 +27,14 @@ from finetune_tf.model.backbone_sources import (
     file_parts,
     hub_parts,
     model_parts,
+    preset_parts,
     source_kind,
 )
 from finetune_tf.model.kinds import is_tf_keras_model, single_io_model
 from finetune_tf.model.layers import BackboneLayer, clone_model, flatten_layers, placing_copy
 from finetune_tf.model.preprocessing import ApplicationPreprocessing
 from finetune_tf.sources.applications import application_names
+from finetune_tf.sources.keras_hub import has_tokenizer
 
 # BackboneLayer, application_names and flatten_layers lived here in 0.2 and still import
 # from here.
@@ -42,7 +45,8 @@ class Backbone:
     """A pretrained feature extractor for `FineTuner`.
 
     Build one with a constructor: `from_keras_applications`, `from_file`,
-    `from_hub`, `from_model`, or `load`, which picks the right one.
+    `from_hub`, `from_preset` (KerasHub), `from_model`, or `load`, which picks
+    the right one.
 
     Weights are shared: every `FineTuner` built on the same `Backbone`
     trains the same variables. Build a new `Backbone` for an independent run.
@@ -162,6 +166,14 @@ class Backbone:
             >>> Backbone.from_config(backbone.get_config()).output_shape
             (3,)
         """
+        if has_tokenizer(self.model):
+            raise ValueError(
+                f"Backbone.get_config cannot describe the backbone from {self.source}: its "
+                "tokenizer's vocabulary is an asset of a saved file, not config, so "
+                "from_config would rebuild it without one. Save the model instead "
+                "(FineTuner.save or model.save to a .keras file, which keeps the assets), "
+                "or call Backbone.from_preset again."
+            )
         serialize = keras.saving.serialize_keras_object
         preprocessing = self.preprocessing
         return {
@@ -406,11 +418,69 @@ class Backbone:
         )
 
     @classmethod
+    def from_preset(
+        cls,
+        preset: str | os.PathLike,
+        *,
+        feature: str | None = None,
+        preprocessor=True,
+        sequence_length: int | None = None,
+        **kwargs,
+    ) -> Backbone:
+        """A backbone from a KerasHub preset, its preprocessor inside: it takes raw inputs.
+
+        The preset's tokenizer and packer (text) or image converter (images) become
+        the model's first layer (`PresetPreprocessor`), so `fit`, `predict`, the
+        saved file and the SavedModel export take raw strings or raw images; the
+        backbone's several inputs (token ids, padding mask, segment ids) are made
+        by it. Needs the `finetune_tf[keras-hub]` extra (docs/keras_hub.md).
+
+        Args:
+            preset: str or path. A KerasHub preset name (e.g.
+                `"bert_tiny_en_uncased"`, downloaded and cached by KerasHub), an
+                `hf://` or `kaggle://` handle, or a local preset directory (what
+                `save_to_preset` writes; works offline).
+            feature: str, optional. The backbone output that is the feature:
+                `"pooled"` (the `pooled_output`), `"first_token"` (the `[CLS]`
+                vector), `"mean"` (token vectors averaged over the padding mask, or
+                feature maps over space) or `"all"` (token vectors, or an image
+                backbone's feature maps, which `Head` pools). Defaults to `"pooled"`
+                where the backbone has a pooled output, `"mean"` for decoder-only
+                (causal) backbones, which refuse `"first_token"`, `"first_token"` for
+                other text backbones and `"all"` for image backbones.
+            preprocessor: `True` (the preset's own), `False` (none: the model
+                takes the backbone's single input, e.g. images already scaled), or a
+                KerasHub preprocessor layer to use instead. Defaults to `True`.
+            sequence_length: int, optional. Pad or cut texts to this many tokens,
+                at most the backbone's `max_sequence_length`; for the preset's own
+                preprocessor only. Defaults to the preset preprocessor's (512 for BERT).
+            **kwargs: `load_weights=` and `dtype=`, passed to
+                `keras_hub.models.Backbone.from_preset`; anything else is a TypeError.
+
+        Examples:
+            >>> import os, tempfile, keras_hub
+            >>> from finetune_tf import Backbone
+            >>> vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]
+            >>> preset = os.path.join(tempfile.mkdtemp(), "tiny_bert")
+            >>> keras_hub.models.BertBackbone(
+            ...     vocabulary_size=7, num_layers=1, num_heads=1, hidden_dim=8,
+            ...     intermediate_dim=16, max_sequence_length=8).save_to_preset(preset)
+            >>> keras_hub.models.BertTextClassifierPreprocessor(
+            ...     keras_hub.models.BertTokenizer(vocabulary=vocabulary),
+            ...     sequence_length=8).save_to_preset(preset)
+            >>> backbone = Backbone.from_preset(preset)
+            >>> backbone.input_dtype, backbone.output_shape
+            ('string', (8,))
+        """
+        return cls(**preset_parts(preset, feature, preprocessor, sequence_length, **kwargs))
+
+    @classmethod
     def load(cls, source, **kwargs) -> Backbone:
         """Picks the right constructor for `source`.
 
         `source` may be a `keras.Model`, a `keras.applications` name, a
-        `.keras` / `.h5` file, a SavedModel directory or a Hub URL.
+        `.keras` / `.h5` file, a SavedModel directory, a Hub URL, or a KerasHub
+        preset directory or `hf://` / `kaggle://` handle.
         `kwargs` go to that constructor.
 
         Examples:
@@ -427,5 +497,6 @@ class Backbone:
             "hub": cls.from_hub,
             "file": cls.from_file,
             "application": cls.from_keras_applications,
+            "preset": cls.from_preset,
         }[kind]
         return constructor(source, **kwargs)

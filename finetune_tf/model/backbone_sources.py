@@ -19,8 +19,16 @@ from finetune_tf.model.preprocessing import ApplicationPreprocessing
 from finetune_tf.sources.applications import application_names, build_application
 from finetune_tf.sources.files import check_model_path, load_keras_file, saved_model_network
 from finetune_tf.sources.hub_handles import ARCHIVE_SUFFIXES, is_url
+from finetune_tf.sources.keras_hub import builtin_preset_name, is_keras_hub_preset, preset_network
 
-__all__ = ["application_parts", "file_parts", "hub_parts", "model_parts", "source_kind"]
+__all__ = [
+    "application_parts",
+    "file_parts",
+    "hub_parts",
+    "model_parts",
+    "preset_parts",
+    "source_kind",
+]
 
 
 def model_parts(model, output_layer, preprocessing, input_shape) -> dict:
@@ -85,9 +93,22 @@ def hub_parts(handle, input_shape, preprocessing, signature, output_key, trainab
     return {"model": model, "preprocessing": preprocessing, "source": f"hub handle {handle!r}"}
 
 
+def preset_parts(preset, feature, preprocessor, sequence_length, **kwargs) -> dict:
+    """`Backbone.from_preset`'s parts: the KerasHub preset's preprocessor, backbone and
+    feature in one single-input model (`sources.keras_hub`); the preprocessing is in it."""
+    model, source = preset_network(
+        preset,
+        feature=feature,
+        preprocessor=preprocessor,
+        sequence_length=sequence_length,
+        **kwargs,
+    )
+    return {"model": model, "preprocessing": None, "source": source}
+
+
 def source_kind(source) -> tuple[str, object]:
     """Which constructor `Backbone.load` calls for `source` (not a `Backbone`):
-    `"model"`, `"hub"`, `"file"` or `"application"`, with the source (a str but for a
+    `"model"`, `"hub"`, `"file"`, `"preset"` or `"application"`, with the source (a str but for a
     model); a clear error for anything else."""
     if isinstance(source, keras.Model) or is_tf_keras_model(source):
         return "model", source
@@ -96,12 +117,20 @@ def source_kind(source) -> tuple[str, object]:
         "source",
         "a keras.Model, a keras.applications name, a model file path or a Hub handle",
     )
+    if is_keras_hub_preset(source):
+        return "preset", os.path.expanduser(source)
     if is_url(source) or (os.path.isfile(source) and source.endswith(ARCHIVE_SUFFIXES)):
         return "hub", source
     if os.path.exists(source):
         return "file", source
     if source in application_names():
         return "application", source
+    if builtin_preset_name(source):
+        raise ValueError(
+            f"`source`={source!r} is a KerasHub preset name: Backbone.load takes local "
+            "presets and hf:// / kaggle:// handles only, so that it never downloads by "
+            f"surprise. Use Backbone.from_preset({source!r}), which downloads and caches it."
+        )
     looks_like_path = os.sep in source or "." in source
     hint = did_you_mean(source, application_names())
     raise (FileNotFoundError if looks_like_path else ValueError)(

@@ -22,6 +22,7 @@ from finetune_tf._utils import revived
 from finetune_tf.model.blocks import is_keras_hub
 from finetune_tf.model.lora import _without_lora, adapted_layers
 from finetune_tf.sources.hub import HubLayer
+from finetune_tf.sources.keras_hub import PresetPreprocessor
 
 __all__ = [
     "BackboneLayer",
@@ -47,6 +48,8 @@ def clone_layer(layer, dtype_policy: str | None, without_lora: bool = False):
         return keras.models.clone_model(
             layer, clone_function=lambda inner: clone_layer(inner, dtype_policy, without_lora)
         )
+    if isinstance(layer, PresetPreprocessor):
+        return layer  # no weights to copy, and its vocabulary is an asset, not config
     config = _without_lora(layer.get_config()) if without_lora else layer.get_config()
     if isinstance(layer, HubLayer):
         # Already loaded in this process, by the user's choice: a copy is not a file
@@ -212,4 +215,12 @@ class BackboneLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**revived(config, "backbone"))
+        layer = cls(**revived(config, "backbone"))
+        # A layer rebuilt with trainable=False freezes the variables it makes itself, but
+        # not those of sublayers it makes in `build` (KerasHub's TransformerEncoder):
+        # freezing its whole subtree again reaches them, so a frozen backbone loads frozen.
+        for inner in layer.backbone._flatten_layers(include_self=False):
+            if not inner.trainable:
+                for sub in inner._flatten_layers():
+                    sub.trainable = False
+        return layer

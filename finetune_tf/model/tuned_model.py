@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["TunedModel", "as_tensor_if_text"]
+__all__ = ["TunedModel", "as_array_if_list", "as_tensor_if_text"]
 
 
 def as_tensor_if_text(data):
@@ -40,9 +40,24 @@ def as_tensor_if_text(data):
     return data
 
 
+def as_array_if_list(y):
+    """A Python list of labels as a numpy array (Keras takes a list as x only alongside
+    a list x); anything else as it is.
+
+    Examples:
+        >>> from finetune_tf.model.tuned_model import as_array_if_list
+        >>> as_array_if_list([0, 1, 1]).tolist()
+        [0, 1, 1]
+    """
+    return np.asarray(y) if isinstance(y, list) else y
+
+
 def _validation_as_tensors(validation_data):
     if isinstance(validation_data, tuple) and validation_data:
-        return (as_tensor_if_text(validation_data[0]), *validation_data[1:])
+        x, *rest = validation_data
+        if rest:
+            rest[0] = as_array_if_list(rest[0])
+        return (as_tensor_if_text(x), *rest)
     return validation_data
 
 
@@ -111,19 +126,19 @@ class TunedModel(keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         if "validation_data" in kwargs:
             kwargs["validation_data"] = _validation_as_tensors(kwargs["validation_data"])
-        return super().fit(as_tensor_if_text(x), y, *args, **kwargs)
+        return super().fit(as_tensor_if_text(x), as_array_if_list(y), *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        return super().evaluate(as_tensor_if_text(x), y, *args, **kwargs)
+        return super().evaluate(as_tensor_if_text(x), as_array_if_list(y), *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         return super().predict(as_tensor_if_text(x), *args, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
-        return super().train_on_batch(as_tensor_if_text(x), y, *args, **kwargs)
+        return super().train_on_batch(as_tensor_if_text(x), as_array_if_list(y), *args, **kwargs)
 
     def test_on_batch(self, x, y=None, *args, **kwargs):
-        return super().test_on_batch(as_tensor_if_text(x), y, *args, **kwargs)
+        return super().test_on_batch(as_tensor_if_text(x), as_array_if_list(y), *args, **kwargs)
 
     def predict_on_batch(self, x):
         return super().predict_on_batch(as_tensor_if_text(x))

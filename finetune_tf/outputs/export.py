@@ -88,6 +88,14 @@ def _export(model, head, path, format, class_names, quantize, overwrite) -> str:
             f"`quantize`={quantize!r} applies to format='tflite' only; a SavedModel keeps "
             "float32 weights. Pass format='tflite', or quantize=None."
         )
+    if format == "tflite" and any(
+        keras.backend.standardize_dtype(tensor.dtype) == "string" for tensor in model.inputs
+    ):
+        raise ValueError(
+            "format='tflite' cannot export a model that takes raw strings (a KerasHub "
+            "preset's tokenizer runs tensorflow-text ops, which TFLite does not have). "
+            "Pass format='saved_model', which serves raw strings."
+        )
     names = head.label_names(class_names)
     path = os.path.abspath(as_str_path(path, "path", "a path for the export"))
     parent = require_parent_directory(path, "path")

@@ -99,6 +99,13 @@ def _modelling_functions() -> set:
 
 
 _FUNCTIONS = _modelling_functions()
+# KerasHub's own activations, by registered name -> (module, name). Keras imports
+# keras_hub (and so registers them) when it rebuilds the KerasHub layers that use them,
+# e.g. a BERT encoder kept as a plain functional graph by `Backbone.from_preset`.
+_KERAS_HUB_FUNCTIONS = {
+    f"{package}>gelu_approximate": ("keras_hub.src.utils.keras_utils", "gelu_approximate")
+    for package in ("keras_hub", "keras_nlp")
+}
 
 
 def _attribute(module: str, name: str):
@@ -128,6 +135,11 @@ def _function_problem(config: dict) -> str | None:
     label = f"function {module}.{name}" if module else f"function {name}"
     if not isinstance(name, str):
         return label
+    known = _KERAS_HUB_FUNCTIONS.get(name)  # Keras saves these as config=registered name
+    if known is not None and module == "builtins":
+        found = _registered(name)
+        if found is None or (getattr(found, "__module__", None), found.__name__) == known:
+            return None
     candidates = []
     for key in (name, config.get("registered_name")):  # Keras' registry wins, by either
         found = _registered(key)

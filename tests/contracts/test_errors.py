@@ -220,6 +220,57 @@ def one_hot_with_nan():
     return y
 
 
+def unzipped_keras_model(tmp):
+    inputs = keras.Input((4,))
+    path = os.path.join(tmp, "model_dir")
+    keras.Model(inputs, keras.layers.Dense(3)(inputs)).save(path, zipped=False)
+    return path
+
+
+def tiny_preset(tmp, kind):
+    """A KerasHub preset directory with random weights: a tiny BERT and its tokenizer
+    (`kind="text"`), a tiny GPT-2 and its tokenizer (`kind="causal"`) or a tiny ResNet and
+    its image converter (`kind="image"`)."""
+    import keras_hub
+
+    path = os.path.join(tmp, f"tiny_{kind}")
+    if kind == "text":
+        vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]
+        keras_hub.models.BertBackbone(
+            vocabulary_size=7,
+            num_layers=1,
+            num_heads=1,
+            hidden_dim=8,
+            intermediate_dim=16,
+            max_sequence_length=8,
+        ).save_to_preset(path)
+        keras_hub.models.BertTextClassifierPreprocessor(
+            keras_hub.models.BertTokenizer(vocabulary=vocabulary), sequence_length=8
+        ).save_to_preset(path)
+    elif kind == "causal":
+        keras_hub.models.GPT2Backbone(
+            vocabulary_size=5,
+            num_layers=1,
+            num_heads=1,
+            hidden_dim=8,
+            intermediate_dim=16,
+            max_sequence_length=8,
+        ).save_to_preset(path)
+        vocabulary = {"<|endoftext|>": 0, "a": 1, "b": 2, "Ġ": 3, "ab": 4}
+        keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["a b"]).save_to_preset(path)
+    else:
+        keras_hub.models.ResNetBackbone(
+            input_conv_filters=[64],
+            input_conv_kernel_sizes=[3],
+            stackwise_num_filters=[64],
+            stackwise_num_blocks=[1],
+            stackwise_num_strides=[1],
+            block_type="basic_block",
+        ).save_to_preset(path)
+        keras_hub.layers.ResNetImageConverter(image_size=(16, 16)).save_to_preset(path)
+    return path
+
+
 # A directory no process can write in, root included (sysfs is read-only).
 UNWRITABLE = "/sys/finetune_tf_cannot_write_here"
 
@@ -256,6 +307,106 @@ CASES = [
         lambda d: Backbone.from_hub(f"{d}/no_such_model"),
         FileNotFoundError,
         r"handle.*no_such_model",
+    ),
+    (
+        "preset-unknown-name",
+        lambda d: Backbone.from_preset("bert_tiny_en_uncasd"),
+        ValueError,
+        r"`preset`='bert_tiny_en_uncasd' is not a KerasHub preset.*Did you mean 'bert_tiny_en_unc",
+    ),
+    (
+        "preset-missing-directory",
+        lambda d: Backbone.from_preset(f"{d}/no_such_preset"),
+        FileNotFoundError,
+        r"`preset`=.*no_such_preset' does not exist.*save_to_preset",
+    ),
+    (
+        "preset-not-a-preset",
+        lambda d: Backbone.from_preset(d),
+        FileNotFoundError,
+        r"`preset`=.*not a KerasHub preset: it has no config.json",
+    ),
+    (
+        "preset-feature",
+        lambda d: Backbone.from_preset(d, feature="cls"),
+        ValueError,
+        r"`Backbone.from_preset\(feature\)` must be one of 'pooled'.*Received: feature='cls'",
+    ),
+    (
+        "preset-feature-unavailable",
+        lambda d: Backbone.from_preset(tiny_preset(d, "image"), feature="first_token"),
+        ValueError,
+        r"`feature`='first_token' is not available.*Use one of 'mean' or 'all'",
+    ),
+    (
+        "preset-sequence-length-for-images",
+        lambda d: Backbone.from_preset(tiny_preset(d, "image"), sequence_length=64),
+        ValueError,
+        r"`sequence_length`=64 applies to text presets.*Remove sequence_length",
+    ),
+    (
+        "preset-text-without-preprocessor",
+        lambda d: Backbone.from_preset(tiny_preset(d, "text"), preprocessor=False),
+        ValueError,
+        r"several inputs.*'padding_mask'.*preprocessor=True",
+    ),
+    (
+        "preset-unexpected-argument",
+        lambda d: Backbone.from_preset("bert_tiny_en_uncased", output_layer="pooled_dense"),
+        TypeError,
+        r"unexpected keyword arguments \['output_layer'\].*load_weights and dtype.*feature=",
+    ),
+    (
+        "preset-sequence-length-with-own-preprocessor",
+        lambda d: Backbone.from_preset(
+            "bert_tiny_en_uncased", preprocessor=keras.layers.Identity(), sequence_length=8
+        ),
+        ValueError,
+        r"`sequence_length`=8 applies to the preset's own preprocessor.*Set sequence_length",
+    ),
+    (
+        "preset-sequence-length-too-long",
+        lambda d: Backbone.from_preset(tiny_preset(d, "text"), sequence_length=64),
+        ValueError,
+        r"`sequence_length`=64 is longer.*max_sequence_length=8.*sequence_length <= 8",
+    ),
+    (
+        "preset-causal-first-token",
+        lambda d: Backbone.from_preset(tiny_preset(d, "causal"), feature="first_token"),
+        ValueError,
+        r"'first_token' is constant.*GPT2Backbone.*decoder-only.*feature='mean'",
+    ),
+    (
+        "preset-causal-no-classifier-preprocessor",
+        lambda d: Backbone.from_preset(tiny_preset(d, "causal")),
+        ValueError,
+        r"no text classifier preprocessor.*GPT2Backbone.*`preprocessor=`",
+    ),
+    (
+        "preset-unzipped-keras-model",
+        lambda d: Backbone.from_preset(unzipped_keras_model(d)),
+        ValueError,
+        r"Keras model saved unzipped.*not a KerasHub preset.*keras.models.load_model",
+    ),
+    (
+        "preset-name-in-load",
+        lambda d: Backbone.load("bert_tiny_en_uncased"),
+        ValueError,
+        r"KerasHub preset name.*Backbone.from_preset\('bert_tiny_en_uncased'\)",
+    ),
+    (
+        "preset-get-config-tokenizer",
+        lambda d: Backbone.from_preset(tiny_preset(d, "text")).get_config(),
+        ValueError,
+        r"get_config cannot describe.*vocabulary is an asset.*FineTuner.save",
+    ),
+    (
+        "preset-export-tflite-text",
+        lambda d: FineTuner(Backbone.from_preset(tiny_preset(d, "text")), Head.binary()).export(
+            f"{d}/m.tflite", format="tflite"
+        ),
+        ValueError,
+        r"format='tflite' cannot export a model that takes raw strings.*format='saved_model'",
     ),
     (
         "load-missing",
@@ -1009,6 +1160,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_at_the_door(case, tmp_path):
+    if case[0].startswith("preset-"):
+        pytest.importorskip("keras_hub")  # the keras-hub extra (not in the version matrix)
     _, call, exception, words = case
     with pytest.raises(exception) as info:
         call(str(tmp_path))

@@ -71,6 +71,19 @@ def test_text_classification_example_fine_tunes_a_hub_text_encoder(tmp_path, cap
     assert result["fine_tuned"] > result["scratch"]
 
 
+def test_text_classification_example_fine_tunes_a_keras_hub_preset(tmp_path, capsys):
+    pytest.importorskip("keras_hub")  # the keras-hub extra
+    result = load_example("text_classification").keras_hub_main(
+        shots=8, head_epochs=10, epochs=2, workdir=str(tmp_path)
+    )
+    out = capsys.readouterr().out
+    assert "KerasHub preset, 8 labels per class" in out and "F1" in out
+    assert (tmp_path / "tiny_bert" / "config.json").exists()  # the save_to_preset directory
+    assert os.path.exists(result["path"])
+    # The tiny BERT was pretrained on movie reviews: restaurant reviews are easy for it.
+    assert result["accuracy"] >= 0.9 and result["f1"] >= 0.9
+
+
 def run_script(name, *args, env=None):
     return subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, f"{name}.py"), *args],

@@ -102,3 +102,24 @@ def test_shuffled_imbalanced_labels_do_not_look_sorted():
     for _ in range(200):
         assert ordered_split_warning(rng.permutation(labels), 0.1) is None
     assert "(1 of 2 never seen in training)" in ordered_split_warning(np.sort(labels), 0.1)
+
+
+def test_python_lists_of_labels_train_and_validate_like_arrays():
+    # Keras takes a list y only beside a list x: FineTuner turns list labels (and the
+    # validation labels) into arrays at the call, so both stages of fine_tune run.
+    inputs = keras.Input((2,))
+    sequential = keras.Sequential([inputs, keras.layers.Dense(3, name="features")])
+    tuner = FineTuner(Backbone.from_model(sequential), Head.binary(), seed=0)
+    x = np.random.default_rng(0).random((16, 2)).astype("float32")
+    y = [0, 1] * 8
+    history = tuner.fine_tune(
+        x,
+        y,
+        head_epochs=1,
+        epochs=2,
+        batch_size=8,
+        validation_data=(x, list(np.array(y))),
+        verbose=0,
+    )
+    assert len(history.history["val_loss"]) == 3  # the head epoch, then two more
+    assert set(tuner.evaluate(x, y, verbose=0, return_dict=True)) >= {"loss"}
