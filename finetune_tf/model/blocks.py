@@ -67,7 +67,39 @@ def transformer_blocks(model: keras.Model) -> list:
             blocks = [layer for layer in backbone.layers if isinstance(layer, kinds)]
         if blocks:
             return list(blocks)
-    return []
+    return [layer for layer, attention in _graph_blocks(model) if attention == 1]
+
+
+def _graph_blocks(model: keras.Model) -> list:
+    """`(layer, number of attention layers in it)` for the KerasHub layers among `model`'s
+    own layers that hold attention: the blocks of a KerasHub backbone that
+    `Backbone.from_preset` (or a saved file) holds as a plain graph of its layers. A layer
+    with one attention layer is a block; one with several holds its blocks inside it."""
+    if sys.modules.get("keras_hub") is None:
+        return []
+    found = []
+    for layer in _graph_layers(model):
+        if not type(layer).__module__.startswith("keras_hub"):
+            continue
+        attention = sum(
+            "Attention" in type(inner).__name__
+            for inner in layer._flatten_layers(include_self=False)
+        )
+        if attention:
+            found.append((layer, attention))
+    return found
+
+
+def _graph_layers(model) -> list:
+    """`model`'s layers, with those of the functional and Sequential models in it (as
+    `Backbone.layers` lists them)."""
+    layers = []
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.Sequential) or type(layer).__name__ == "Functional":
+            layers += _graph_layers(layer)
+        else:
+            layers.append(layer)
+    return layers
 
 
 def unlisted_blocks(model: keras.Model) -> str:
@@ -90,4 +122,7 @@ def unlisted_blocks(model: keras.Model) -> str:
             for layer in backbone._flatten_layers(include_self=False)
         ):
             return f"{backbone.name} ({type(backbone).__name__})"
+    for layer, attention in _graph_blocks(model):
+        if attention > 1:
+            return f"{layer.name} ({type(layer).__name__})"
     return ""

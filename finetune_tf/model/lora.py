@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from finetune_tf._utils import did_you_mean, short_list
-from finetune_tf.model.blocks import keras_hub_backbones
+from finetune_tf.model.blocks import keras_hub_backbones, transformer_blocks
 
 __all__ = [
     "adaptable_layers",
@@ -78,8 +78,8 @@ def adapter_weights(model: keras.Model) -> list:
 
 
 def _default_targets(model: keras.Model) -> list:
-    """KerasHub's choice in each KerasHub backbone inside `model`; without one, every Dense
-    and EinsumDense layer."""
+    """KerasHub's choice in each KerasHub backbone inside `model` (or in the KerasHub blocks
+    of a plain graph); without them, every Dense and EinsumDense layer."""
     hub_backbones = keras_hub_backbones(model)
     if hub_backbones:
         chosen = []
@@ -87,6 +87,17 @@ def _default_targets(model: keras.Model) -> list:
             names = set(backbone.default_lora_layer_names())
             chosen += [layer for layer in adaptable_layers(backbone) if layer.name in names]
         return chosen
+    blocks = transformer_blocks(model)
+    if blocks:
+        # A KerasHub backbone held as a plain graph of its layers (`Backbone.from_preset`):
+        # KerasHub's default choice, the query and value projections in its blocks.
+        names = {"query_dense", "value_dense", "query", "value"}
+        inside = {id(inner) for block in blocks for inner in block._flatten_layers()}
+        return [
+            layer
+            for layer in adaptable_layers(model)
+            if layer.name in names and id(layer) in inside
+        ]
     kinds = (keras.layers.Dense, keras.layers.EinsumDense)
     return [layer for layer in adaptable_layers(model) if isinstance(layer, kinds)]
 

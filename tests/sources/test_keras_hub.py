@@ -239,3 +239,23 @@ def test_a_causal_preset_pools_the_mean_and_refuses_first_token(tmp_path):
     # Its config cannot carry the vocabulary: get_config says so and points to saving.
     with pytest.raises(ValueError, match="vocabulary is an asset.*FineTuner.save"):
         FineTuner(backbone, Head.binary()).get_config()
+
+
+def test_freeze_policies_see_the_blocks_and_attention_of_a_preset(text_preset):
+    # from_preset holds the KerasHub backbone as a plain graph of its layers: bottom(n)
+    # still counts its transformer blocks, and lora() takes KerasHub's query/value choice.
+    backbone = Backbone.from_preset(text_preset)
+    tuner = FineTuner(backbone, Head.classifier(2), freeze=FreezePolicy.bottom(1))
+    report = tuner.freeze_report
+    assert report.blocks == 1 and "counted in transformer blocks" in str(report)
+    trained = {weight.path.split("/")[0] for weight in tuner.model.trainable_weights}
+    assert not trained & {"token_embedding", "transformer_layer_0"}
+    tuner.set_freeze(FreezePolicy.lora(2))
+    adapted = sorted(
+        weight.path.rsplit("/", 2)[-2]
+        for weight in tuner.model.trainable_weights
+        if "lora_kernel" in weight.path
+    )
+    assert adapted == ["query", "query", "value", "value"]
+    with pytest.raises(ValueError, match="block"):
+        tuner.set_freeze(FreezePolicy.bottom(2))
