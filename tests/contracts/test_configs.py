@@ -23,6 +23,7 @@ from finetune_tf import (
 from finetune_tf.model.corruption import Corruption
 from finetune_tf.model.head.projection import NTXent, VarianceFloor
 from finetune_tf.model.views import TwoViews
+from finetune_tf.sources.keras_hub import PresetPreprocessor, TokenPooling
 from finetune_tf.training.growing import GrowthLoss
 from finetune_tf.training.layerwise import ScaledSchedule
 from finetune_tf.training.stages import stage_learning_rate
@@ -66,9 +67,13 @@ MAKERS = {
     "finetune_tf>LayerwiseOptimizer": lambda tmp: LayerwiseOptimizer(
         keras.optimizers.SGD(0.1, momentum=0.9), [("bb/features/kernel", 0.5)]
     ),
+    "finetune_tf>PresetPreprocessor": lambda tmp: PresetPreprocessor(
+        keras.layers.Rescaling(1 / 255.0), name="preprocessor"
+    ),
     "finetune_tf>ScaledSchedule": lambda tmp: ScaledSchedule(
         keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5), 0.25
     ),
+    "finetune_tf>TokenPooling": lambda tmp: TokenPooling("first_token"),
     "finetune_tf>TunedModel": lambda tmp: tuned_model(),
     "finetune_tf>TwoViews": lambda tmp: TwoViews(
         noise=0.2, shift=0.1, rotation=0.0, paired=True, seed=2
