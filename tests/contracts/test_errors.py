@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import finetune_tf
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head, Pretrainer, Stage
+from tests._tiny_keras_hub import tiny_preset
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "robustness.md")
 
@@ -224,50 +225,6 @@ def unzipped_keras_model(tmp):
     inputs = keras.Input((4,))
     path = os.path.join(tmp, "model_dir")
     keras.Model(inputs, keras.layers.Dense(3)(inputs)).save(path, zipped=False)
-    return path
-
-
-def tiny_preset(tmp, kind):
-    """A KerasHub preset directory with random weights: a tiny BERT and its tokenizer
-    (`kind="text"`), a tiny GPT-2 and its tokenizer (`kind="causal"`) or a tiny ResNet and
-    its image converter (`kind="image"`)."""
-    import keras_hub
-
-    path = os.path.join(tmp, f"tiny_{kind}")
-    if kind == "text":
-        vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]
-        keras_hub.models.BertBackbone(
-            vocabulary_size=7,
-            num_layers=1,
-            num_heads=1,
-            hidden_dim=8,
-            intermediate_dim=16,
-            max_sequence_length=8,
-        ).save_to_preset(path)
-        keras_hub.models.BertTextClassifierPreprocessor(
-            keras_hub.models.BertTokenizer(vocabulary=vocabulary), sequence_length=8
-        ).save_to_preset(path)
-    elif kind == "causal":
-        keras_hub.models.GPT2Backbone(
-            vocabulary_size=5,
-            num_layers=1,
-            num_heads=1,
-            hidden_dim=8,
-            intermediate_dim=16,
-            max_sequence_length=8,
-        ).save_to_preset(path)
-        vocabulary = {"<|endoftext|>": 0, "a": 1, "b": 2, "Ġ": 3, "ab": 4}
-        keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["a b"]).save_to_preset(path)
-    else:
-        keras_hub.models.ResNetBackbone(
-            input_conv_filters=[64],
-            input_conv_kernel_sizes=[3],
-            stackwise_num_filters=[64],
-            stackwise_num_blocks=[1],
-            stackwise_num_strides=[1],
-            block_type="basic_block",
-        ).save_to_preset(path)
-        keras_hub.layers.ResNetImageConverter(image_size=(16, 16)).save_to_preset(path)
     return path
 
 

@@ -7,29 +7,17 @@ import numpy as np
 import pytest
 
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head
+from tests._tiny_keras_hub import on_token_ids, tiny_bert
 
 keras_hub = pytest.importorskip("keras_hub")
 
 LENGTH = 16
 
 
-def tiny_bert() -> Backbone:
+def bert_backbone() -> Backbone:
     keras.utils.set_random_seed(0)
-    bert = keras_hub.models.BertBackbone(
-        vocabulary_size=50,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=LENGTH,
-    )
-    ids = keras.Input((LENGTH,), dtype="int32", name="ids")
-    inputs = {
-        "token_ids": ids,
-        "segment_ids": keras.ops.zeros_like(ids),
-        "padding_mask": keras.ops.not_equal(ids, 0),
-    }
-    return Backbone.from_model(keras.Model(ids, bert(inputs)["pooled_output"]))
+    bert = tiny_bert(50, num_layers=2, num_heads=2, hidden_dim=16, max_sequence_length=LENGTH)
+    return on_token_ids(bert)
 
 
 def trainable_names(backbone):
@@ -38,7 +26,7 @@ def trainable_names(backbone):
 
 @pytest.fixture(scope="module")
 def bert():
-    return tiny_bert()
+    return bert_backbone()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +65,7 @@ def test_bottom_and_top_count_transformer_blocks(bert):
 
 def test_lora_trains_kerashub_targets_only_and_round_trips(tokens, tmp_path):
     x, y = tokens
-    tuner = FineTuner(tiny_bert(), Head.classifier(3), freeze=FreezePolicy.lora(4), seed=0)
+    tuner = FineTuner(bert_backbone(), Head.classifier(3), freeze=FreezePolicy.lora(4), seed=0)
     report = tuner.freeze_report
     assert sorted(report.trainable_layers) == [
         f"transformer_layer_{i}/self_attention_layer/{name}"

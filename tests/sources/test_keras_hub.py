@@ -13,6 +13,7 @@ import tensorflow as tf  # noqa: E402
 import finetune_tf  # noqa: E402
 from finetune_tf import Backbone, FineTuner, FreezePolicy, Head  # noqa: E402
 from finetune_tf.sources.keras_hub import PresetPreprocessor, TokenPooling  # noqa: E402
+from tests._tiny_keras_hub import tiny_bert, tiny_gpt2, tiny_resnet  # noqa: E402
 
 GOOD = ["great", "wonderful", "superb", "delightful", "excellent", "lovely", "brilliant"]
 BAD = ["awful", "terrible", "dreadful", "boring", "horrible", "bland", "disappointing"]
@@ -47,15 +48,7 @@ def text_preset(tmp_path_factory):
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
         tokenizer, sequence_length=LENGTH
     )
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(VOCABULARY),
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=LENGTH,
-        dropout=0.0,
-    )
+    backbone = tiny_bert(len(VOCABULARY), num_heads=2, hidden_dim=16, dropout=0.0)
     texts, labels = reviews(MOVIE, 400, seed=0)
     packed = {name: value.numpy() for name, value in preprocessor(texts).items()}
     outputs = keras.layers.Dense(1, activation="sigmoid")(backbone.output["pooled_output"])
@@ -72,14 +65,7 @@ def text_preset(tmp_path_factory):
 def image_preset(tmp_path_factory):
     """A tiny ResNet with random weights and its image converter, saved as a preset."""
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64],
-        input_conv_kernel_sizes=[3],
-        stackwise_num_filters=[64],
-        stackwise_num_blocks=[1],
-        stackwise_num_strides=[1],
-        block_type="basic_block",
-    )
+    backbone = tiny_resnet()
     converter = keras_hub.layers.ResNetImageConverter(image_size=(32, 32), scale=1 / 255)
     path = str(tmp_path_factory.mktemp("presets") / "tiny_resnet")
     backbone.save_to_preset(path)
@@ -219,16 +205,8 @@ def test_preset_names_that_need_a_download_fail_clearly_offline(monkeypatch):
 def test_a_causal_preset_pools_the_mean_and_refuses_first_token(tmp_path):
     # GPT-2's first token attends to nothing else: its vector is the same for every text.
     path = str(tmp_path / "tiny_gpt2")
-    keras_hub.models.GPT2Backbone(
-        vocabulary_size=5,
-        num_layers=1,
-        num_heads=1,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=8,
-    ).save_to_preset(path)
-    vocabulary = {"<|endoftext|>": 0, "a": 1, "b": 2, "Ġ": 3, "ab": 4}
-    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["a b"])
+    gpt2, tokenizer = tiny_gpt2()
+    gpt2.save_to_preset(path)  # without its tokenizer: the preprocessor is given
     preprocessor = keras_hub.models.GPT2Preprocessor(tokenizer, sequence_length=8)
     backbone = Backbone.from_preset(path, preprocessor=preprocessor)
     assert backbone.model.get_layer("token_pooling").mode == "mean"
