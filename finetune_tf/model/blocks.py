@@ -17,7 +17,16 @@ import sys
 
 import keras
 
-__all__ = ["is_keras_hub", "keras_hub_backbones", "transformer_blocks", "unlisted_blocks"]
+__all__ = [
+    "block_mask",
+    "block_starts",
+    "count_error",
+    "counted_blocks",
+    "is_keras_hub",
+    "keras_hub_backbones",
+    "transformer_blocks",
+    "unlisted_blocks",
+]
 
 
 def keras_hub_backbones(model: keras.Model) -> list:
@@ -126,3 +135,91 @@ def unlisted_blocks(model: keras.Model) -> str:
         if attention > 1:
             return f"{layer.name} ({type(layer).__name__})"
     return ""
+
+
+def counted_blocks(model: keras.Model, kind: str) -> list:
+    """The transformer blocks of `model` (`transformer_blocks`), for a policy of `kind`;
+    a ValueError for `"bottom"` and `"top"` on a KerasHub transformer whose blocks cannot
+    be listed (they would count layers).
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.model.blocks import counted_blocks
+        >>> inputs = keras.Input((4,))
+        >>> counted_blocks(keras.Model(inputs, keras.layers.Dense(2)(inputs)), "bottom")
+        []
+    """
+    blocks = transformer_blocks(model)
+    if kind in ("bottom", "top") and not blocks:
+        owner = unlisted_blocks(model)
+        if owner:
+            argname = "n" if kind == "bottom" else "k"
+            raise ValueError(
+                f"`FreezePolicy.{kind}({argname})` counts transformer blocks in a "
+                f"KerasHub backbone, but the blocks of {owner} sit inside one of its "
+                "layers and cannot be counted (bottom/top count blocks in backbones with "
+                "`transformer_layers` or TransformerEncoder/Decoder layers, e.g. BERT, "
+                "GPT-2, Gemma, Llama). Use FreezePolicy.until(name) or "
+                "FreezePolicy.matching(pattern) on the names in Backbone.layers, or "
+                "FreezePolicy.lora(rank)."
+            )
+    return blocks
+
+
+def block_starts(layers: list, blocks: list) -> list[int]:
+    """Where each transformer block sits in `layers`; `[]` unless every block is there.
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.model.blocks import block_starts
+        >>> embed, first, norm, second = (keras.layers.Identity() for _ in range(4))
+        >>> block_starts([embed, first, norm, second], [first, second])
+        [1, 3]
+    """
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    starts = [index.get(id(block)) for block in blocks]
+    return [] if not starts or None in starts else starts
+
+
+def block_mask(kind: str, value: int, count: int, starts: list[int]) -> list[bool]:
+    """For each of `count` layers, whether `FreezePolicy.bottom(value)` (`kind="bottom"`)
+    or `top(value)` (`kind="top"`) freezes it, counting the transformer blocks that start
+    at `starts` (indices in the layers), the embeddings below block 0.
+
+    Examples:
+        >>> from finetune_tf.model.blocks import block_mask
+        >>> block_mask("bottom", 1, 5, [1, 3])  # embeddings and the first block frozen
+        [True, True, True, False, False]
+    """
+    blocks = len(starts)
+    if value > blocks:
+        raise count_error(
+            kind,
+            value,
+            blocks,
+            "transformer blocks (in a KerasHub backbone it counts blocks, not layers)",
+            f" For gradual_unfreezing pass the block count, gradual_unfreezing({blocks}) "
+            "(FineTuner.freeze_report.blocks), not len(backbone.layers).",
+        )
+    frozen_blocks = value if kind == "bottom" else blocks - value
+    # Up to the start of the first block that trains; all blocks frozen: through the last.
+    stop = starts[frozen_blocks] if frozen_blocks < blocks else starts[-1] + 1
+    return [i < stop for i in range(count)]
+
+
+def count_error(kind: str, value: int, available: int, what: str, more: str = "") -> ValueError:
+    """The error of `FreezePolicy.bottom(n)` (`kind="bottom"`) or `top(k)` beyond the
+    `available` layers or blocks (`what`).
+
+    Examples:
+        >>> from finetune_tf.model.blocks import count_error
+        >>> print(count_error("top", 9, 4, "layers"))
+        `FreezePolicy.top(k)` got k=9, but the backbone has 4 layers. Use k <= 4, or ...
+    """
+    argname = "n" if kind == "bottom" else "k"
+    return ValueError(
+        f"`FreezePolicy.{kind}({argname})` got {argname}={value}, but the "
+        f"backbone has {available} {what}. Use {argname} <= {available}, or "
+        f"FreezePolicy.{'all' if kind == 'bottom' else 'none'}() to "
+        f"{'freeze' if kind == 'bottom' else 'train'} everything.{more}"
+    )

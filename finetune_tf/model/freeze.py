@@ -1,25 +1,25 @@
 """`FreezePolicy`: which backbone layers train, and what BatchNorm does.
 
-A policy is plain data; `apply(backbone)` sets the layers' `trainable`
-flags and returns a `FreezeReport` saying what it did. `FineTuner` applies
-its policy when built and again (recompiling) whenever the policy changes,
+A policy is plain data; `apply(backbone)` sets the layers' `trainable` flags and
+returns a `FreezeReport` (`model.freeze_report`) saying what it did. `FineTuner`
+applies its policy when built and again (recompiling) whenever the policy changes,
 because Keras ignores a change of `trainable` until the next `compile()`.
 In a KerasHub backbone `bottom(n)` and `top(k)` count transformer blocks
-(`model.blocks`); `lora(rank)` trains low-rank adapters only (`model.lora`).
+(`model.blocks`: the blocks, their mask and its errors); `lora(rank)` trains low-rank
+adapters only (`model.lora`: its targets, and `adapt`, its `apply`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import keras
-import numpy as np
 
 from finetune_tf._checks import check_choice, check_int, check_number
 from finetune_tf._utils import did_you_mean
 from finetune_tf.model import lora as adapters
-from finetune_tf.model.blocks import transformer_blocks, unlisted_blocks
+from finetune_tf.model.blocks import block_mask, block_starts, count_error, counted_blocks
+from finetune_tf.model.freeze_report import FreezeReport, parameter_count
 
 __all__ = ["BATCHNORM_MODES", "FreezePolicy", "FreezeReport"]
 
@@ -32,97 +32,6 @@ def _is_batchnorm(layer) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization) or getattr(
         layer, "is_batchnorm", False
     )
-
-
-def _count(weights) -> int:
-    return int(sum(np.prod(w.shape) for w in weights))
-
-
-def _block_starts(layers: list, blocks: list) -> list[int]:
-    """Where each transformer block sits in `layers`; `[]` unless every block is there."""
-    index = {id(layer): i for i, layer in enumerate(layers)}
-    starts = [index.get(id(block)) for block in blocks]
-    return [] if not starts or None in starts else starts
-
-
-@dataclasses.dataclass(frozen=True)
-class FreezeReport:
-    """What applying a `FreezePolicy` did.
-
-    Attributes:
-        policy: str. The policy that was applied.
-        trainable_layers: list of str. Backbone layers that train (with LoRA: the paths
-            of the layers whose adapters train).
-        frozen_layers: list of str. Backbone layers that are frozen.
-        trainable_params: int. Backbone parameters that train.
-        non_trainable_params: int. Frozen parameters plus BatchNorm statistics.
-        batchnorm: str. The BatchNorm mode.
-        unit: str. What `bottom(n)` and `top(k)` counted: `"layers"`, or `"blocks"`
-            (the transformer blocks of a KerasHub backbone). Defaults to `"layers"`.
-        blocks: int. The backbone's transformer blocks (0 when it has none).
-        lora_rank: int or None. The adapters' rank under `FreezePolicy.lora`.
-        adapter_params: int. The parameters of the adapters that train under
-            `FreezePolicy.lora` (adapters of layers no longer targeted are frozen and
-            counted with the backbone's parameters).
-
-    Examples:
-        >>> import keras
-        >>> from finetune_tf import Backbone, FreezePolicy
-        >>> inputs = keras.Input((4,), name="features_in")
-        >>> x = keras.layers.Dense(3, name="a")(inputs)
-        >>> backbone = Backbone.from_model(keras.Model(inputs, keras.layers.Dense(2, name="b")(x)))
-        >>> FreezePolicy.bottom(2).apply(backbone).frozen_layers
-        ['features_in', 'a']
-    """
-
-    policy: str
-    trainable_layers: list
-    frozen_layers: list
-    trainable_params: int
-    non_trainable_params: int
-    batchnorm: str
-    unit: str = "layers"
-    blocks: int = 0
-    lora_rank: int | None = None
-    adapter_params: int = 0
-
-    @property
-    def trainable_fraction(self) -> float:
-        """The share of the backbone's parameters that train: under LoRA, adapter
-        parameters over the backbone's own (adapters left out), else trainable over all.
-
-        Examples:
-            >>> import keras
-            >>> from finetune_tf import Backbone, FreezePolicy
-            >>> inputs = keras.Input((4,))
-            >>> x = keras.layers.Dense(4, name="a")(inputs)
-            >>> backbone = Backbone.from_model(keras.Model(inputs, x))
-            >>> FreezePolicy.lora(1).apply(backbone).trainable_fraction  # (4 + 4) / (16 + 4)
-            0.4
-        """
-        total = self.trainable_params + self.non_trainable_params - self.adapter_params
-        return self.trainable_params / total if total else 0.0
-
-    def __str__(self):
-        total_params = self.trainable_params + self.non_trainable_params
-        share = 100.0 * self.trainable_fraction
-        if self.lora_rank is not None:
-            return (
-                f"{self.policy}: LoRA rank {self.lora_rank} on "
-                f"{len(self.trainable_layers)} layers | adapter params "
-                f"{self.adapter_params:,} / backbone params "
-                f"{total_params - self.adapter_params:,} ({share:.2f}%), the rest frozen | "
-                f"BatchNorm: {self.batchnorm}"
-            )
-        total_layers = len(self.trainable_layers) + len(self.frozen_layers)
-        counted = (
-            f" (counted in transformer blocks: {self.blocks})" if self.unit == "blocks" else ""
-        )
-        return (
-            f"{self.policy}{counted}: trainable layers {len(self.trainable_layers)} / "
-            f"{total_layers} | trainable params {self.trainable_params:,} / "
-            f"{total_params:,} ({share:.2f}%) | BatchNorm: {self.batchnorm}"
-        )
 
 
 class FreezePolicy:
@@ -370,12 +279,12 @@ class FreezePolicy:
             return [True] * count
         if self.kind == "none":
             return [False] * count
-        starts = _block_starts(layers, blocks or [])
+        starts = block_starts(layers, blocks or [])
         if self.kind in ("bottom", "top") and starts:
-            return self._block_mask(count, starts)
+            return block_mask(self.kind, self.value, count, starts)
         if self.kind in ("bottom", "top"):
             if self.value > count:
-                raise self._too_many(count, "layers")
+                raise count_error(self.kind, self.value, count, "layers")
             if self.kind == "bottom":
                 return [i < self.value for i in range(count)]
             return [i < count - self.value for i in range(count)]
@@ -400,32 +309,6 @@ class FreezePolicy:
             return [not m for m in matches]
         return matches
 
-    def _block_mask(self, count: int, starts: list[int]) -> list[bool]:
-        """`bottom(n)` or `top(k)` counting the transformer blocks that start at `starts`
-        (indices in the layers), the embeddings below block 0."""
-        blocks = len(starts)
-        if self.value > blocks:
-            raise self._too_many(
-                blocks,
-                "transformer blocks (in a KerasHub backbone it counts blocks, not layers)",
-                f" For gradual_unfreezing pass the block count, gradual_unfreezing({blocks}) "
-                "(FineTuner.freeze_report.blocks), not len(backbone.layers).",
-            )
-        frozen_blocks = self.value if self.kind == "bottom" else blocks - self.value
-        # Up to the start of the first block that trains; all blocks frozen: through the last.
-        stop = starts[frozen_blocks] if frozen_blocks < blocks else starts[-1] + 1
-        return [i < stop for i in range(count)]
-
-    def _too_many(self, available: int, what: str, more: str = "") -> ValueError:
-        """The error of `bottom(n)` or `top(k)` beyond the `available` layers or blocks."""
-        argname = "n" if self.kind == "bottom" else "k"
-        return ValueError(
-            f"`FreezePolicy.{self.kind}({argname})` got {argname}={self.value}, but the "
-            f"backbone has {available} {what}. Use {argname} <= {available}, or "
-            f"FreezePolicy.{'all' if self.kind == 'bottom' else 'none'}() to "
-            f"{'freeze' if self.kind == 'bottom' else 'train'} everything.{more}"
-        )
-
     def check(self, backbone, planned: dict | None = None) -> None:
         """A ValueError if this policy does not fit `backbone` (too many layers or blocks,
         an unknown name, LoRA targets it lacks); changes nothing.
@@ -443,45 +326,13 @@ class FreezePolicy:
             ...
             ValueError: `FreezePolicy.bottom(n)` got n=3, but the backbone has 2 layers. ...
         """
-        targets = self._lora_targets(backbone, planned)
-        self.frozen_mask(backbone.layers, self._blocks(backbone))
+        targets = adapters.policy_targets(self, backbone, planned) if self.kind == "lora" else []
+        self.frozen_mask(backbone.layers, counted_blocks(backbone.model, self.kind))
         if planned is not None and targets:
             alpha = self.options["alpha"]
             for layer in targets:
                 if not layer.lora_enabled:
                     planned[id(layer)] = (self.value, self.value if alpha is None else alpha)
-
-    def _blocks(self, backbone) -> list:
-        """The backbone's transformer blocks; a ValueError for `bottom(n)`/`top(k)` on a
-        KerasHub transformer whose blocks cannot be listed (they would count layers)."""
-        blocks = transformer_blocks(backbone.model)
-        if self.kind in ("bottom", "top") and not blocks:
-            owner = unlisted_blocks(backbone.model)
-            if owner:
-                argname = "n" if self.kind == "bottom" else "k"
-                raise ValueError(
-                    f"`FreezePolicy.{self.kind}({argname})` counts transformer blocks in a "
-                    f"KerasHub backbone, but the blocks of {owner} sit inside one of its "
-                    "layers and cannot be counted (bottom/top count blocks in backbones with "
-                    "`transformer_layers` or TransformerEncoder/Decoder layers, e.g. BERT, "
-                    "GPT-2, Gemma, Llama). Use FreezePolicy.until(name) or "
-                    "FreezePolicy.matching(pattern) on the names in Backbone.layers, or "
-                    "FreezePolicy.lora(rank)."
-                )
-        return blocks
-
-    def _lora_targets(self, backbone, planned: dict | None = None) -> list:
-        """The layers a LoRA policy adapts in `backbone` (checked); `[]` for other kinds."""
-        if self.kind != "lora":
-            return []
-        return adapters.target_layers(
-            backbone.model,
-            self.options["targets"],
-            self.value,
-            where="FreezePolicy.lora",
-            alpha=self.options["alpha"],
-            planned=planned,
-        )
 
     def apply(self, backbone) -> FreezeReport:
         """Sets `trainable` on the backbone's layers; returns a `FreezeReport`.
@@ -490,9 +341,9 @@ class FreezePolicy:
         not fit the backbone (too many layers, unknown name).
         """
         if self.kind == "lora":
-            return self._apply_lora(backbone)
+            return adapters.adapt(self, backbone)
         layers = backbone.layers
-        blocks = self._blocks(backbone)
+        blocks = counted_blocks(backbone.model, self.kind)
         mask = self.frozen_mask(layers, blocks)
         backbone.model.trainable = True
         for layer, frozen in zip(layers, mask, strict=True):
@@ -501,42 +352,16 @@ class FreezePolicy:
             layer.trainable = not frozen
         trainable = [layer.name for layer in layers if layer.trainable]
         frozen = [layer.name for layer in layers if not layer.trainable]
-        trainable_params = _count(backbone.model.trainable_weights)
+        trainable_params = parameter_count(backbone.model.trainable_weights)
         return FreezeReport(
             policy=repr(self),
             trainable_layers=trainable,
             frozen_layers=frozen,
             trainable_params=trainable_params,
-            non_trainable_params=_count(backbone.model.weights) - trainable_params,
+            non_trainable_params=parameter_count(backbone.model.weights) - trainable_params,
             batchnorm=self.batchnorm,
             unit="blocks" if blocks and self.kind in ("bottom", "top") else "layers",
             blocks=len(blocks),
-        )
-
-    def _apply_lora(self, backbone) -> FreezeReport:
-        """Adapts the targets of a LoRA policy, freezes the rest (`model.lora`)."""
-        targets = self._lora_targets(backbone)
-        model = backbone.model
-        adapters.enable_adapters(model, targets, self.value, self.options["alpha"])
-        adapted = {id(layer) for layer in targets}
-        frozen = [
-            layer.name
-            for layer in backbone.layers
-            if not any(id(inner) in adapted for inner in layer._flatten_layers(include_self=True))
-        ]
-        trainable_params = _count(model.trainable_weights)
-        return FreezeReport(
-            policy=repr(self),
-            trainable_layers=[layer.path or layer.name for layer in targets],
-            frozen_layers=frozen,
-            trainable_params=trainable_params,
-            non_trainable_params=_count(model.weights) - trainable_params,
-            batchnorm=self.batchnorm,
-            blocks=len(transformer_blocks(model)),
-            lora_rank=self.value,
-            # the adapters that train: those of layers left out since are frozen, counted
-            # with the backbone's other frozen weights (the report's numbers then agree)
-            adapter_params=_count([w for w in adapters.adapter_weights(model) if w.trainable]),
         )
 
     def __eq__(self, other):

@@ -8,7 +8,8 @@ pair of low-rank matrices (Keras' own `layer.enable_lora(rank, lora_alpha)`): th
 computes with `kernel + (alpha / rank) * lora_a @ lora_b`, and only `lora_a` and `lora_b`
 train. The targets are, by default, KerasHub's choice in a KerasHub backbone (its
 `default_lora_layer_names()`: the query and value projections of the attention layers) and
-every Dense and EinsumDense layer elsewhere; or the layers named in `targets`.
+every Dense and EinsumDense layer elsewhere; or the layers named in `targets`
+(`policy_targets`); `adapt` is what the policy's `apply` does.
 
 `merge_lora(model)` folds the adapters into the kernels and gives back a model of plain
 layers, for export. Keras itself saves a LoRA layer's kernel merged (`.keras` files and
@@ -24,13 +25,16 @@ import numpy as np
 
 from finetune_tf._utils import did_you_mean, short_list
 from finetune_tf.model.blocks import keras_hub_backbones, transformer_blocks
+from finetune_tf.model.freeze_report import FreezeReport, parameter_count
 
 __all__ = [
     "adaptable_layers",
     "adapted_layers",
+    "adapt",
     "adapter_weights",
     "enable_adapters",
     "merge_lora",
+    "policy_targets",
     "target_layers",
 ]
 
@@ -152,6 +156,69 @@ def target_layers(
                     "with targets=[...]."
                 )
     return chosen
+
+
+def policy_targets(policy, backbone, planned: dict | None = None) -> list:
+    """The layers the LoRA `policy` (a `FreezePolicy.lora`) adapts in `backbone`
+    (`target_layers`, checked with the policy's rank, alpha and targets).
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf import Backbone, FreezePolicy
+        >>> from finetune_tf.model.lora import policy_targets
+        >>> inputs = keras.Input((4,))
+        >>> x = keras.layers.Dense(3, name="a")(inputs)
+        >>> backbone = Backbone.from_model(keras.Model(inputs, x))
+        >>> [layer.name for layer in policy_targets(FreezePolicy.lora(2), backbone)]
+        ['a']
+    """
+    return target_layers(
+        backbone.model,
+        policy.options["targets"],
+        policy.value,
+        where="FreezePolicy.lora",
+        alpha=policy.options["alpha"],
+        planned=planned,
+    )
+
+
+def adapt(policy, backbone) -> FreezeReport:
+    """Applies the LoRA `policy` to `backbone`: adapts its targets, freezes the rest
+    (`enable_adapters`), and reports it (what `FreezePolicy.lora(...).apply` does).
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf import Backbone, FreezePolicy
+        >>> from finetune_tf.model.lora import adapt
+        >>> inputs = keras.Input((4,))
+        >>> x = keras.layers.Dense(3, name="a")(inputs)
+        >>> backbone = Backbone.from_model(keras.Model(inputs, x))
+        >>> adapt(FreezePolicy.lora(2), backbone).trainable_layers
+        ['a']
+    """
+    targets = policy_targets(policy, backbone)
+    model = backbone.model
+    enable_adapters(model, targets, policy.value, policy.options["alpha"])
+    adapted = {id(layer) for layer in targets}
+    frozen = [
+        layer.name
+        for layer in backbone.layers
+        if not any(id(inner) in adapted for inner in layer._flatten_layers(include_self=True))
+    ]
+    trainable_params = parameter_count(model.trainable_weights)
+    return FreezeReport(
+        policy=repr(policy),
+        trainable_layers=[layer.path or layer.name for layer in targets],
+        frozen_layers=frozen,
+        trainable_params=trainable_params,
+        non_trainable_params=parameter_count(model.weights) - trainable_params,
+        batchnorm=policy.batchnorm,
+        blocks=len(transformer_blocks(model)),
+        lora_rank=policy.value,
+        # the adapters that train: those of layers left out since are frozen, counted
+        # with the backbone's other frozen weights (the report's numbers then agree)
+        adapter_params=parameter_count([w for w in adapter_weights(model) if w.trainable]),
+    )
 
 
 def _refuse_other_adapters(where: str, layer, rank: int, alpha, effective, has: tuple):

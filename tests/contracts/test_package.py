@@ -25,6 +25,7 @@ MODULES = [
     "model.blocks",
     "model.corruption",
     "model.freeze",
+    "model.freeze_report",
     "model.head",
     "model.head.binary",
     "model.head.classifier",
