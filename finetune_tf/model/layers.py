@@ -20,7 +20,6 @@ from keras.src.saving import serialization_lib
 
 from finetune_tf._utils import revived
 from finetune_tf.model.blocks import is_keras_hub
-from finetune_tf.model.lora import _without_lora, adapted_layers
 from finetune_tf.sources.hub import HubLayer
 from finetune_tf.sources.keras_hub import PresetPreprocessor
 
@@ -31,6 +30,19 @@ __all__ = [
     "flatten_layers",
     "placing_copy",
 ]
+
+
+def _without_lora(config):
+    """A serialized model's config with the LoRA settings of its layers removed."""
+    if isinstance(config, dict):
+        return {
+            key: _without_lora(value)
+            for key, value in config.items()
+            if key not in ("lora_rank", "lora_alpha")
+        }
+    if isinstance(config, list):
+        return [_without_lora(item) for item in config]
+    return config
 
 
 def clone_layer(layer, dtype_policy: str | None, without_lora: bool = False):
@@ -104,7 +116,7 @@ def clone_model(
             path = os.path.join(directory, "merged.weights.h5")
             model.save_weights(path)  # Keras writes each LoRA kernel merged
             clone.load_weights(path)
-    elif len(clone.weights) != len(model.weights) and adapted_layers(model):
+    elif len(clone.weights) != len(model.weights) and _has_adapters(model):
         raise ValueError(
             f"{what} cannot be copied: it has LoRA adapters inside layers that rebuild "
             "without them (e.g. the attention layers of a transformer block), so the copy "
@@ -123,6 +135,14 @@ def clone_model(
         if isinstance(layer, keras.layers.Normalization):
             layer.finalize_state()
     return clone
+
+
+def _has_adapters(model: keras.Model) -> bool:
+    """Whether a layer inside `model` has LoRA adapters (`lora.adapted_layers`, which
+    imports this module for `merge_lora`)."""
+    return any(
+        getattr(layer, "lora_enabled", False) for layer in model._flatten_layers(include_self=False)
+    )
 
 
 def flatten_layers(model: keras.Model) -> list:

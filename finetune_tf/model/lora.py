@@ -26,6 +26,7 @@ import numpy as np
 from finetune_tf._utils import did_you_mean, short_list
 from finetune_tf.model.blocks import keras_hub_backbones, transformer_blocks
 from finetune_tf.model.freeze_report import FreezeReport, parameter_count
+from finetune_tf.model.layers import clone_model
 
 __all__ = [
     "adaptable_layers",
@@ -292,19 +293,6 @@ def _enable(model: keras.Model, layers: list, rank: int, alpha) -> None:
     _tell_keras_hub(model, rank)
 
 
-def _without_lora(config):
-    """A serialized model's config with the LoRA settings of its layers removed."""
-    if isinstance(config, dict):
-        return {
-            key: _without_lora(value)
-            for key, value in config.items()
-            if key not in ("lora_rank", "lora_alpha")
-        }
-    if isinstance(config, list):
-        return [_without_lora(item) for item in config]
-    return config
-
-
 def merge_lora(model: keras.Model) -> keras.Model:
     """A copy of `model` with each LoRA adapter folded into its layer's kernel.
 
@@ -348,8 +336,5 @@ def merge_lora(model: keras.Model) -> keras.Model:
             "rebuild without them (the attention layers of a transformer block) load as "
             "plain layers; such a model needs no merge_lora."
         )
-    # The copy that Backbone.copy makes, its layers rebuilt without adapters (imported
-    # here: model/layers.py imports this module).
-    from finetune_tf.model.layers import clone_model
-
+    # The copy that Backbone.copy makes, its layers rebuilt without adapters.
     return clone_model(model, None, f"merge_lora(model): the model {model.name!r}", merge_lora=True)
