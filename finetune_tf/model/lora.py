@@ -167,10 +167,9 @@ def policy_targets(policy, backbone, planned: dict | None = None) -> list:
         >>> import keras
         >>> from finetune_tf import Backbone, FreezePolicy
         >>> from finetune_tf.model.lora import policy_targets
-        >>> inputs = keras.Input((4,))
-        >>> x = keras.layers.Dense(3, name="a")(inputs)
-        >>> backbone = Backbone.from_model(keras.Model(inputs, x))
-        >>> [layer.name for layer in policy_targets(FreezePolicy.lora(2), backbone)]
+        >>> layers = [keras.Input((4,)), keras.layers.Dense(3, name="a"), keras.layers.Dense(2)]
+        >>> backbone = Backbone.from_model(keras.Sequential(layers))
+        >>> [layer.name for layer in policy_targets(FreezePolicy.lora(2, targets="a"), backbone)]
         ['a']
     """
     return target_layers(
