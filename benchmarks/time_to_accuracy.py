@@ -77,16 +77,15 @@ class Run:
         return max(accuracy for _, accuracy in self.epochs)
 
     def stage_summary(self) -> str:
-        """Setup before the first epoch, then each stage's epochs and seconds (from its
-        `fit` beginning to its last epoch's end)."""
+        """Setup before the first epoch, then each stage's epochs, seconds (from its `fit`
+        beginning to its last epoch's end) and best val_accuracy."""
         names = list(dict.fromkeys(self.stages))
         parts = [f"setup {self.fits[0]:.1f} s"]
         for index, name in enumerate(names):
-            ends = [
-                t for (t, _), stage in zip(self.epochs, self.stages, strict=True) if stage == name
-            ]
-            began = self.fits[index]
-            parts.append(f"{name} {len(ends)} epochs {ends[-1] - began:.1f} s")
+            epochs = [e for e, stage in zip(self.epochs, self.stages, strict=True) if stage == name]
+            seconds = epochs[-1][0] - self.fits[index]
+            best = max(accuracy for _, accuracy in epochs)
+            parts.append(f"{name} {len(epochs)} epochs {seconds:.1f} s (best {best:.1%})")
         return ", ".join(parts)
 
 
@@ -126,10 +125,26 @@ def _when(run: Run, target: float) -> str:
     return f"{reached:7.1f} s" if reached is not None else f"not reached in {run.total:.0f} s"
 
 
-def _ratio(runs: dict, target: float) -> float | None:
-    """guide / fine_tune seconds to `target`, or None unless both reached it."""
+def _ratio(runs: dict, target: float) -> tuple[str, float] | None:
+    """guide / fine_tune seconds to `target` as ("=", ratio); when one side never got
+    there, a bound from its total time: (">", at least) or ("<", at most); None if neither."""
     ours, theirs = (runs[side].first_reaching(target) for side in SIDES)
-    return theirs / ours if ours is not None and theirs is not None else None
+    if ours is not None and theirs is not None:
+        return "=", theirs / ours
+    if ours is not None:
+        return ">", runs["guide"].total / ours
+    if theirs is not None:
+        return "<", theirs / runs["fine_tune"].total
+    return None
+
+
+def _ratio_text(ratios: list) -> str:
+    """The median of per-seed `_ratio`s (a median of bounds bounds the median)."""
+    kinds = {ratio[0] for ratio in ratios if ratio is not None}
+    if None in ratios or len(kinds - {"="}) > 1:
+        return "n/a"
+    kind = (kinds - {"="}).pop() if kinds - {"="} else ""
+    return f"{kind}{statistics.median(value for _, value in ratios):.2f}x"
 
 
 def _targets(runs: dict) -> list[tuple[str, float]]:
@@ -140,8 +155,7 @@ def _targets(runs: dict) -> list[tuple[str, float]]:
 def report_seed(seed: int, runs: dict) -> None:
     print(f"seed {seed}:")
     for label, target in _targets(runs):
-        ratio = _ratio(runs, target)
-        ratio_text = f"{ratio:5.2f}x" if ratio is not None else "  n/a"
+        ratio_text = _ratio_text([_ratio(runs, target)])
         print(
             f"  val_accuracy >= {label:<22} fine_tune {_when(runs['fine_tune'], target):<22}"
             f"guide {_when(runs['guide'], target):<22} guide/fine_tune {ratio_text}"
@@ -159,20 +173,20 @@ def report_median(all_runs: list[dict]) -> None:
     print(f"median over {len(all_runs)} seeds:")
     labels = ["the lower best"] + [f"{t:.0%}" for t in LEVELS]
     for index, label in enumerate(labels):
-        ratios = [_ratio(runs, _targets(runs)[index][1]) for runs in all_runs]
-        seconds = {
-            side: [runs[side].first_reaching(_targets(runs)[index][1]) for runs in all_runs]
-            for side in SIDES
-        }
-        if None in ratios:
-            missed = {side: sum(t is None for t in seconds[side]) for side in SIDES}
-            print(f"  {label:<15} not reached by both in every seed (missed: {missed})")
-            continue
-        ours, theirs = (statistics.median(seconds[side]) for side in SIDES)
-        print(
-            f"  {label:<15} fine_tune {ours:7.1f} s  guide {theirs:7.1f} s  "
-            f"guide/fine_tune {statistics.median(ratios):.2f}x"
-        )
+        targets = [_targets(runs)[index][1] for runs in all_runs]
+        ratios = [_ratio(runs, t) for runs, t in zip(all_runs, targets, strict=True)]
+        times = []
+        for side in SIDES:
+            seconds = [
+                runs[side].first_reaching(t) for runs, t in zip(all_runs, targets, strict=True)
+            ]
+            missed = sum(t is None for t in seconds)
+            times.append(
+                f"{side} {statistics.median(seconds):7.1f} s"
+                if not missed
+                else f"{side} not reached in {missed} of {len(seconds)} seeds"
+            )
+        print(f"  {label:<15} {times[0]:<36}{times[1]:<36} guide/fine_tune {_ratio_text(ratios)}")
     for side in SIDES:
         runs = [runs[side] for runs in all_runs]
         print(
