@@ -9,7 +9,10 @@ there into two models that share its layers: the prefix (raw inputs to the
 activations at the cut), run once by the feature cache, and the tail (those
 activations to the predictions), which trains. With the whole backbone frozen
 the cut is the backbone's output: the prefix is `Assembly.feature_model` and
-the tail `Assembly.head_model()`, the classic feature cache.
+the tail `Assembly.head_model()`, the classic feature cache. When the first
+trainable layer lies inside a nested model that is a single link of the
+backbone's chain (`keras.Sequential([application, GlobalAveragePooling2D()])`),
+the cut goes inside it, as deep as the nesting goes.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def _deepest_cut(model: keras.Model, weights_before: bool = False, nesting: tupl
 
 
 def _enterable(model: keras.Model, points: list, index: int) -> str | None:
-    """Why the cut can not go inside the layer making `points[index]` (the first cut point of
+    """Why the cut cannot go inside the layer making `points[index]` (the first cut point of
     `model` above a trainable layer), or None when it can: that layer is a nested model with
     one input and one output, called once in `model`, whose input is the previous cut point
     (or `model`'s input), so that it is the only layer between the two cuts."""
