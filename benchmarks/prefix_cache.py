@@ -20,6 +20,10 @@ next to the size of the images.
 
 Run: python benchmarks/prefix_cache.py [--rounds 2] [--images 256] [--epochs 3]
 
+With `--nested` the application sits inside a Sequential model, the Keras guide's
+`keras.Sequential([application, keras.layers.GlobalAveragePooling2D()])` given to
+`Backbone.from_model`: the cut then goes inside the nested application.
+
 On a GPU, `python benchmarks/prefix_cache.py --gpu-matrix` times one setting
 (ResNet50 at 160x160, top 40% trainable, 1024 images) in float32 and
 mixed_float16, XLA off and on, the prefix cache off and on, and prints one row
@@ -81,8 +85,18 @@ class EpochTimes(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def one_setting(name, shape, share, x, y, rounds, epochs):
-    backbone = Backbone.from_keras_applications(name, weights=None, input_shape=shape)
+def make_backbone(name: str, shape: tuple, nested: bool) -> Backbone:
+    if not nested:
+        return Backbone.from_keras_applications(name, weights=None, input_shape=shape)
+    application = getattr(keras.applications, name)(
+        include_top=False, weights=None, input_shape=shape
+    )
+    pooling = keras.layers.GlobalAveragePooling2D(name="pooling")
+    return Backbone.from_model(keras.Sequential([application, pooling]))
+
+
+def one_setting(name, shape, share, x, y, rounds, epochs, nested=False):
+    backbone = make_backbone(name, shape, nested)
     count = len(backbone.layers)
     freeze = FreezePolicy.top(max(1, round(share * count)))
     tuner = FineTuner(backbone, Head.classifier(10), freeze=freeze)
@@ -176,14 +190,14 @@ def gpu_matrix(rounds: int, images: int, epochs: int):
         print("mixed_float16: skipped (needs a GPU with compute capability >= 7.0)")
 
 
-def main(rounds: int, images: int, epochs: int, models):
+def main(rounds: int, images: int, epochs: int, models, nested: bool = False):
     keras.utils.set_random_seed(0)
     for name in models:
         shape = MODELS[name]
         x = np.random.default_rng(0).random((images, *shape), dtype=np.float32) * 255
         y = np.arange(images) % 10
         for share in SHARES:
-            one_setting(name, shape, share, x, y, rounds, epochs)
+            one_setting(name, shape, share, x, y, rounds, epochs, nested)
 
 
 if __name__ == "__main__":
@@ -192,9 +206,10 @@ if __name__ == "__main__":
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--nested", action="store_true", help="the application nested")
     parser.add_argument("--gpu-matrix", action="store_true", help="the GPU table (docs)")
     args = parser.parse_args()
     if args.gpu_matrix:
         gpu_matrix(args.rounds, args.images if args.images != 256 else 1024, args.epochs)
     else:
-        main(args.rounds, args.images, args.epochs, args.models)
+        main(args.rounds, args.images, args.epochs, args.models, args.nested)

@@ -9,7 +9,10 @@ there into two models that share its layers: the prefix (raw inputs to the
 activations at the cut), run once by the feature cache, and the tail (those
 activations to the predictions), which trains. With the whole backbone frozen
 the cut is the backbone's output: the prefix is `Assembly.feature_model` and
-the tail `Assembly.head_model()`, the classic feature cache.
+the tail `Assembly.head_model()`, the classic feature cache. When the first
+trainable layer lies inside a nested model that is a single link of the
+backbone's chain (`keras.Sequential([application, GlobalAveragePooling2D()])`),
+the cut goes inside it, as deep as the nesting goes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import inspect
 
 import keras
 
-from finetune_tf.model.layers import BackboneLayer
+from finetune_tf.model.layers import BackboneLayer, flatten_layers
 from finetune_tf.model.tuned_model import TunedModel
 
 __all__ = ["FrozenPrefix", "cut_points", "frozen_prefix"]
@@ -109,26 +112,78 @@ def cut_points(model: keras.Model) -> list[tuple]:
 
 def frozen_prefix(assembly) -> FrozenPrefix | str:
     """The split of `assembly`'s model at the deepest single-tensor cut of its backbone below
-    every trainable layer, or why there is none (the backbone must run in inference mode)."""
+    every trainable layer, or why there is none (the backbone must run in inference mode).
+    When the first trainable layer lies inside a nested model on the backbone's single path
+    (one input, one output, called once, a cut point on either side), the cut goes inside it
+    (recursively, for deeper nesting)."""
     backbone = assembly.backbone.model
     if not backbone.trainable_weights:  # the classic feature cache, whatever the graph
         return _checked(_whole_backbone(assembly))
-    points = cut_points(backbone)
+    cut = _deepest_cut(backbone)
+    if cut is None:
+        return _no_frozen_cut(backbone, assembly.backbone.layers)
+    tensor, layer, nesting = cut
+    if not nesting and tensor is backbone.outputs[0]:
+        return _checked(_whole_backbone(assembly))
+    return _checked(_split(assembly, tensor, layer, nesting))
+
+
+def _deepest_cut(model: keras.Model, weights_before: bool = False, nesting: tuple = ()):
+    """`(tensor, layer, nesting)`: the deepest frozen cut of `model` (inside the nested model
+    that holds its first trainable layer when that model can be entered), with `nesting` the
+    `(nested model, its node)` pairs entered from the backbone down; None when none.
+    `weights_before`: whether a layer before `model` has weights."""
+    points = cut_points(model)
     # A cut below every layer with weights (after a Rescaling, a padding) would save
     # nothing worth the memory.
-    frozen = [(tensor, layer) for tensor, layer, frozen, weights in points if frozen and weights]
+    frozen = [(t, layer) for t, layer, f, w in points if f and (w or weights_before)]
+    index = next((i for i, point in enumerate(points) if not point[2]), None)
+    if index is not None and _enterable(model, points, index) is None:
+        nested = points[index][1]
+        weights = weights_before or (index > 0 and points[index - 1][3])
+        inner = _deepest_cut(nested, weights, (*nesting, (nested, _producer(points[index][0]))))
+        if inner is not None:
+            return inner
     if not frozen:
-        return _no_frozen_cut(backbone, assembly.backbone.layers)
+        return None
     tensor, layer = frozen[-1]
-    if tensor is backbone.outputs[0]:
-        return _checked(_whole_backbone(assembly))
-    return _checked(_split(assembly, tensor, layer))
+    return tensor, layer, nesting
+
+
+def _enterable(model: keras.Model, points: list, index: int) -> str | None:
+    """Why the cut cannot go inside the layer making `points[index]` (the first cut point of
+    `model` above a trainable layer), or None when it can: that layer is a nested model with
+    one input and one output, called once in `model`, whose input is the previous cut point
+    (or `model`'s input), so that it is the only layer between the two cuts."""
+    tensor, nested = points[index][:2]
+    if not isinstance(nested, keras.Model):
+        return "not a nested model"
+    node = _producer(tensor)
+    entry = points[index - 1][0] if index > 0 else model.inputs[0]
+    if len(node.input_tensors) != 1 or node.input_tensors[0] is not entry:
+        return "it is not alone between two single-tensor points"
+    return _one_in_one_out(model, nested)
+
+
+def _one_in_one_out(model: keras.Model, nested: keras.Model) -> str | None:
+    """Why `nested` cannot be cut inside as a layer of `model`'s graph, or None."""
+    try:
+        sizes = len(nested.inputs), len(nested.outputs)
+    except (AttributeError, ValueError):  # a subclassed model: no graph to cut
+        return "it has no functional graph"
+    if sizes != (1, 1):
+        return f"it has {sizes[0]} input(s) and {sizes[1]} output(s)"
+    calls = sum(node.operation is nested for node in _nodes_in_order(model))
+    if calls > 1:
+        return f"it is called {calls} times (shared)"
+    return None
 
 
 def _no_frozen_cut(backbone: keras.Model, layers: list) -> str:
     """Why no cut of `backbone` is frozen: its first trainable layer (of `layers`, the
-    flattened ones `FreezePolicy` counts) comes before them, or lies inside a nested model,
-    which `cut_points` treats as one layer (it cannot cut inside it)."""
+    flattened ones `FreezePolicy` counts) comes before them, or lies inside a nested model
+    the cut cannot enter (`_one_in_one_out`, or not on the single path), or comes before
+    every cut inside it."""
     first = next((layer for layer in layers if layer.trainable_weights), None)
     if first is None:
         return "no point where the backbone could be cut is frozen"
@@ -136,14 +191,26 @@ def _no_frozen_cut(backbone: keras.Model, layers: list) -> str:
         if isinstance(outer, keras.Model) and any(
             layer is first for layer in outer._flatten_layers(include_self=False)
         ):
+            why = _one_in_one_out(backbone, outer) or _off_path(backbone, outer)
+            if why is None:  # entered: the reason lies inside
+                return _no_frozen_cut(outer, flatten_layers(outer))
             return (
                 f"the trainable layers are inside nested model {outer.name!r} (from "
-                f"{first.name!r}); the cache cannot cut inside it"
+                f"{first.name!r}) and {why}; the cache cannot cut inside it"
             )
     return (
         f"a trainable backbone layer ({first.name!r}) comes before every point where the "
         "backbone could be cut"
     )
+
+
+def _off_path(model: keras.Model, nested: keras.Model) -> str | None:
+    """Why `nested` (called once in `model`) is not alone between two cut points, or None."""
+    points = cut_points(model)
+    for index, point in enumerate(points):
+        if point[1] is nested:
+            return _enterable(model, points, index)
+    return "it is not on the backbone's single path (other tensors are alive beside it)"
 
 
 def _checked(split: FrozenPrefix) -> FrozenPrefix | str:
@@ -192,30 +259,67 @@ def _whole_backbone(assembly) -> FrozenPrefix:
     )
 
 
-def _split(assembly, tensor, layer) -> FrozenPrefix:
+def _split(assembly, tensor, layer, nesting: tuple = ()) -> FrozenPrefix:
     splits = assembly.__dict__.setdefault("_frozen_prefix_splits", {})
     key = id(tensor)
     if key in splits:
         return splits[key]
     backbone = assembly.backbone.model
     model = assembly.model
-    bottom = keras.Model(backbone.inputs, tensor, name=f"{backbone.name}_bottom")
+    bottom = _chained(_bottom_parts(backbone, tensor, nesting), f"{backbone.name}_bottom")
     activations = BackboneLayer(bottom, inference_mode=True, name="backbone_bottom")(
         assembly.backbone_inputs
     )
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     prefix_model = keras.Model(inputs, activations, name=f"{model.name}_prefix")
     # === The tail: activations -> top of the backbone -> head, on the same layers ===
-    top = keras.Model(tensor, backbone.outputs[0], name=f"{backbone.name}_top")
+    top = _chained(_top_parts(backbone, tensor, nesting), f"{backbone.name}_top")
     tail_inputs = keras.Input(tensor.shape[1:], dtype=tensor.dtype, name="cached_activations")
     features = BackboneLayer(
         top, inference_mode=assembly.backbone_layer.inference_mode, name="backbone_top"
     )(tail_inputs)
     tail_model = TunedModel(tail_inputs, assembly.head_model()(features), name=f"{model.name}_tail")
-    names = [entry.name for entry in assembly.backbone.layers]
-    position = names.index(layer.name) + 1 if layer.name in names else None
-    count = f", layer {position} of {len(names)}" if position else ""
+    layers = assembly.backbone.layers
+    position = next((i + 1 for i, entry in enumerate(layers) if entry is layer), None)
+    count = f", layer {position} of {len(layers)}" if position else ""
+    inside = " in ".join(repr(nested.name) for nested, _ in reversed(nesting))
+    inside = f" inside nested model {inside}" if nesting else ""
     shape = tuple(tensor.shape[1:])
-    split = FrozenPrefix(prefix_model, tail_model, f"{layer.name!r}{count}", shape)
+    split = FrozenPrefix(prefix_model, tail_model, f"{layer.name!r}{inside}{count}", shape)
     splits[key] = split
     return split
+
+
+def _bottom_parts(graph: keras.Model, tensor, nesting: tuple) -> list:
+    """`(input, output)` pairs of the graphs to chain from `graph`'s input to `tensor`, down
+    through `nesting`: each level's layers up to the nested model's input, then its bottom."""
+    if not nesting:
+        return [(graph.inputs[0], tensor)]
+    (nested, node), deeper = nesting[0], nesting[1:]
+    entry = node.input_tensors[0]
+    outer = [] if entry is graph.inputs[0] else [(graph.inputs[0], entry)]
+    return outer + _bottom_parts(nested, tensor, deeper)
+
+
+def _top_parts(graph: keras.Model, tensor, nesting: tuple) -> list:
+    """`(input, output)` pairs of the graphs to chain from `tensor` to `graph`'s output: the
+    innermost nested model's top, then each enclosing level's layers after the nested model."""
+    if not nesting:
+        return [(tensor, graph.outputs[0])]
+    (nested, node), deeper = nesting[0], nesting[1:]
+    exit_ = node.output_tensors[0]
+    outer = [] if exit_ is graph.outputs[0] else [(exit_, graph.outputs[0])]
+    return _top_parts(nested, tensor, deeper) + outer
+
+
+def _chained(parts: list, name: str) -> keras.Model:
+    """One model running the sub-graphs `parts` (`(input, output)` pairs of tensors, sharing
+    their layers) one after another."""
+    if len(parts) == 1:
+        return keras.Model(*parts[0], name=name)
+    first = parts[0][0]
+    inputs = keras.Input(batch_shape=first.shape, dtype=first.dtype)
+    x = inputs
+    for start, end in parts:
+        x = keras.Model(start, end)(x)
+    return keras.Model(inputs, x, name=name)

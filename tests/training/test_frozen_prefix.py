@@ -37,7 +37,7 @@ def sequential_cnn():
     )
 
 
-def tiny_resnet():
+def residual_base():
     """A stem and two residual blocks with BatchNorm: the cut points are the block ends."""
     inputs = keras.Input((8, 8, 3), name="pixels")
     x = keras.layers.Conv2D(4, 3, padding="same", name="stem_conv")(inputs)
@@ -48,8 +48,43 @@ def tiny_resnet():
         y = keras.layers.BatchNormalization(name=f"b{block}_bn")(y)
         x = keras.layers.Add(name=f"b{block}_add")([x, y])
         x = keras.layers.ReLU(name=f"b{block}_out")(x)
+    return keras.Model(inputs, x, name="base")
+
+
+def tiny_resnet():
+    """`residual_base` and a pooling layer, flat (one graph)."""
+    base = residual_base()
+    features = keras.layers.GlobalAveragePooling2D(name="features")(base.outputs[0])
+    return keras.Model(base.inputs, features, name="tiny_resnet")
+
+
+def sequential_around_a_base():
+    """The Keras guide's pattern: `keras.Sequential([application, GlobalAveragePooling2D()])`."""
+    pooling = keras.layers.GlobalAveragePooling2D(name="features")
+    return keras.Sequential([residual_base(), pooling], name="outer")
+
+
+def functional_around_sequentials():
+    """A functional model calling a Sequential that nests another (two levels to enter)."""
+    inner = keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            keras.layers.Conv2D(4, 3, padding="same", name="c1"),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.ReLU(name="relu1"),
+            keras.layers.Conv2D(6, 3, padding="same", name="c2"),
+            keras.layers.BatchNormalization(name="bn2"),
+        ],
+        name="inner",
+    )
+    middle = keras.Sequential(
+        [keras.Input((8, 8, 4)), keras.layers.ReLU(name="mid_relu"), inner], name="middle"
+    )
+    inputs = keras.Input((8, 8, 3), name="pixels")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="outer_conv")(inputs)
+    x = middle(x)
     x = keras.layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, x, name="tiny_resnet")
+    return keras.Model(inputs, x, name="outer")
 
 
 def _tuner(make_backbone, freeze, **kwargs):
@@ -103,14 +138,27 @@ def test_cut_points_are_the_single_tensor_points_of_the_graph():
     [
         (sequential_cnn, FreezePolicy.bottom(3), "'relu1', layer 3 of 7"),
         (tiny_resnet, FreezePolicy.bottom(9), "'b1_out', layer 8 of 13"),
+        # The first trainable layer inside a nested model: the cut goes inside it.
+        (
+            sequential_around_a_base,
+            FreezePolicy.top(5),
+            "'b1_out' inside nested model 'base', layer 8 of 13",
+        ),
+        (
+            functional_around_sequentials,
+            FreezePolicy.until("relu1"),
+            "'relu1' inside nested model 'inner' in 'middle', layer 6 of 9",
+        ),
     ],
-    ids=["sequential", "residual"],
+    ids=["sequential", "residual", "sequential-around-functional", "functional-around-sequentials"],
 )
 def test_prefix_cached_training_equals_training_without_the_cache(
     make_backbone, freeze, cut, monkeypatch, capsys, tmp_path
 ):
     """Same seed, same steps (shuffled, validated, dropout in the head): the same weights,
-    in the tuner's own model, which then predicts and saves as trained."""
+    in the tuner's own model, which then predicts and saves as trained. Nested backbones:
+    the prefix runs the outer layers and the nested model's frozen bottom, the tail its top
+    and the rest."""
     kwargs = {"epochs": 2, "batch_size": 16}
     seed = None  # Keras shuffles the arrays (seeded by keras.utils.set_random_seed)
     if make_backbone is tiny_resnet:  # the tuner's own seeded order, and validation
@@ -182,20 +230,6 @@ def test_the_cache_turns_itself_off_and_says_why(capsys):
     )
     assert decision(FreezePolicy.none()) == ""  # nothing frozen: nothing to say
 
-    def nested():  # a Keras application inside a Sequential: its layers are one node
-        inner = keras.Sequential(
-            [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c1")]
-            + [keras.layers.Conv2D(4, 3, name="c2"), keras.layers.Conv2D(4, 3, name="c3")],
-            name="inner",
-        )
-        layers = [keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.Dense(5)]
-        return keras.Sequential([keras.Input((8, 8, 3)), inner, *layers], name="outer")
-
-    tuner = _tuner(nested, FreezePolicy.top(3))
-    assert cache_decision(tuner.assembly, X, FitArgs({}), FeatureCache()) == (
-        "the trainable layers are inside nested model 'inner' (from 'c3'); the cache cannot "
-        "cut inside it"
-    )
     with pytest.raises(NotCacheable, match="more than 0.0 MiB of memory and 0.0 MiB of disk"):
         FeatureStore(memory_limit=0, directory=None, disk_limit=0).append(np.zeros((1, 4)))
 
@@ -254,4 +288,58 @@ def test_a_shuffling_tf_data_pipeline(capsys):
             "without the cache only in distribution"
         )
         == 2
+    )
+
+
+# --- Nested models the cut cannot enter: the cache stays off and says why ---------------------
+
+
+def _two_outputs():
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="two_a")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="two_b")(a)
+    pair = keras.Model(inputs, [a, b], name="pair")
+    outputs = keras.layers.Add(name="sum")(pair(inputs))
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(outputs), name="outer")
+
+
+def _called_twice():
+    inputs = keras.Input((8, 8, 3))
+    shared = keras.Sequential(
+        [keras.Input((8, 8, 3))]
+        + [keras.layers.Conv2D(3, 3, padding="same", name=f"s{i}") for i in (1, 2)],
+        name="shared",
+    )
+    x = shared(shared(inputs))
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="outer")
+
+
+def _in_a_branch():
+    x = inputs = keras.Input((8, 8, 3))
+    branch = keras.Sequential(
+        [keras.Input((8, 8, 3))]
+        + [keras.layers.Conv2D(3, 3, padding="same", name=f"r{i}") for i in (1, 2)],
+        name="branch",
+    )
+    x = keras.layers.Add(name="join")([x, branch(x)])
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="outer")
+
+
+@pytest.mark.parametrize(
+    "make_backbone, reason",
+    [
+        (_two_outputs, "nested model 'pair' (from 'two_b') and it has 1 input(s) and 2 output(s)"),
+        (_called_twice, "nested model 'shared' (from 's2') and it is called 2 times (shared)"),
+        (
+            _in_a_branch,
+            "nested model 'branch' (from 'r2') and it is not on the backbone's single path "
+            "(other tensors are alive beside it)",
+        ),
+    ],
+    ids=["two-outputs", "called-twice", "in-a-branch"],
+)
+def test_a_nested_model_the_cut_cannot_enter_turns_the_cache_off(make_backbone, reason):
+    tuner = _tuner(make_backbone, FreezePolicy.matching("^(two_b|s2|r2)$", train=True))
+    assert cache_decision(tuner.assembly, X, FitArgs({}), FeatureCache()) == (
+        f"the trainable layers are inside {reason}; the cache cannot cut inside it"
     )
