@@ -378,7 +378,7 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache, spl
         model = loop.model
         model.stop_training = False
         args = args.replace(callbacks=[_OnFullModel(c, model) for c in args.callbacks])
-        history = loop.keras_fit(head_model, fx, fy, args)
+        history = loop.keras_fit(head_model, fx, fy, args, one_pipeline=as_arrays)
         history.set_model(model)
         model.history = history
         return history

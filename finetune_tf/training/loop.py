@@ -28,7 +28,7 @@ from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.plan import check_plan, is_generator
 from finetune_tf.training.run_fingerprint import run_fingerprint
 from finetune_tf.training.run_state import TrainingRun
-from finetune_tf.training.seeding import epoch_keyed, steps_per_execution_for
+from finetune_tf.training.seeding import epoch_keyed, in_keras_order, steps_per_execution_for
 from finetune_tf.training.stages import run_schedule
 
 __all__ = ["Loop"]
@@ -132,16 +132,25 @@ class Loop:
         self.run.raise_if_failed(history)
         return history
 
-    def keras_fit(self, model: keras.Model, x, y, args: FitArgs) -> keras.callbacks.History:
-        """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain."""
+    def keras_fit(
+        self, model: keras.Model, x, y, args: FitArgs, one_pipeline: bool = False
+    ) -> keras.callbacks.History:
+        """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain.
+
+        With `one_pipeline` (a model whose epochs are short, the cached head), unseeded
+        arrays are read in Keras' order from one pipeline for all epochs
+        (`seeding.in_keras_order`)."""
         self._say_placement(args.verbose)
         readers = (tf.data.Dataset, keras.utils.PyDataset)
         if (isinstance(x, readers) or is_generator(x)) and "shuffle" not in args:
             # Keras ignores `shuffle` for these but warns about its default (True) each time.
             args = args.replace(shuffle=False)
         per_execution = model.steps_per_execution
-        if self.seed is not None:
-            x, y, keyed = epoch_keyed(x, y, args, self.seed)
+        if self.seed is not None or one_pipeline:
+            if self.seed is not None:
+                x, y, keyed = epoch_keyed(x, y, args, self.seed)
+            else:
+                x, y, keyed = in_keras_order(x, y, args)
             if keyed is not args:  # one dataset of all epochs, back to back
                 per_execution = steps_per_execution_for(keyed.get("steps_per_epoch"), per_execution)
             args = keyed

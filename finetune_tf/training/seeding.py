@@ -18,7 +18,7 @@ import tensorflow as tf
 from finetune_tf._checks import check_int
 from finetune_tf.training.fit_args import FitArgs, split_index
 
-__all__ = ["check_seed", "epoch_keyed", "steps_per_execution_for"]
+__all__ = ["check_seed", "epoch_keyed", "in_keras_order", "keras_array_order", "steps_per_execution_for"]
 
 
 def check_seed(seed) -> int | None:
@@ -38,12 +38,14 @@ def _is_array(value) -> bool:
     return isinstance(value, (np.ndarray, tf.Tensor))
 
 
-def epoch_keyed(x, y, args: FitArgs, seed: int) -> tuple:
+def epoch_keyed(x, y, args: FitArgs, seed: int, order: np.ndarray | None = None) -> tuple:
     """`(x, y, args)` for `keras.Model.fit`, with arrays ordered by `(seed, epoch)`.
 
-    Applies when `x` (and `y`, `sample_weight`) are arrays and `shuffle` is on;
-    otherwise returns the arguments unchanged. `validation_split` is taken
-    as Keras takes it (the last examples, before shuffling).
+    Applies when `x` (and `y`, `sample_weight`) are arrays and `shuffle` is on
+    (or `order` is given); otherwise returns the arguments unchanged.
+    `validation_split` is taken as Keras takes it (the last examples, before
+    shuffling). With `order` (a permutation of the rows) every epoch reads the
+    rows in that order instead, and `seed` is not used.
 
     Examples:
         >>> import numpy as np
@@ -56,7 +58,7 @@ def epoch_keyed(x, y, args: FitArgs, seed: int) -> tuple:
     """
     shuffle, sample_weight = args.shuffle, args.sample_weight
     if not (
-        shuffle
+        (shuffle or order is not None)
         and _is_array(x)
         and _is_array(y)
         and (sample_weight is None or _is_array(sample_weight))
@@ -95,7 +97,13 @@ def epoch_keyed(x, y, args: FitArgs, seed: int) -> tuple:
     def take(indices):
         return tuple(tf.gather(t, indices) for t in tensors)
 
-    dataset = tf.data.Dataset.range(first, max(first, last)).flat_map(one_epoch)
+    if order is None:
+        dataset = tf.data.Dataset.range(first, max(first, last)).flat_map(one_epoch)
+    else:  # the same order every epoch
+        if len(order) != count:
+            raise ValueError(f"`order` has {len(order)} rows; the arrays have {count}.")
+        dataset = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
+        dataset = dataset.repeat(max(0, last - first))
     keyed = args.replace(
         validation_split=None,
         validation_data=validation_data,
@@ -105,6 +113,66 @@ def epoch_keyed(x, y, args: FitArgs, seed: int) -> tuple:
         steps_per_epoch=max(1, -(-count // batch_size)),
     )
     return dataset.map(take).prefetch(2), None, keyed
+
+
+def keras_array_order(count: int, batch_size: int, shuffle) -> np.ndarray | str:
+    """The order in which `keras.Model.fit` reads `count` array rows each epoch, found by
+    running Keras' own array pipeline over the row numbers (it draws its permutation
+    from the row count alone, not from the values).
+
+    Returns the permutation when it is the same every epoch (no shuffling; or, in
+    Keras 3.10 to 3.15 on TensorFlow, shuffling after `keras.utils.set_random_seed`:
+    each epoch's fresh iterator draws the same seeded permutation), `"random"` when
+    it differs from epoch to epoch and no global seed is set (then any uniform
+    permutation an epoch is as good), else `"keras"`: leave the arrays to Keras.
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.training.seeding import keras_array_order
+        >>> keras_array_order(5, 2, shuffle=False).tolist()
+        [0, 1, 2, 3, 4]
+    """
+    if not shuffle:
+        return np.arange(count)
+    if shuffle is not True:
+        return "keras"  # shuffle="batch": its order is not replayed here
+    try:
+        from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+    except ImportError:  # a Keras that moved it: let Keras order the arrays
+        return "keras"
+    dataset = ArrayDataAdapter(
+        np.arange(count), shuffle=True, batch_size=batch_size
+    ).get_tf_dataset()
+
+    def one_epoch():  # a fresh iterator, as Keras makes one each epoch
+        return np.concatenate([np.asarray(tf.nest.flatten(batch)[0]) for batch in dataset])
+
+    first, second = one_epoch(), one_epoch()
+    if np.array_equal(first, second):
+        return first
+    if tf.compat.v1.get_seed(None)[0] is None:
+        return "random"
+    return "keras"
+
+
+def in_keras_order(x, y, args: FitArgs) -> tuple:
+    """`(x, y, args)` for `keras.Model.fit` that read arrays in the order Keras would
+    (`keras_array_order`) from one `tf.data` pipeline for all epochs: Keras' own
+    pipeline makes a new iterator at the start and at the end of every epoch, which
+    costs more than a small model's epoch. Unchanged when the order is Keras' to draw."""
+    if not (_is_array(x) and _is_array(y)) or args.get("steps_per_epoch"):
+        return x, y, args
+    count = int(x.shape[0])
+    if args.validation_split:
+        count = split_index(count, args.validation_split)
+    order = keras_array_order(count, args.batch_size, args.shuffle)
+    if isinstance(order, str):
+        if order == "keras":
+            return x, y, args
+        # Random each epoch in Keras too: a uniform permutation an epoch, unseeded.
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+        return epoch_keyed(x, y, args, seed)
+    return epoch_keyed(x, y, args, seed=0, order=order)
 
 
 def steps_per_execution_for(steps_per_epoch: int, steps_per_execution: int) -> int:
