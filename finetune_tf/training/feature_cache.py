@@ -363,6 +363,13 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache, spl
             validation = as_fit_data(
                 cached_validation, cached_validation.batch_size, False, as_arrays
             )
+            if as_arrays:
+                # As batches of a dataset: Keras' array pipeline makes two iterators an
+                # evaluation, which cost more than evaluating the head (same batches).
+                rows = tuple(part for part in validation if part is not None)
+                size = args.get("validation_batch_size") or batch_size
+                validation = tf.data.Dataset.from_tensor_slices(rows).batch(size)
+                args = args.replace(validation_batch_size=None)
             args = args.replace(validation_data=validation if as_arrays else validation[0])
         if as_arrays:
             args = args.replace(batch_size=batch_size, shuffle=shuffle, sample_weight=fw)
