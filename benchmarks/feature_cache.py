@@ -20,6 +20,7 @@ Run: python benchmarks/feature_cache.py [--rounds 3] [--images 1024] [--epochs 1
 
 import argparse
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +90,8 @@ def child(mode: str, images: int, epochs: int):
             if setting == "spill":
                 setting = FeatureCache(memory_limit=0, directory=directory)
             tuner.fit(x, y, batch_size=32, epochs=epochs, verbose=0, feature_cache=setting)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(peak, int(np.prod(tuner.assembly.feature_model.output.shape[1:])))
 
 
 def memory(images: int, epochs: int):
@@ -99,8 +101,9 @@ def memory(images: int, epochs: int):
         command = [sys.executable, __file__, "--child", mode, "--images", str(images)]
         command += ["--epochs", str(epochs)]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        peaks[mode] = int(output.split()[-1]) / 1024**2
-    features = images * 576 * 4 / 1024**2  # MobileNetV3Small's pooled output, float32
+        peak, per_image = output.split()[-2:]
+        peaks[mode] = int(peak) / 1024**2
+    features = images * int(per_image) * 4 / 1024**2  # float32
     print(
         f"Peak resident memory, MobileNetV3Small 96x96 frozen, {images} images "
         f"({data_mib:.1f} MiB of float32 images, {features:.1f} MiB of features), "

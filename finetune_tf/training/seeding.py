@@ -18,7 +18,13 @@ import tensorflow as tf
 from finetune_tf._checks import check_int
 from finetune_tf.training.fit_args import FitArgs, split_index
 
-__all__ = ["check_seed", "epoch_keyed", "in_keras_order", "keras_array_order", "steps_per_execution_for"]
+__all__ = [
+    "check_seed",
+    "epoch_keyed",
+    "in_keras_order",
+    "keras_array_order",
+    "steps_per_execution_for",
+]
 
 
 def check_seed(seed) -> int | None:
