@@ -156,9 +156,19 @@ def keras_array_order(count: int, batch_size: int, shuffle) -> np.ndarray | str:
     first, second = one_epoch(), one_epoch()
     if np.array_equal(first, second):
         return first
-    if tf.compat.v1.get_seed(None)[0] is None:
+    if _global_seed() is None:
         return "random"
     return "keras"
+
+
+def _global_seed() -> int | None:
+    """TensorFlow's global seed (`tf.random.set_seed`), read without drawing an op seed
+    (`tf.compat.v1.get_seed` would advance the eager op-seed counter)."""
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:  # pragma: no cover - a TensorFlow that moved it
+        return 0  # unknown: treat as seeded, so Keras keeps the order
+    return context.global_seed()
 
 
 def in_keras_order(x, y, args: FitArgs) -> tuple:

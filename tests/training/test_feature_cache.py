@@ -325,8 +325,10 @@ def test_the_cached_head_reads_arrays_in_the_order_keras_fit_reads_them():
     expected = _orders_keras_fit_reads(20, 8, epochs=2)
     keras.utils.set_random_seed(4)
     order = keras_array_order(20, 8, shuffle=True)
-    assert not isinstance(order, str)
-    assert [order.tolist()] * 2 == expected  # Keras' seeded order, each epoch
+    if isinstance(order, str):  # a Keras that reseeds its order each epoch: left to it
+        assert order == "keras" and expected[0] != expected[1]
+    else:  # Keras 3.10 to 3.15: the same seeded order each epoch
+        assert [order.tolist()] * 2 == expected
     assert keras_array_order(5, 2, shuffle=False).tolist() == [0, 1, 2, 3, 4]
     assert keras_array_order(5, 2, shuffle="batch") == "keras"  # left to Keras
     tf.random.set_seed(None)  # no global seed: Keras draws a new order each epoch
