@@ -138,7 +138,7 @@ class Loop:
         """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain.
 
         With `one_pipeline` (a model whose epochs are short, the cached head), unseeded
-        arrays are read in Keras' order from one pipeline for all epochs
+        arrays are read in Keras' order from a plain `tf.data` pipeline
         (`seeding.in_keras_order`)."""
         self._say_placement(args.verbose)
         readers = (tf.data.Dataset, keras.utils.PyDataset)
@@ -146,14 +146,13 @@ class Loop:
             # Keras ignores `shuffle` for these but warns about its default (True) each time.
             args = args.replace(shuffle=False)
         per_execution = model.steps_per_execution
-        if self.seed is not None or one_pipeline:
-            if self.seed is not None:
-                x, y, keyed = epoch_keyed(x, y, args, self.seed)
-            else:
-                x, y, keyed = in_keras_order(x, y, args)
+        if self.seed is not None:
+            x, y, keyed = epoch_keyed(x, y, args, self.seed)
             if keyed is not args:  # one dataset of all epochs, back to back
                 per_execution = steps_per_execution_for(keyed.get("steps_per_epoch"), per_execution)
             args = keyed
+        elif one_pipeline:
+            x, y, args = in_keras_order(x, y, args)
         kwargs = args.keras()
         with _steps_per_execution(model, per_execution):
             try:

@@ -44,14 +44,12 @@ def _is_array(value) -> bool:
     return isinstance(value, (np.ndarray, tf.Tensor))
 
 
-def epoch_keyed(x, y, args: FitArgs, seed: int, order: np.ndarray | None = None) -> tuple:
+def epoch_keyed(x, y, args: FitArgs, seed: int) -> tuple:
     """`(x, y, args)` for `keras.Model.fit`, with arrays ordered by `(seed, epoch)`.
 
-    Applies when `x` (and `y`, `sample_weight`) are arrays and `shuffle` is on
-    (or `order` is given); otherwise returns the arguments unchanged.
-    `validation_split` is taken as Keras takes it (the last examples, before
-    shuffling). With `order` (a permutation of the rows) every epoch reads the
-    rows in that order instead, and `seed` is not used.
+    Applies when `x` (and `y`, `sample_weight`) are arrays and `shuffle` is on;
+    otherwise returns the arguments unchanged. `validation_split` is taken
+    as Keras takes it (the last examples, before shuffling).
 
     Examples:
         >>> import numpy as np
@@ -64,7 +62,7 @@ def epoch_keyed(x, y, args: FitArgs, seed: int, order: np.ndarray | None = None)
     """
     shuffle, sample_weight = args.shuffle, args.sample_weight
     if not (
-        (shuffle or order is not None)
+        shuffle
         and _is_array(x)
         and _is_array(y)
         and (sample_weight is None or _is_array(sample_weight))
@@ -103,13 +101,7 @@ def epoch_keyed(x, y, args: FitArgs, seed: int, order: np.ndarray | None = None)
     def take(indices):
         return tuple(tf.gather(t, indices) for t in tensors)
 
-    if order is None:
-        dataset = tf.data.Dataset.range(first, max(first, last)).flat_map(one_epoch)
-    else:  # the same order every epoch
-        if len(order) != count:
-            raise ValueError(f"`order` has {len(order)} rows; the arrays have {count}.")
-        dataset = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
-        dataset = dataset.repeat(max(0, last - first))
+    dataset = tf.data.Dataset.range(first, max(first, last)).flat_map(one_epoch)
     keyed = args.replace(
         validation_split=None,
         validation_data=validation_data,
@@ -172,23 +164,49 @@ def _global_seed() -> int | None:
 
 
 def in_keras_order(x, y, args: FitArgs) -> tuple:
-    """`(x, y, args)` for `keras.Model.fit` that read arrays in the order Keras would
-    (`keras_array_order`) from one `tf.data` pipeline for all epochs: Keras' own
-    pipeline makes a new iterator at the start and at the end of every epoch, which
-    costs more than a small model's epoch. Unchanged when the order is Keras' to draw."""
-    if not (_is_array(x) and _is_array(y)) or args.get("steps_per_epoch"):
+    """`(x, y, args)` for `keras.Model.fit` that read arrays in the batches and order
+    Keras would (`keras_array_order`), from a plain `tf.data` pipeline of the rows: Keras'
+    own array pipeline costs more each epoch (two new iterators, each starting a
+    permutation and a parallel map) than a small model's epoch of training.
+
+    Unchanged when the order is Keras' to draw, for `validation_split` and for
+    `steps_per_epoch`. Each epoch iterates the pipeline anew, as Keras does its own,
+    so Keras runs its steps per execution as with arrays.
+
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf.training.fit_args import FitArgs
+        >>> from finetune_tf.training.seeding import in_keras_order
+        >>> x, y = np.arange(10.0)[:, None], np.arange(10)
+        >>> data, _, args = in_keras_order(x, y, FitArgs({"batch_size": 4, "shuffle": False}))
+        >>> [len(batch[0]) for batch in data]
+        [4, 4, 2]
+    """
+    sample_weight = args.sample_weight
+    if not (
+        _is_array(x)
+        and _is_array(y)
+        and (sample_weight is None or _is_array(sample_weight))
+        and not args.get("steps_per_epoch")
+        and not args.validation_split
+    ):
         return x, y, args
-    count = int(x.shape[0])
-    if args.validation_split:
-        count = split_index(count, args.validation_split)
-    order = keras_array_order(count, args.batch_size, args.shuffle)
-    if isinstance(order, str):
-        if order == "keras":
-            return x, y, args
-        # Random each epoch in Keras too: a uniform permutation an epoch, unseeded.
-        seed = int(np.random.SeedSequence().generate_state(1)[0])
-        return epoch_keyed(x, y, args, seed)
-    return epoch_keyed(x, y, args, seed=0, order=order)
+    count, batch_size = int(x.shape[0]), args.batch_size
+    order = keras_array_order(count, batch_size, args.shuffle)
+    if isinstance(order, str) and order == "keras":
+        return x, y, args
+    arrays = [x, y] + ([sample_weight] if sample_weight is not None else [])
+    tensors = tuple(tf.convert_to_tensor(a) for a in arrays)
+    if isinstance(order, str):  # "random": a new order each epoch, as Keras unseeded
+        rows = tf.data.Dataset.range(count).shuffle(count, reshuffle_each_iteration=True)
+    else:
+        rows = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
+
+    def take(indices):
+        return tuple(tf.gather(t, indices) for t in tensors)
+
+    dataset = rows.batch(batch_size).map(take).prefetch(2)
+    return dataset, None, args.replace(batch_size=None, sample_weight=None, shuffle=False)
 
 
 def steps_per_execution_for(steps_per_epoch: int, steps_per_execution: int) -> int:
