@@ -138,12 +138,15 @@ def keras_array_order(count: int, batch_size: int, shuffle) -> np.ndarray | str:
         from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
     except ImportError:  # a Keras that moved it: let Keras order the arrays
         return "keras"
+    if count == 0:
+        return np.arange(0)
     dataset = ArrayDataAdapter(
         np.arange(count), shuffle=True, batch_size=batch_size
     ).get_tf_dataset()
+    whole = dataset.unbatch().batch(count)  # an epoch's row numbers in one element
 
-    def one_epoch():  # a fresh iterator, as Keras makes one each epoch
-        return np.concatenate([np.asarray(tf.nest.flatten(batch)[0]) for batch in dataset])
+    def one_epoch():  # a fresh iterator of Keras' pipeline, as Keras makes one each epoch
+        return np.asarray(tf.nest.flatten(next(iter(whole)))[0])
 
     first, second = one_epoch(), one_epoch()
     if np.array_equal(first, second):
@@ -202,6 +205,7 @@ def in_keras_order(x, y, args: FitArgs) -> tuple:
     else:
         rows = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
 
+    @tf.autograph.experimental.do_not_convert  # no control flow to convert
     def take(indices):
         return tuple(tf.gather(t, indices) for t in tensors)
 
