@@ -119,7 +119,7 @@ def keras_array_order(count: int, batch_size: int, shuffle) -> np.ndarray | str:
     from the row count alone, not from the values).
 
     Returns the permutation when it is the same every epoch (no shuffling; or, in
-    Keras 3.10 to 3.15 on TensorFlow, shuffling after `keras.utils.set_random_seed`:
+    Keras 3.15 on TensorFlow 2.21, shuffling after `keras.utils.set_random_seed`:
     each epoch's fresh iterator draws the same seeded permutation), `"random"` when
     it differs from epoch to epoch and no global seed is set (then any uniform
     permutation an epoch is as good), else `"keras"`: leave the arrays to Keras.

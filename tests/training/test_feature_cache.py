@@ -327,7 +327,7 @@ def test_the_cached_head_reads_arrays_in_the_order_keras_fit_reads_them():
     order = keras_array_order(20, 8, shuffle=True)
     if isinstance(order, str):  # a Keras that reseeds its order each epoch: left to it
         assert order == "keras" and expected[0] != expected[1]
-    else:  # Keras 3.10 to 3.15: the same seeded order each epoch
+    else:  # Keras 3.15: the same seeded order each epoch
         assert [order.tolist()] * 2 == expected
     assert keras_array_order(5, 2, shuffle=False).tolist() == [0, 1, 2, 3, 4]
     assert keras_array_order(5, 2, shuffle="batch") == "keras"  # left to Keras
