@@ -9,8 +9,7 @@ epoch. Arrays in memory are read in the batches and order Keras' `fit` would rea
 them (`seeding.in_keras_order`: found with Keras' own array pipeline, then served
 from one `tf.data` pipeline for all epochs), and a `tf.data` pipeline that does not
 shuffle, or shuffles with `reshuffle_each_iteration=False`, gives its batches in the
-order the cache saw:
-then the result is the same within float tolerance. A pipeline that reshuffles
+order the cache saw: then the result is the same within float tolerance. A pipeline that reshuffles
 each epoch (and arrays spilled to disk) cannot be replayed: the cached run draws
 its own order, seeded by the tuner's `seed`, so its result equals a run without
 the cache only in distribution (the progress line says so). With the
