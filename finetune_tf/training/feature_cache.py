@@ -7,7 +7,7 @@ once and trains the rest of the model on them: same layers, same optimizer,
 same loss, at the cost of one pass through the frozen part instead of one per
 epoch. Arrays in memory are read in the batches and order Keras' `fit` would read
 them (`seeding.in_keras_order`: found with Keras' own array pipeline, then served
-from one `tf.data` pipeline for all epochs), and a `tf.data` pipeline that does not
+from a plain `tf.data` pipeline of the rows), and a `tf.data` pipeline that does not
 shuffle, or shuffles with `reshuffle_each_iteration=False`, gives its batches in the
 order the cache saw: then the result is the same within float tolerance. A pipeline that reshuffles
 each epoch (and arrays spilled to disk) cannot be replayed: the cached run draws
