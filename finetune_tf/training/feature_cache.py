@@ -5,10 +5,11 @@ nothing random or trainable precedes it, every epoch would feed the same
 images through the same function. The cache computes the activations at a cut
 once and trains the rest of the model on them: same layers, same optimizer,
 same loss, at the cost of one pass through the frozen part instead of one per
-epoch. Arrays in memory are batched and shuffled by Keras as without the cache,
-and a `tf.data` pipeline that does not shuffle, or shuffles with
-`reshuffle_each_iteration=False`, gives its batches in the order the cache saw:
-then the result is the same within float tolerance. A pipeline that reshuffles
+epoch. Arrays in memory are read in the batches and order Keras' `fit` would read
+them (`seeding.in_keras_order`: found with Keras' own array pipeline, then served
+from a plain `tf.data` pipeline of the rows), and a `tf.data` pipeline that does not
+shuffle, or shuffles with `reshuffle_each_iteration=False`, gives its batches in the
+order the cache saw: then the result is the same within float tolerance. A pipeline that reshuffles
 each epoch (and arrays spilled to disk) cannot be replayed: the cached run draws
 its own order, seeded by the tuner's `seed`, so its result equals a run without
 the cache only in distribution (the progress line says so). With the
@@ -363,6 +364,13 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache, spl
             validation = as_fit_data(
                 cached_validation, cached_validation.batch_size, False, as_arrays
             )
+            if as_arrays:
+                # As batches of a dataset: Keras' array pipeline makes two iterators an
+                # evaluation, which cost more than evaluating the head (same batches).
+                rows = tuple(part for part in validation if part is not None)
+                size = args.get("validation_batch_size") or batch_size
+                validation = tf.data.Dataset.from_tensor_slices(rows).batch(size)
+                args = args.replace(validation_batch_size=None)
             args = args.replace(validation_data=validation if as_arrays else validation[0])
         if as_arrays:
             args = args.replace(batch_size=batch_size, shuffle=shuffle, sample_weight=fw)
@@ -378,7 +386,7 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache, spl
         model = loop.model
         model.stop_training = False
         args = args.replace(callbacks=[_OnFullModel(c, model) for c in args.callbacks])
-        history = loop.keras_fit(head_model, fx, fy, args)
+        history = loop.keras_fit(head_model, fx, fy, args, one_pipeline=as_arrays)
         history.set_model(model)
         model.history = history
         return history

@@ -28,7 +28,7 @@ from finetune_tf.training.fit_args import FitArgs
 from finetune_tf.training.plan import check_plan, is_generator
 from finetune_tf.training.run_fingerprint import run_fingerprint
 from finetune_tf.training.run_state import TrainingRun
-from finetune_tf.training.seeding import epoch_keyed, steps_per_execution_for
+from finetune_tf.training.seeding import epoch_keyed, in_keras_order, steps_per_execution_for
 from finetune_tf.training.stages import run_schedule
 
 __all__ = ["Loop"]
@@ -132,8 +132,14 @@ class Loop:
         self.run.raise_if_failed(history)
         return history
 
-    def keras_fit(self, model: keras.Model, x, y, args: FitArgs) -> keras.callbacks.History:
-        """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain."""
+    def keras_fit(
+        self, model: keras.Model, x, y, args: FitArgs, one_pipeline: bool = False
+    ) -> keras.callbacks.History:
+        """`model.fit`, falling back from XLA when `jit_compile="auto"` turned it on in vain.
+
+        With `one_pipeline` (a model whose epochs are short, the cached head), unseeded
+        arrays are read in Keras' order from a plain `tf.data` pipeline
+        (`seeding.in_keras_order`)."""
         self._say_placement(args.verbose)
         readers = (tf.data.Dataset, keras.utils.PyDataset)
         if (isinstance(x, readers) or is_generator(x)) and "shuffle" not in args:
@@ -145,6 +151,8 @@ class Loop:
             if keyed is not args:  # one dataset of all epochs, back to back
                 per_execution = steps_per_execution_for(keyed.get("steps_per_epoch"), per_execution)
             args = keyed
+        elif one_pipeline:
+            x, y, args = in_keras_order(x, y, args)
         kwargs = args.keras()
         with _steps_per_execution(model, per_execution):
             try:

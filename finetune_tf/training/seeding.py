@@ -18,7 +18,13 @@ import tensorflow as tf
 from finetune_tf._checks import check_int
 from finetune_tf.training.fit_args import FitArgs, split_index
 
-__all__ = ["check_seed", "epoch_keyed", "steps_per_execution_for"]
+__all__ = [
+    "check_seed",
+    "epoch_keyed",
+    "in_keras_order",
+    "keras_array_order",
+    "steps_per_execution_for",
+]
 
 
 def check_seed(seed) -> int | None:
@@ -105,6 +111,106 @@ def epoch_keyed(x, y, args: FitArgs, seed: int) -> tuple:
         steps_per_epoch=max(1, -(-count // batch_size)),
     )
     return dataset.map(take).prefetch(2), None, keyed
+
+
+def keras_array_order(count: int, batch_size: int, shuffle) -> np.ndarray | str:
+    """The order in which `keras.Model.fit` reads `count` array rows each epoch, found by
+    running Keras' own array pipeline over the row numbers (it draws its permutation
+    from the row count alone, not from the values).
+
+    Returns the permutation when it is the same every epoch (no shuffling; or, in
+    Keras 3.15 on TensorFlow 2.21, shuffling after `keras.utils.set_random_seed`:
+    each epoch's fresh iterator draws the same seeded permutation), `"random"` when
+    it differs from epoch to epoch and no global seed is set (then any uniform
+    permutation an epoch is as good), else `"keras"`: leave the arrays to Keras.
+
+    Examples:
+        >>> import keras
+        >>> from finetune_tf.training.seeding import keras_array_order
+        >>> keras_array_order(5, 2, shuffle=False).tolist()
+        [0, 1, 2, 3, 4]
+    """
+    if not shuffle:
+        return np.arange(count)
+    if shuffle is not True:
+        return "keras"  # shuffle="batch": its order is not replayed here
+    try:
+        from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+    except ImportError:  # a Keras that moved it: let Keras order the arrays
+        return "keras"
+    if count == 0:
+        return np.arange(0)
+    dataset = ArrayDataAdapter(
+        np.arange(count), shuffle=True, batch_size=batch_size
+    ).get_tf_dataset()
+    whole = dataset.unbatch().batch(count)  # an epoch's row numbers in one element
+
+    def one_epoch():  # a fresh iterator of Keras' pipeline, as Keras makes one each epoch
+        return np.asarray(tf.nest.flatten(next(iter(whole)))[0])
+
+    first, second = one_epoch(), one_epoch()
+    if np.array_equal(first, second):
+        return first
+    if _global_seed() is None:
+        return "random"
+    return "keras"
+
+
+def _global_seed() -> int | None:
+    """TensorFlow's global seed (`tf.random.set_seed`), read without drawing an op seed
+    (`tf.compat.v1.get_seed` would advance the eager op-seed counter)."""
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:  # pragma: no cover - a TensorFlow that moved it
+        return 0  # unknown: treat as seeded, so Keras keeps the order
+    return context.global_seed()
+
+
+def in_keras_order(x, y, args: FitArgs) -> tuple:
+    """`(x, y, args)` for `keras.Model.fit` that read arrays in the batches and order
+    Keras would (`keras_array_order`), from a plain `tf.data` pipeline of the rows: Keras'
+    own array pipeline costs more each epoch (two new iterators, each starting a
+    permutation and a parallel map) than a small model's epoch of training.
+
+    Unchanged when the order is Keras' to draw, for `validation_split` and for
+    `steps_per_epoch`. Each epoch iterates the pipeline anew, as Keras does its own,
+    so Keras runs its steps per execution as with arrays.
+
+    Examples:
+        >>> import numpy as np
+        >>> from finetune_tf.training.fit_args import FitArgs
+        >>> from finetune_tf.training.seeding import in_keras_order
+        >>> x, y = np.arange(10.0)[:, None], np.arange(10)
+        >>> data, _, args = in_keras_order(x, y, FitArgs({"batch_size": 4, "shuffle": False}))
+        >>> [len(batch[0]) for batch in data]
+        [4, 4, 2]
+    """
+    sample_weight = args.sample_weight
+    if not (
+        _is_array(x)
+        and _is_array(y)
+        and (sample_weight is None or _is_array(sample_weight))
+        and not args.get("steps_per_epoch")
+        and not args.validation_split
+    ):
+        return x, y, args
+    count, batch_size = int(x.shape[0]), args.batch_size
+    order = keras_array_order(count, batch_size, args.shuffle)
+    if isinstance(order, str) and order == "keras":
+        return x, y, args
+    arrays = [x, y] + ([sample_weight] if sample_weight is not None else [])
+    tensors = tuple(tf.convert_to_tensor(a) for a in arrays)
+    if isinstance(order, str):  # "random": a new order each epoch, as Keras unseeded
+        rows = tf.data.Dataset.range(count).shuffle(count, reshuffle_each_iteration=True)
+    else:
+        rows = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
+
+    @tf.autograph.experimental.do_not_convert  # no control flow to convert
+    def take(indices):
+        return tuple(tf.gather(t, indices) for t in tensors)
+
+    dataset = rows.batch(batch_size).map(take).prefetch(2)
+    return dataset, None, args.replace(batch_size=None, sample_weight=None, shuffle=False)
 
 
 def steps_per_execution_for(steps_per_epoch: int, steps_per_execution: int) -> int:

@@ -293,3 +293,46 @@ def test_evaluate_after_a_seeded_fit_reads_every_batch():
     probabilities = tuner.predict(x, batch_size=5, verbose=0)
     loss = -np.mean(np.log(probabilities[np.arange(len(y)), y]))
     np.testing.assert_allclose(evaluated[0], loss, rtol=2e-6)  # a skipped batch: 4e-5
+
+
+class _Recorder(keras.layers.Layer):
+    """Passes its input through, noting the row numbers (column 0) of each eager batch."""
+
+    def __init__(self, seen, **kwargs):
+        super().__init__(**kwargs)
+        self.note = seen.extend  # (a list attribute would be copied into Keras' tracking)
+
+    def call(self, inputs):
+        if tf.executing_eagerly():
+            self.note(np.asarray(inputs)[:, 0].astype(int).tolist())
+        return inputs
+
+
+def _orders_keras_fit_reads(count, batch_size, epochs):
+    seen = []
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(_Recorder(seen)(inputs)))
+    model.compile("sgd", "mse", run_eagerly=True)
+    rows = np.arange(count, dtype="float32")[:, None]
+    model.fit(rows, rows, batch_size=batch_size, epochs=epochs, verbose=0)
+    return [seen[e * count : (e + 1) * count] for e in range(epochs)]
+
+
+def test_the_cached_head_reads_arrays_in_the_order_keras_fit_reads_them():
+    from finetune_tf.training.seeding import keras_array_order
+
+    keras.utils.set_random_seed(4)
+    expected = _orders_keras_fit_reads(20, 8, epochs=2)
+    keras.utils.set_random_seed(4)
+    order = keras_array_order(20, 8, shuffle=True)
+    if isinstance(order, str):  # a Keras that reseeds its order each epoch: left to it
+        assert order == "keras" and expected[0] != expected[1]
+    else:  # Keras 3.15: the same seeded order each epoch
+        assert [order.tolist()] * 2 == expected
+    assert keras_array_order(5, 2, shuffle=False).tolist() == [0, 1, 2, 3, 4]
+    assert keras_array_order(5, 2, shuffle="batch") == "keras"  # left to Keras
+    tf.random.set_seed(None)  # no global seed: Keras draws a new order each epoch
+    try:
+        assert keras_array_order(50, 8, shuffle=True) == "random"
+    finally:
+        keras.utils.set_random_seed(0)
