@@ -20,6 +20,8 @@ SUBSET=(
     tests/outputs/test_saving.py
     tests/sources/test_hub.py
     tests/model/test_model_kinds.py
+    tests/training/test_feature_cache.py
+    tests/training/test_frozen_prefix.py
 )
 
 root=$(mktemp -d)
