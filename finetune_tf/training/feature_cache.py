@@ -367,7 +367,8 @@ def fit_on_cached_features(loop, x, y, args: FitArgs, setting: FeatureCache, spl
             if as_arrays:
                 # As batches of a dataset: Keras' array pipeline makes two iterators an
                 # evaluation, which cost more than evaluating the head (same batches).
-                rows = tuple(part for part in validation if part is not None)
+                vx, vy, vw = validation
+                rows = (vx, vy) if vw is None else (vx, vy, vw)
                 size = args.get("validation_batch_size") or batch_size
                 validation = tf.data.Dataset.from_tensor_slices(rows).batch(size)
                 args = args.replace(validation_batch_size=None)

@@ -179,7 +179,7 @@ def _one_in_one_out(model: keras.Model, nested: keras.Model) -> str | None:
     return None
 
 
-def _no_frozen_cut(backbone: keras.Model, layers: list) -> str:
+def _no_frozen_cut(backbone: keras.Model, layers: list, nesting: tuple = ()) -> str:
     """Why no cut of `backbone` is frozen: its first trainable layer (of `layers`, the
     flattened ones `FreezePolicy` counts) comes before them, or lies inside a nested model
     the cut cannot enter (`_one_in_one_out`, or not on the single path), or comes before
@@ -187,20 +187,22 @@ def _no_frozen_cut(backbone: keras.Model, layers: list) -> str:
     first = next((layer for layer in layers if layer.trainable_weights), None)
     if first is None:
         return "no point where the backbone could be cut is frozen"
+    names = " in ".join(repr(name) for name in reversed(nesting))
+    inside = f" inside nested model {names}" if nesting else ""
     for outer in backbone.layers:
         if isinstance(outer, keras.Model) and any(
             layer is first for layer in outer._flatten_layers(include_self=False)
         ):
             why = _one_in_one_out(backbone, outer) or _off_path(backbone, outer)
             if why is None:  # entered: the reason lies inside
-                return _no_frozen_cut(outer, flatten_layers(outer))
+                return _no_frozen_cut(outer, flatten_layers(outer), (*nesting, outer.name))
             return (
                 f"the trainable layers are inside nested model {outer.name!r} (from "
                 f"{first.name!r}) and {why}; the cache cannot cut inside it"
             )
     return (
-        f"a trainable backbone layer ({first.name!r}) comes before every point where the "
-        "backbone could be cut"
+        f"a trainable backbone layer ({first.name!r}{inside}) comes before every point where "
+        "the backbone could be cut"
     )
 
 
@@ -274,7 +276,10 @@ def _split(assembly, tensor, layer, nesting: tuple = ()) -> FrozenPrefix:
     prefix_model = keras.Model(inputs, activations, name=f"{model.name}_prefix")
     # === The tail: activations -> top of the backbone -> head, on the same layers ===
     top = _chained(_top_parts(backbone, tensor, nesting), f"{backbone.name}_top")
-    tail_inputs = keras.Input(tensor.shape[1:], dtype=tensor.dtype, name="cached_activations")
+    # The shape as the backbone calls it: a nested model built for any image size gives
+    # (None, None, c) in its own graph.
+    shape = tuple(activations.shape[1:])
+    tail_inputs = keras.Input(shape, dtype=tensor.dtype, name="cached_activations")
     features = BackboneLayer(
         top, inference_mode=assembly.backbone_layer.inference_mode, name="backbone_top"
     )(tail_inputs)
@@ -284,7 +289,6 @@ def _split(assembly, tensor, layer, nesting: tuple = ()) -> FrozenPrefix:
     count = f", layer {position} of {len(layers)}" if position else ""
     inside = " in ".join(repr(nested.name) for nested, _ in reversed(nesting))
     inside = f" inside nested model {inside}" if nesting else ""
-    shape = tuple(tensor.shape[1:])
     split = FrozenPrefix(prefix_model, tail_model, f"{layer.name!r}{inside}{count}", shape)
     splits[key] = split
     return split

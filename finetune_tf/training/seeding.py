@@ -119,10 +119,10 @@ def keras_array_order(count: int, batch_size: int, shuffle) -> np.ndarray | str:
     from the row count alone, not from the values).
 
     Returns the permutation when it is the same every epoch (no shuffling; or, in
-    Keras 3.15 on TensorFlow 2.21, shuffling after `keras.utils.set_random_seed`:
-    each epoch's fresh iterator draws the same seeded permutation), `"random"` when
-    it differs from epoch to epoch and no global seed is set (then any uniform
-    permutation an epoch is as good), else `"keras"`: leave the arrays to Keras.
+    Keras 3.10 to 3.15, shuffling after `keras.utils.set_random_seed`: each epoch's
+    fresh iterator draws the same seeded permutation), `"random"` when no global seed
+    is set (Keras draws a new order each epoch; any uniform permutation an epoch is as
+    good), else `"keras"`: leave the arrays to Keras.
 
     Examples:
         >>> import keras
@@ -134,25 +134,28 @@ def keras_array_order(count: int, batch_size: int, shuffle) -> np.ndarray | str:
         return np.arange(count)
     if shuffle is not True:
         return "keras"  # shuffle="batch": its order is not replayed here
-    try:
-        from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
-    except ImportError:  # a Keras that moved it: let Keras order the arrays
-        return "keras"
     if count == 0:
         return np.arange(0)
-    dataset = ArrayDataAdapter(
-        np.arange(count), shuffle=True, batch_size=batch_size
-    ).get_tf_dataset()
-    whole = dataset.unbatch().batch(count)  # an epoch's row numbers in one element
-
-    def one_epoch():  # a fresh iterator of Keras' pipeline, as Keras makes one each epoch
-        return np.asarray(tf.nest.flatten(next(iter(whole)))[0])
-
-    first, second = one_epoch(), one_epoch()
-    if np.array_equal(first, second):
-        return first
     if _global_seed() is None:
+        # Unseeded, Keras draws a new order each epoch (two probes of a few rows could
+        # agree by chance, so the seed decides, not the probes).
         return "random"
+    try:  # Keras' private array pipeline: any change in it leaves the order to Keras
+        from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+        dataset = ArrayDataAdapter(
+            np.arange(count), shuffle=True, batch_size=batch_size
+        ).get_tf_dataset()
+        whole = dataset.unbatch().batch(count)  # an epoch's row numbers in one element
+
+        def one_epoch():  # a fresh iterator of Keras' pipeline, as Keras makes each epoch
+            return np.asarray(tf.nest.flatten(next(iter(whole)))[0])
+
+        first, second = one_epoch(), one_epoch()
+    except Exception:  # noqa: BLE001 - a Keras whose pipeline differs: Keras orders
+        return "keras"
+    if first.shape == (count,) and np.array_equal(first, second):
+        return first
     return "keras"
 
 
@@ -161,9 +164,10 @@ def _global_seed() -> int | None:
     (`tf.compat.v1.get_seed` would advance the eager op-seed counter)."""
     try:
         from tensorflow.python.eager import context
-    except ImportError:  # pragma: no cover - a TensorFlow that moved it
-        return 0  # unknown: treat as seeded, so Keras keeps the order
-    return context.global_seed()
+
+        return context.global_seed()
+    except Exception:  # noqa: BLE001 - a TensorFlow that moved it
+        return 0  # unknown: treat as seeded, so Keras keeps the order unless probes agree
 
 
 def in_keras_order(x, y, args: FitArgs) -> tuple:
@@ -195,6 +199,8 @@ def in_keras_order(x, y, args: FitArgs) -> tuple:
     ):
         return x, y, args
     count, batch_size = int(x.shape[0]), args.batch_size
+    if any(len(a) != count for a in (y, sample_weight) if a is not None):
+        return x, y, args  # Keras raises its own error naming the lengths
     order = keras_array_order(count, batch_size, args.shuffle)
     if isinstance(order, str) and order == "keras":
         return x, y, args

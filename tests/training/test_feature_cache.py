@@ -336,3 +336,28 @@ def test_the_cached_head_reads_arrays_in_the_order_keras_fit_reads_them():
         assert keras_array_order(50, 8, shuffle=True) == "random"
     finally:
         keras.utils.set_random_seed(0)
+
+
+def test_in_keras_order_batches_rows_and_weights_in_the_probed_order():
+    from finetune_tf.training.fit_args import FitArgs
+    from finetune_tf.training.seeding import in_keras_order, keras_array_order
+
+    x = np.arange(10, dtype="float32")[:, None]
+    y, w = np.arange(10) * 10, np.arange(10) / 10
+    args = FitArgs({"batch_size": 4, "shuffle": True, "sample_weight": w})
+    keras.utils.set_random_seed(3)
+    order = keras_array_order(10, 4, shuffle=True)
+    keras.utils.set_random_seed(3)
+    data, none, fit_args = in_keras_order(x, y, args)
+    if isinstance(order, str):  # a Keras whose order is left to it: nothing replaced
+        assert data is x and fit_args is args
+        return
+    batches = list(data)
+    assert none is None and fit_args.sample_weight is None and not fit_args.shuffle
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    rows = np.concatenate([b[0].numpy()[:, 0] for b in batches]).astype(int)
+    assert rows.tolist() == order.tolist()
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), rows * 10)
+    np.testing.assert_allclose(np.concatenate([b[2] for b in batches]), rows / 10)
+    # Rows that do not match are left to Keras, which names the lengths.
+    assert in_keras_order(x, y[:7], args)[1] is not None

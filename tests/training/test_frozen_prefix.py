@@ -11,7 +11,7 @@ from finetune_tf import Backbone, FeatureCache, FineTuner, FreezePolicy, Head
 from finetune_tf.training.feature_cache import cache_decision
 from finetune_tf.training.feature_store import FeatureStore, NotCacheable
 from finetune_tf.training.fit_args import FitArgs
-from finetune_tf.training.frozen_prefix import cut_points
+from finetune_tf.training.frozen_prefix import cut_points, frozen_prefix
 
 RNG = np.random.default_rng(0)
 X = RNG.random((48, 8, 8, 3), dtype=np.float32)
@@ -343,3 +343,29 @@ def test_a_nested_model_the_cut_cannot_enter_turns_the_cache_off(make_backbone, 
     assert cache_decision(tuner.assembly, X, FitArgs({}), FeatureCache()) == (
         f"the trainable layers are inside {reason}; the cache cannot cut inside it"
     )
+
+
+def test_a_trainable_layer_below_every_cut_inside_a_nested_model_is_named_with_it():
+    tuner = _tuner(sequential_around_a_base, FreezePolicy.matching("^stem_conv$", train=True))
+    assert cache_decision(tuner.assembly, X, FitArgs({}), FeatureCache()) == (
+        "a trainable backbone layer ('stem_conv' inside nested model 'base') comes before "
+        "every point where the backbone could be cut"
+    )
+
+
+def test_a_nested_model_built_for_any_size_is_cut_at_the_shape_the_backbone_calls_it_with():
+    # An application built without `input_shape` has (None, None, 3) in its own graph.
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="any_conv1")(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="any_conv2")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="any_conv3")(x)
+    base = keras.Model(inputs, x, name="any_size")
+
+    def outer():
+        pooling = keras.layers.GlobalAveragePooling2D(name="features")
+        return keras.Sequential([keras.Input((8, 8, 3)), base, pooling], name="outer")
+
+    tuner = _tuner(outer, FreezePolicy.matching("^any_conv3$", train=True))
+    split = frozen_prefix(tuner.assembly)
+    assert split.shape == (8, 8, 4)
+    assert tuple(split.tail_model.inputs[0].shape) == (None, 8, 8, 4)
