@@ -120,3 +120,19 @@ def test_nested_keras2_h5_with_a_lambda_is_still_refused(tmp_path):
     outer.save(path)
     with pytest.raises(ValueError, match="Refusing to load.*Lambda layer 'double'"):
         Backbone.from_file(path)
+
+
+def test_flat_keras2_h5_with_a_depthwise_conv_loads(tmp_path, images):
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(4)
+    inputs = tf_keras.Input((8, 8, 3))
+    x = tf_keras.layers.DepthwiseConv2D(3, name="depthwise")(inputs)  # saved with groups=1
+    model = tf_keras.Model(inputs, tf_keras.layers.GlobalAveragePooling2D()(x))
+    path = str(tmp_path / "flat.h5")
+    model.save(path)
+    np.testing.assert_allclose(
+        Backbone.from_file(path).model.predict(images, verbose=0),
+        model.predict(images, verbose=0),
+        atol=1e-5,
+    )
