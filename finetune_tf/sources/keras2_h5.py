@@ -107,7 +107,15 @@ def keras2_config(path: str) -> dict | None:
 
 
 def keras2_fix(config: dict) -> dict:
-    """A copy of a Keras 2 `model_config` that Keras 3 rebuilds as it was saved."""
+    """A copy of a Keras 2 `model_config` that Keras 3 rebuilds as it was saved.
+
+    Example:
+        >>> from finetune_tf.sources.keras2_h5 import keras2_fix
+        >>> bn = {"class_name": "BatchNormalization", "config": {"axis": [3]}}
+        >>> model = {"class_name": "Sequential", "config": {"layers": [bn]}}
+        >>> keras2_fix(model)["config"]["layers"][0]["config"]["axis"]
+        3
+    """
     config = copy.deepcopy(config)
     _fix_layer_configs(config)
     _fix_model(config, nested=False)
