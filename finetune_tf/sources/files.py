@@ -14,6 +14,7 @@ import keras
 
 from finetune_tf._utils import as_str_path, shape_tuple, short_list
 from finetune_tf.sources.hub import HubLayer
+from finetune_tf.sources.keras2_h5 import keras2_config, keras2_fix, load_fixed_copy
 from finetune_tf.sources.trust import check_h5_file, check_keras_archive
 
 __all__ = [
@@ -71,6 +72,10 @@ def load_keras_file(path, *, safe_mode: bool = True, compile: bool = True, argna
     if lower.endswith(H5_SUFFIXES):
         if safe_mode:
             check_h5_file(path, argname, compile)
+        config = keras2_config(path)
+        fixed = None if config is None else keras2_fix(config)
+        if fixed != config:  # what Keras 3 misreads in a Keras 2 file, rewritten in a copy
+            return load_fixed_copy(path, fixed, compile=compile, safe_mode=safe_mode)
     elif lower.endswith(KERAS_SUFFIXES):
         if safe_mode:
             check_keras_archive(path, argname, compile)  # before Keras: a second line of defence

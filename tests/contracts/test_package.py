@@ -66,6 +66,7 @@ MODULES = [
     "sources.files",
     "sources.hub",
     "sources.hub_handles",
+    "sources.keras2_h5",
     "sources.keras_hub",
     "sources.savedmodel_trust",
     "sources.trust",
