@@ -73,9 +73,8 @@ def load_keras_file(path, *, safe_mode: bool = True, compile: bool = True, argna
         if safe_mode:
             check_h5_file(path, argname, compile)
         config = keras2_config(path)
-        fixed = None if config is None else keras2_fix(config)
-        if fixed != config:  # what Keras 3 misreads in a Keras 2 file, rewritten in a copy
-            return load_fixed_copy(path, fixed, compile=compile, safe_mode=safe_mode)
+        if config is not None:
+            return _load_keras2_h5(path, config, compile, safe_mode, argname)
     elif lower.endswith(KERAS_SUFFIXES):
         if safe_mode:
             check_keras_archive(path, argname, compile)  # before Keras: a second line of defence
@@ -90,6 +89,34 @@ def load_keras_file(path, *, safe_mode: bool = True, compile: bool = True, argna
             ".h5/.hdf5 model file (or a SavedModel directory for Backbone.from_file)."
         )
     return keras.models.load_model(path, compile=compile, safe_mode=safe_mode)
+
+
+def _load_keras2_h5(path: str, config: dict, compile: bool, safe_mode: bool, argname: str):
+    """A Keras 2 (tf_keras) `.h5` file: what Keras 3 misreads in its `model_config` is
+    rewritten in a temporary copy; a training config Keras 3 cannot compile (Keras 2's
+    `keras.metrics.mse`, loss objects) is named, with the fix, not left as Keras' error."""
+    fixed = keras2_fix(config)
+
+    def load(compile_: bool):
+        if fixed != config:
+            return load_fixed_copy(path, fixed, compile=compile_, safe_mode=safe_mode)
+        return keras.models.load_model(path, compile=compile_, safe_mode=safe_mode)
+
+    if not compile:
+        return load(False)
+    try:
+        return load(True)
+    except (ValueError, TypeError) as error:
+        try:
+            load(False)
+        except Exception:
+            raise error from None  # the architecture itself fails: Keras' own error
+        raise ValueError(
+            f"`{argname}`={path!r} is a Keras 2 (tf_keras) model whose compiled loss, "
+            f"metrics or optimizer Keras 3 cannot restore ({error}). Load it with "
+            "compile=False (FineTuner and Backbone.from_file compile anew anyway), then "
+            "compile it yourself."
+        ) from error
 
 
 def saved_model_network(

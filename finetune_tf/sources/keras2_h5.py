@@ -1,11 +1,13 @@
 """Keras 2 (tf_keras) `.h5` model files that Keras 3 misreads, nested models above all.
 
-Keras 3's legacy `.h5` loader rebuilds a Keras 2 model, but rejects Keras 2's
-`groups=1` on DepthwiseConv2D (MobileNets) and misreads a nested model in three
-ways: a BatchNormalization inside it keeps Keras 2's list `axis` (`[3]`), a
-functional model calling it points at Keras 2's node numbering (where a model's
-own construction was node 0), and the nested model returns a one-element list
-instead of its tensor. `keras2_fix` rewrites the `model_config` JSON so
+Keras 3's legacy `.h5` loader rebuilds a Keras 2 model, but rejects arguments
+only Keras 2 had (`groups=1` on DepthwiseConv2D in every MobileNet, on
+Conv*Transpose and SeparableConv*; a SeparableConv's unused `kernel_*`; the
+augmentation layers' `rng_type`) and misreads a nested model: a
+BatchNormalization inside it keeps Keras 2's list `axis` (`[3]`), a model
+calling it points at Keras 2's node numbering (where a model's own construction
+was node 0), the nested model returns a one-element list instead of its tensor,
+and a model two deep names tf_keras' class. `keras2_fix` rewrites the `model_config` JSON so
 Keras 3 rebuilds the same network; `load_fixed_copy` loads it from a temporary
 copy of the file (the user's file is never written). The weights are read by
 Keras' own loader, unchanged.
@@ -42,20 +44,49 @@ def _is_leaf(value) -> bool:
     )
 
 
+# Arguments Keras 2 saves that Keras 3's constructors reject, by layer class. Keras 2's
+# `groups` on these classes could only be 1; a SeparableConv's `kernel_*` were unused
+# (its kernels are the depthwise and pointwise ones). Anything else stays for Keras to judge.
+_GROUPS_OF_ONE = {
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+    "SeparableConv1D",
+    "SeparableConv2D",
+}
+_UNUSED = {
+    "SeparableConv1D": ("kernel_initializer", "kernel_regularizer", "kernel_constraint"),
+    "SeparableConv2D": ("kernel_initializer", "kernel_regularizer", "kernel_constraint"),
+}
+_RANDOM_LAYERS = ("Random",)  # the augmentation layers: Keras 2's `rng_type`
+
+
 def _fix_layer_configs(value) -> None:
     """A one-element list `axis` becomes an int (as Keras does for top-level layers
-    only); a DepthwiseConv2D loses Keras 2's `groups=1`, which Keras 3 rejects."""
+    only); the Keras 2 arguments Keras 3 rejects (`_GROUPS_OF_ONE`, `_UNUSED`, a random
+    augmentation layer's `rng_type`) are dropped, and so is the `tf_keras` module of a
+    model nested two deep (Keras 3 then finds its own Functional or Sequential)."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             inner = item.get("config")
             if "class_name" in item and isinstance(inner, dict):
+                name = item["class_name"]
                 axis = inner.get("axis")
                 if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], int):
                     inner["axis"] = axis[0]
-                if item["class_name"] == "DepthwiseConv2D" and inner.get("groups") == 1:
+                if name in _GROUPS_OF_ONE and inner.get("groups") == 1:
                     del inner["groups"]
+                for key in _UNUSED.get(name, ()):
+                    inner.pop(key, None)
+                if isinstance(name, str) and name.startswith(_RANDOM_LAYERS):
+                    inner.pop("rng_type", None)
+                module = item.get("module")
+                if name in _MODEL_CLASSES and str(module).startswith("tf_keras."):
+                    del item["module"]  # a model nested two deep: Keras 3's own class
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
@@ -82,11 +113,17 @@ def _fix_model(entry: dict, nested: bool) -> None:
                     and inbound[1] >= 1
                 ):
                     inbound[1] -= 1  # Keras 3 models have no construction node
-    if nested:
-        for key in ("input_layers", "output_layers"):
-            value = config.get(key)
-            if isinstance(value, list) and len(value) == 1 and _is_leaf(value[0]):
-                config[key] = value[0]  # one tensor, not a one-element list
+    # Keras 3 renumbers a nested Functional model named in input_layers/output_layers
+    # itself, but not a nested Sequential (not a Functional in Keras 3).
+    sequentials = {layer.get("name") for layer in layers if layer.get("class_name") == "Sequential"}
+    for key in ("input_layers", "output_layers"):
+        value = config.get(key)
+        leaves = [value] if _is_leaf(value) else value if isinstance(value, list) else []
+        for leaf in leaves:
+            if _is_leaf(leaf) and leaf[0] in sequentials and leaf[1] >= 1:
+                leaf[1] -= 1
+        if nested and isinstance(value, list) and len(value) == 1 and _is_leaf(value[0]):
+            config[key] = value[0]  # one tensor, not a one-element list
 
 
 def keras2_config(path: str) -> dict | None:
@@ -118,7 +155,8 @@ def keras2_fix(config: dict) -> dict:
     """
     config = copy.deepcopy(config)
     _fix_layer_configs(config)
-    _fix_model(config, nested=False)
+    if _is_model(config):
+        _fix_model(config, nested=False)
     return config
 
 

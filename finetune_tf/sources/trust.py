@@ -25,6 +25,7 @@ import zipfile
 import keras
 
 from finetune_tf.sources.allowed_ops import ALLOWED_OPS
+from finetune_tf.sources.keras2_h5 import keras2_fix
 
 __all__ = [
     "ALLOWED_OPS",  # the name error messages and docs/robustness.md give the allow-list
@@ -324,6 +325,7 @@ def check_h5_file(path: str, argname: str = "filepath", compile: bool = True) ->
                 if size > MAX_CONFIG_BYTES:
                     raise _too_big(path, argname, "model_config attribute", size)
                 raw = f.attrs["model_config"]
+            version = f.attrs.get("keras_version")
             training = f.attrs.get("training_config")  # Keras compiles from it, unguarded
             if training is not None and len(training) > MAX_CONFIG_BYTES:
                 raise _too_big(path, argname, "training_config attribute", len(training))
@@ -345,6 +347,13 @@ def check_h5_file(path: str, argname: str = "filepath", compile: bool = True) ->
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
     config = _parse_config(raw, path, argname, "model_config attribute")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", errors="replace")
+    if str(version).startswith("2.") and isinstance(config, dict):
+        try:
+            config = keras2_fix(config)  # what `load_keras_file` loads from a Keras 2 file
+        except RecursionError:
+            pass  # nested too deep: refused below as such
     _refuse_unsafe(config, path, argname, " (Keras' .h5 loader ignores safe_mode)")
     if training is not None and compile:
         if isinstance(training, bytes):

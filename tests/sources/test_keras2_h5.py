@@ -136,3 +136,103 @@ def test_flat_keras2_h5_with_a_depthwise_conv_loads(tmp_path, images):
         model.predict(images, verbose=0),
         atol=1e-5,
     )
+
+
+def _assert_loads_as_tf_keras(model, path, x):
+    model.save(path)
+    loaded = Backbone.from_file(path).model
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_keras2_mobilenet_v2_in_the_guides_sequential_loads_with_its_weights(tmp_path):
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(5)
+    base = tf_keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None
+    )
+    rng = np.random.default_rng(5)
+    for layer in base.layers:  # statistics unlike a fresh layer's (variance positive)
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            size = gamma.shape
+            layer.set_weights(
+                [
+                    rng.random(size) + 0.5,
+                    rng.random(size) - 0.5,
+                    rng.random(size),
+                    rng.random(size) + 0.5,
+                ]
+            )
+    model = tf_keras.Sequential(
+        [tf_keras.Input((32, 32, 3)), base, tf_keras.layers.GlobalAveragePooling2D()]
+    )
+    x = rng.random((4, 32, 32, 3), dtype=np.float32)
+    _assert_loads_as_tf_keras(model, str(tmp_path / "mobilenet_v2.h5"), x)
+
+
+def _guide_block_and_keras2_only_arguments():
+    import tf_keras
+
+    layers = tf_keras.layers
+    inputs = tf_keras.Input((8, 8, 3))  # the Keras guide's augmentation block first
+    y = tf_keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])(inputs)
+    y = layers.SeparableConv2D(4, 3, name="separable")(y)  # groups, kernel_* saved
+    y = layers.Conv2DTranspose(4, 3, name="transpose")(y)  # groups=1 saved
+    return tf_keras.Model(inputs, layers.GlobalAveragePooling2D()(y))
+
+
+def _model_two_deep_in_a_sequential():
+    import tf_keras
+
+    inner = _base(False, name="inner")
+    middle_inputs = tf_keras.Input((8, 8, 3))
+    middle = tf_keras.Model(middle_inputs, inner(middle_inputs), name="middle")
+    pooling = tf_keras.layers.GlobalAveragePooling2D()
+    return tf_keras.Sequential([tf_keras.Input((8, 8, 3)), middle, pooling])
+
+
+def _nested_sequential_as_the_output():
+    import tf_keras
+
+    layers = tf_keras.layers
+    sequential = tf_keras.Sequential([layers.Conv2D(4, 3), layers.GlobalAveragePooling2D()])
+    inputs = tf_keras.Input((8, 8, 3))
+    return tf_keras.Model(inputs, sequential(layers.ReLU()(inputs)))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        _guide_block_and_keras2_only_arguments,
+        _model_two_deep_in_a_sequential,
+        _nested_sequential_as_the_output,
+    ],
+)
+def test_more_keras2_files_keras_3_misreads_load_with_their_weights(tmp_path, build):
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(6)
+    x = np.random.default_rng(6).random((4, 8, 8, 3), dtype=np.float32)
+    _assert_loads_as_tf_keras(build(), str(tmp_path / "model.h5"), x)
+
+
+def test_a_compiled_keras2_file_keras_3_cannot_compile_names_the_fix(tmp_path, images):
+    import tf_keras
+
+    import finetune_tf
+
+    inputs = tf_keras.Input((8, 8, 3))
+    model = tf_keras.Model(inputs, tf_keras.layers.Conv2D(2, 3)(inputs))
+    model.compile(optimizer="adam", loss="mse", metrics=["mse"])  # Keras 2's metric names
+    path = str(tmp_path / "compiled.h5")
+    model.save(path)
+    with pytest.raises(ValueError, match=r"Keras 2 .*cannot restore.*compile=False"):
+        finetune_tf.load_model(path)
+    loaded = finetune_tf.load_model(path, compile=False)
+    np.testing.assert_allclose(
+        np.asarray(loaded(images)), model.predict(images, verbose=0), atol=1e-5
+    )
+    assert Backbone.from_file(path).model is not None  # a backbone is loaded uncompiled
